@@ -1,0 +1,141 @@
+"""Option groups and error handling shared by every evalkit command.
+
+The CLI is a shell: each command parses options, calls the public Python API and prints. The
+decorators here keep the option names identical across commands; :func:`engine_kwargs` and
+:func:`input_kwargs` turn them into keyword arguments of the API.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+from typing import Any, Callable, Dict
+
+import click
+
+from evalkit.errors import EvalkitError
+
+FORMATS = ("table", "json", "csv", "markdown", "latex")
+
+
+def _compose(*decorators: Callable) -> Callable:
+    def apply(f: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+model_options = _compose(
+    click.argument("checkpoint", type=click.Path(dir_okay=True, path_type=str)),
+    click.option("--model", "factory", metavar="MODULE:FUNCTION", default=None,
+                 help="Build the architecture with this factory; the checkpoint supplies the weights."),
+    click.option("--prefix", default=None, metavar="PREFIX",
+                 help="Strip this key prefix from the state_dict (e.g. 'model.' for Lightning); auto-detected if omitted."),
+    click.option("--allow-pickle", is_flag=True, default=False,
+                 help="Allow arbitrary pickles in the checkpoint (only for files you trust)."),
+)
+
+data_options = _compose(
+    click.option("--data", "data", default="digits", show_default=True, metavar="digits|PATH",
+                 help="Built-in dataset name or a .npy/.npz/.pt/.csv file, one datapoint per row."),
+    click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True,
+                 help="Split of a built-in dataset."),
+    click.option("--binarize", type=click.Choice(["none", "threshold", "bernoulli"]), default="none",
+                 show_default=True,
+                 help="Binarise the data: threshold at 0.5, or sample Bernoulli once (seeded by --seed)."),
+)
+
+engine_options = _compose(
+    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the per-datapoint random streams."),
+    click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                 help="Where the model runs; auto uses a GPU when one is present."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=None,
+                 help="Datapoints per step (default: from the memory budget). Does not change the numbers."),
+    click.option("--k-chunk", type=click.IntRange(min=1), default=None,
+                 help="Samples per datapoint per step (default: from the memory budget). Does not change the numbers."),
+    click.option("--memory-budget", default=None, metavar="SIZE",
+                 help="Memory the engine may use, e.g. 512MB or 4GiB (default: from free memory)."),
+    click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+                 help="Model compute precision; reductions are always float64."),
+)
+
+run_options = _compose(
+    click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar or messages on stderr."),
+    click.option("--debug", is_flag=True, default=False, help="Show the full traceback on errors."),
+)
+
+
+def engine_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Keyword arguments of :func:`evalkit.log_weights` from parsed engine and run options."""
+    import torch
+
+    device = params.get("device", "auto")
+    return {
+        "batch_size": params.get("batch_size"),
+        "k_chunk": params.get("k_chunk"),
+        "memory_budget": params.get("memory_budget"),
+        "device": None if device in (None, "auto") else device,
+        "dtype": torch.float64 if params.get("dtype") == "float64" else torch.float32,
+        "progress": False if params.get("quiet") else None,
+    }
+
+
+def input_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Keyword arguments that say how to load the model and the data."""
+    return {
+        "factory": params.get("factory"),
+        "prefix": params.get("prefix"),
+        "allow_pickle": params.get("allow_pickle", False),
+        "split": params.get("split", "test"),
+        "binarize": params.get("binarize", "none"),
+    }
+
+
+def parse_ks(text: str) -> list:
+    """Parse ``"1,2,5,10"`` into ``[1, 2, 5, 10]``; must be positive and strictly increasing."""
+    try:
+        ks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers, e.g. 1,10,100") from None
+    if not ks:
+        raise click.BadParameter("give at least one k, e.g. 1,10,100")
+    if any(k <= 0 for k in ks):
+        raise click.BadParameter(f"every k must be a positive integer, got {ks}")
+    if any(b <= a for a, b in zip(ks, ks[1:])):
+        raise click.BadParameter(f"ks must be strictly increasing, got {ks}")
+    return ks
+
+
+def echo_err(message: str, *, quiet: bool = False) -> None:
+    """A message for the user on stderr (data goes to stdout)."""
+    if not quiet:
+        click.echo(message, err=True)
+
+
+@contextlib.contextmanager
+def errors_as_messages(debug: bool):
+    """Turn evalkit's errors into one-line CLI errors (exit 1); re-raise them with ``--debug``."""
+    try:
+        yield
+    except EvalkitError as exc:
+        if debug:
+            raise
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.echo("Interrupted.", err=True)
+        sys.exit(130)
+
+
+def command_errors(f: Callable) -> Callable:
+    """Decorator: run the command body under :func:`errors_as_messages` using its ``debug`` flag."""
+
+    @functools.wraps(f)
+    def wrapper(*args, **kwargs):
+        with errors_as_messages(kwargs.get("debug", False)):
+            return f(*args, **kwargs)
+
+    return wrapper

@@ -1,0 +1,388 @@
+"""``evalkit.estimate``: log p(x) estimates with standard errors for one K.
+
+The model half (the engine) produces one ``[N, K]`` log-weight matrix; every estimator is then a
+pure function of it. :class:`EstimateResult` holds the tables and writes them in every format.
+"""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import estimators as estimator_registry
+from .errors import InputError
+from .inputs import DataLike, ModelLike, resolve_data, resolve_model
+
+DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
+
+#: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass
+class EstimateResult:
+    """Estimates of mean log p(x) over a dataset at one K, with standard errors.
+
+    Attributes
+    ----------
+    summary : DataFrame
+        One row per estimator: ``estimator``, ``k``, ``estimate`` (mean over datapoints of the
+        per-datapoint estimate, nats), ``se_data`` (its standard error over datapoints:
+        sample standard deviation / sqrt(N), which includes Monte Carlo noise), ``se_mc`` (the
+        Monte Carlo standard error of the mean, sqrt(sum_n var_n) / N with var_n the
+        estimator's per-datapoint Monte Carlo variance estimate; NaN where none is defined),
+        ``n``.
+    per_example : DataFrame
+        One row per datapoint (``index`` = position in the dataset): one column per estimator,
+        plus ``ess`` (effective sample size of the K weights) and ``psis_khat``.
+    diagnostics : dict
+        Summary of the weight diagnostics: mean ESS/K, fractions of k-hat above 0.5 and 0.7
+        and the indices of the datapoints above 0.7.
+    metadata : dict
+        k, seed, N, what the model and data were, versions, elapsed seconds.
+    log_weights : Tensor or None
+        The ``[N, K]`` float64 log-weights, when asked for with ``keep_log_weights=True``.
+    """
+
+    summary: pd.DataFrame
+    per_example: pd.DataFrame
+    diagnostics: Dict[str, Any]
+    metadata: Dict[str, Any]
+    log_weights: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def to_dict(self, *, per_example: bool = False) -> Dict[str, Any]:
+        """The JSON document as a dict (schema in the README, "JSON output")."""
+        doc: Dict[str, Any] = {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "metadata": self.metadata,
+            "estimates": [
+                {key: _json_value(value) for key, value in row.items()}
+                for row in self.summary.to_dict(orient="records")
+            ],
+            "diagnostics": {key: _json_value(value) for key, value in self.diagnostics.items()},
+        }
+        if per_example:
+            doc["per_example"] = {
+                column: [_json_value(v) for v in self.per_example[column].tolist()]
+                for column in self.per_example.columns
+            }
+        return doc
+
+    def to_json(self, *, per_example: bool = False, indent: int = 2) -> str:
+        """JSON text; floats are written with full (round-trip) precision, NaN as null."""
+        return json.dumps(self.to_dict(per_example=per_example), indent=indent, allow_nan=False)
+
+    def to_csv(self) -> str:
+        """The summary table as CSV text."""
+        return self.summary.to_csv(index=False, float_format="%.17g")
+
+    def to_markdown(self) -> str:
+        """The summary table as a Markdown (GitHub) table."""
+        return _display_frame(self.summary).to_markdown(index=False) + "\n"
+
+    def to_latex(self) -> str:
+        """The summary table as a LaTeX ``tabular`` (booktabs style)."""
+        frame = _display_frame(self.summary)
+        lines = [
+            r"\begin{tabular}{lrrrr}",
+            r"\toprule",
+            r"Estimator & $K$ & $\log p(x)$ & SE (data) & SE (MC) \\",
+            r"\midrule",
+        ]
+        for row in frame.itertuples(index=False):
+            lines.append(
+                f"{_latex_escape(row.estimator)} & {row.k} & {row.estimate} & {row.se_data} & {row.se_mc} \\\\"
+            )
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+    def to_table(self) -> str:
+        """A plain-text table for the terminal, followed by the weight diagnostics."""
+        frame = _display_frame(self.summary)
+        text = frame.to_string(index=False)
+        meta = self.metadata
+        head = (
+            f"log p(x) estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
+        )
+        return f"{head}\n{text}\n{self.diagnostics_text()}\n"
+
+    def diagnostics_text(self) -> str:
+        """One or two lines that say whether the importance weights can be trusted."""
+        d = self.diagnostics
+        text = (
+            f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat > 0.5 for "
+            f"{d['fraction_khat_above_0.5']:.1%}, > 0.7 for {d['fraction_khat_above_0.7']:.1%} of datapoints"
+        )
+        if d["indices_khat_above_0.7"]:
+            shown = ", ".join(str(i) for i in d["indices_khat_above_0.7"][:10])
+            more = " ..." if len(d["indices_khat_above_0.7"]) > 10 else ""
+            text += (
+                f"\nwarning: k-hat > 0.7 (weights with nearly infinite variance) at datapoints {shown}{more}; "
+                "IWAE/JVI asymptotics and standard errors are unreliable there"
+            )
+        return text
+
+    def format(self, fmt: str) -> str:
+        """Render in ``fmt``: one of ``table``, ``json``, ``csv``, ``markdown``, ``latex``."""
+        writers = {
+            "table": self.to_table,
+            "json": self.to_json,
+            "csv": self.to_csv,
+            "markdown": self.to_markdown,
+            "latex": self.to_latex,
+        }
+        if fmt not in writers:
+            raise InputError(f"unknown format {fmt!r}; use one of {', '.join(writers)}")
+        return writers[fmt]()
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+    def _repr_html_(self) -> str:
+        # Jupyter shows the summary table and the diagnostics line.
+        diag = self.diagnostics_text().replace("\n", "<br>")
+        return _display_frame(self.summary).to_html(index=False) + f"<p>{diag}</p>"
+
+
+def estimate(
+    model: ModelLike,
+    data: DataLike,
+    k: int = 5000,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    seed: int = 0,
+    *,
+    keep_log_weights: bool = False,
+    factory: Optional[str] = None,
+    prefix: Optional[str] = None,
+    allow_pickle: bool = False,
+    split: str = "test",
+    binarize: str = "none",
+    **engine_options: Any,
+) -> EstimateResult:
+    """Estimate mean log p(x) over ``data`` with K importance samples per datapoint.
+
+    Parameters
+    ----------
+    model : Module or path
+        A loaded model (the protocol in the README) or a checkpoint path (see
+        :func:`evalkit.load_model`; ``factory``, ``prefix`` and ``allow_pickle`` are passed on).
+    data : Tensor, ndarray, path or str
+        ``[N, D]`` data, a data file, or a built-in dataset name such as ``"digits"`` (``split``
+        and ``binarize`` say which part and how to binarise; ``seed`` seeds the Bernoulli
+        binarisation).
+    k : int
+        Importance samples per datapoint.
+    estimators : sequence of str
+        Names from :func:`evalkit.estimators.available` (any ``"jviM"`` works).
+    seed : int
+        Seed of the per-datapoint random streams; the same seed gives the same numbers whatever
+        the batching, device count or data order.
+    keep_log_weights : bool
+        Keep the ``[N, k]`` log-weights on the result.
+    **engine_options
+        Passed to :func:`evalkit.log_weights` (``batch_size``, ``k_chunk``, ``memory_budget``,
+        ``device``, ``dtype``, ``progress``, ...).
+
+    Returns
+    -------
+    EstimateResult
+
+    Examples
+    --------
+    >>> result = evalkit.estimate("examples/digits_iwae.pt", "digits", k=1000,
+    ...                           binarize="bernoulli")                     # doctest: +SKIP
+    >>> result.summary                                                     # doctest: +SKIP
+    """
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
+        raise InputError(f"k must be a positive integer number of samples per datapoint, got {k!r}")
+    chosen = _check_estimators(estimators, int(k))
+    started = time.perf_counter()
+    model_obj = resolve_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
+    data_tensor = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
+
+    from .engine import log_weights as compute_log_weights
+
+    log_w = compute_log_weights(model_obj, data_tensor, int(k), seed=seed, **engine_options)
+    result = estimate_from_log_weights(log_w, estimators=[e.name for e in chosen], keep_log_weights=keep_log_weights)
+    result.metadata.update(
+        seed=seed,
+        model=_describe(model, model_obj),
+        data=_describe_data(data, split, binarize),
+        elapsed_seconds=round(time.perf_counter() - started, 3),
+    )
+    return result
+
+
+def estimate_from_log_weights(
+    log_w: Any,
+    estimators: Sequence[str] = DEFAULT_ESTIMATORS,
+    *,
+    keep_log_weights: bool = False,
+) -> EstimateResult:
+    """Build an :class:`EstimateResult` from a precomputed ``[N, K]`` log-weight matrix.
+
+    Use it on log-weights from any other tool. No randomness is involved: ``seed`` in the
+    metadata is ``None``.
+    """
+    log_w = torch.as_tensor(log_w)
+    if log_w.ndim != 2 or log_w.shape[1] == 0 or log_w.shape[0] == 0:
+        raise InputError(
+            f"log-weights must be a non-empty [N, K] matrix (one row per datapoint), got shape {tuple(log_w.shape)}"
+        )
+    log_w = log_w.to("cpu", torch.float64)
+    n, k = log_w.shape
+    chosen = _check_estimators(estimators, k)
+
+    per_example = {"index": np.arange(n)}
+    rows = []
+    for est in chosen:
+        values = _as_numpy(est(log_w))
+        per_example[est.name] = values
+        mc_var = _as_numpy(est.mc_variance(log_w)) if est.mc_variance is not None else None
+        rows.append(
+            {
+                "estimator": est.name,
+                "k": k,
+                "estimate": _mean(values),
+                "se_data": _standard_error(values),
+                "se_mc": _mc_standard_error(mc_var, n),
+                "n": n,
+            }
+        )
+    ess = _as_numpy(estimator_registry.ess(log_w))
+    khat = _as_numpy(estimator_registry.psis_khat(log_w)) if k >= 2 else np.full(n, np.nan)
+    per_example["ess"] = ess
+    per_example["psis_khat"] = khat
+
+    summary = pd.DataFrame(rows, columns=["estimator", "k", "estimate", "se_data", "se_mc", "n"])
+    diagnostics = _weight_diagnostics(ess / k, khat)
+    metadata = {
+        "k": k,
+        "n": n,
+        "seed": None,
+        "model": None,
+        "data": "log-weights",
+        "evalkit_version": _version(),
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+    }
+    return EstimateResult(
+        summary=summary,
+        per_example=pd.DataFrame(per_example),
+        diagnostics=diagnostics,
+        metadata=metadata,
+        log_weights=log_w if keep_log_weights else None,
+    )
+
+
+def _check_estimators(names: Sequence[str], k: int) -> list:
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise InputError("no estimator chosen; name at least one, e.g. 'iwae' (see evalkit.estimators.available())")
+    chosen = [estimator_registry.get(name) for name in names]
+    for est in chosen:
+        if k < est.min_k:
+            raise InputError(
+                f"estimator {est.name!r} needs k >= {est.min_k} samples per datapoint, got k = {k}; "
+                f"raise k or choose a lower order"
+            )
+    seen = set()
+    unique = []
+    for est in chosen:
+        if est.name not in seen:
+            seen.add(est.name)
+            unique.append(est)
+    return unique
+
+
+def _weight_diagnostics(ess_fraction: np.ndarray, khat: np.ndarray) -> Dict[str, Any]:
+    thresholds = (estimator_registry.KHAT_GOOD, estimator_registry.KHAT_BAD)
+    finite = np.isfinite(khat)
+    count = max(int(finite.sum()), 1)
+    above_bad = np.flatnonzero(finite & (khat > thresholds[1]))
+    return {
+        "mean_ess_fraction": _mean(ess_fraction),
+        "fraction_khat_above_0.5": float((finite & (khat > thresholds[0])).sum() / count),
+        "fraction_khat_above_0.7": float(len(above_bad) / count),
+        "indices_khat_above_0.7": [int(i) for i in above_bad],
+        "max_psis_khat": float(np.nanmax(khat)) if finite.any() else float("nan"),
+    }
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(np.mean(values))
+
+
+def _standard_error(values: np.ndarray) -> float:
+    # Spread over datapoints (data sampling + Monte Carlo noise); undefined for one datapoint.
+    if len(values) < 2 or not np.all(np.isfinite(values)):
+        return float("nan")
+    return float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def _mc_standard_error(mc_variance: Optional[np.ndarray], n: int) -> float:
+    # Monte Carlo SE of the dataset mean: datapoints draw independent samples, so variances add.
+    if mc_variance is None or not np.all(np.isfinite(mc_variance)):
+        return float("nan")
+    return float(math.sqrt(float(np.sum(mc_variance))) / n)
+
+
+def _display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    frame = summary.copy()
+    frame["estimate"] = frame["estimate"].map(lambda v: f"{v:.4f}")
+    for column in ("se_data", "se_mc"):
+        frame[column] = frame[column].map(lambda v: "n/a" if not math.isfinite(v) else f"{v:.4f}")
+    return frame.drop(columns=["n"])
+
+
+def _latex_escape(text: str) -> str:
+    return text.replace("_", r"\_")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def _describe(model: Any, model_obj: Any) -> str:
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        return str(model)
+    return type(model_obj).__name__
+
+
+def _describe_data(data: Any, split: str, binarize: str) -> str:
+    if isinstance(data, str) and data == "digits":
+        text = f"digits ({split} split)"
+    elif isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        text = str(data)
+    else:
+        text = f"in-memory {type(data).__name__} {tuple(data.shape)}"
+    if binarize != "none":
+        text += f", binarize={binarize}"
+    return text
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

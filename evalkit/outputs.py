@@ -1,0 +1,48 @@
+"""Write an :class:`~evalkit.estimate.EstimateResult` to files, each atomically.
+
+Checks run before the computation (:func:`check_outputs`) so that a run that cannot save its
+results fails in a second, not after an hour.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from .atomic import atomic_path, atomic_write_text, check_writable
+from .errors import OutputError
+
+
+def check_outputs(paths: Dict[str, Optional[str]], *, overwrite: bool = False) -> None:
+    """Raise :class:`OutputError` now if any of the named output paths cannot be written."""
+    chosen = [p for p in paths.values() if p is not None]
+    if len({str(Path(p).resolve()) for p in chosen}) != len(chosen):
+        raise OutputError(f"two outputs name the same file ({', '.join(chosen)}); give each its own name")
+    for path in chosen:
+        check_writable(path, overwrite=overwrite)
+    log_weights_path = paths.get("log_weights")
+    if log_weights_path is not None and Path(log_weights_path).suffix not in (".npy", ".pt"):
+        raise OutputError(f"log-weights file {log_weights_path!r} must end in .npy or .pt")
+
+
+def write_estimate_outputs(result, paths: Dict[str, Optional[str]], *, text: str, overwrite: bool = False) -> None:
+    """Write the summary ``text``, the per-example table and the log-weights where asked."""
+    if paths.get("output") is not None:
+        atomic_write_text(paths["output"], text if text.endswith("\n") else text + "\n", overwrite=overwrite)
+    if paths.get("per_example") is not None:
+        target = paths["per_example"]
+        if target.endswith(".json"):
+            body = result.per_example.to_json(orient="records", indent=1, double_precision=15)
+        else:
+            body = result.per_example.to_csv(index=False, float_format="%.17g")
+        atomic_write_text(target, body, overwrite=overwrite)
+    if paths.get("log_weights") is not None:
+        target = paths["log_weights"]
+        with atomic_path(target, overwrite=overwrite) as tmp:
+            if target.endswith(".npy"):
+                with open(tmp, "wb") as fh:
+                    np.save(fh, result.log_weights.numpy())
+            else:
+                torch.save(result.log_weights, tmp)
