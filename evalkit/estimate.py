@@ -164,6 +164,8 @@ def estimate(
     allow_pickle: bool = False,
     split: str = "test",
     binarize: str = "none",
+    cache: Optional[Any] = None,
+    cache_shard_size: Optional[int] = None,
     **engine_options: Any,
 ) -> EstimateResult:
     """Estimate mean log p(x) over ``data`` with K importance samples per datapoint.
@@ -186,6 +188,13 @@ def estimate(
         the batching, device count or data order.
     keep_log_weights : bool
         Keep the ``[N, k]`` log-weights on the result.
+    cache : str or path, optional
+        A directory where the log-weights are stored shard by shard as they are computed (see
+        :func:`evalkit.cache.cached_log_weights`). Calling again with the same arguments
+        resumes an interrupted run and gives bitwise the same result; a cache made for another
+        checkpoint, data, k, seed or dtype is refused.
+    cache_shard_size : int, optional
+        Datapoints per shard of a new cache (default: at most 16 MiB and 1/8 of the data).
     **engine_options
         Passed to :func:`evalkit.log_weights` (``batch_size``, ``k_chunk``, ``memory_budget``,
         ``device``, ``dtype``, ``progress``, ...).
@@ -207,9 +216,16 @@ def estimate(
     model_obj = resolve_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
     data_tensor = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
 
-    from .engine import log_weights as compute_log_weights
+    if cache is not None:
+        from .cache import cached_log_weights
 
-    log_w = compute_log_weights(model_obj, data_tensor, int(k), seed=seed, **engine_options)
+        log_w = cached_log_weights(
+            model_obj, data_tensor, int(k), cache_dir=cache, seed=seed, shard_size=cache_shard_size, **engine_options
+        )
+    else:
+        from .engine import log_weights as compute_log_weights
+
+        log_w = compute_log_weights(model_obj, data_tensor, int(k), seed=seed, **engine_options)
     result = estimate_from_log_weights(log_w, estimators=[e.name for e in chosen], keep_log_weights=keep_log_weights)
     result.metadata.update(
         seed=seed,
