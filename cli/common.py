@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import sys
+import warnings
 from typing import Any, Callable, Dict
 
 import click
@@ -61,6 +63,15 @@ engine_options = _compose(
                  help="Model compute precision; reductions are always float64."),
 )
 
+cache_options = _compose(
+    click.option("--cache", "cache", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR",
+                 help="Store the log-weights in DIR as they are computed; re-running the same command after a "
+                      "crash or kill resumes where it stopped, with bitwise the same results."),
+    click.option("--cache-shard-size", type=click.IntRange(min=1), default=None, metavar="N",
+                 help="Datapoints per cache shard (default: at most 16 MiB and 1/8 of the data). "
+                      "Does not change the numbers."),
+)
+
 run_options = _compose(
     click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar or messages on stderr."),
     click.option("--debug", is_flag=True, default=False, help="Show the full traceback on errors."),
@@ -91,6 +102,11 @@ def input_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         "split": params.get("split", "test"),
         "binarize": params.get("binarize", "none"),
     }
+
+
+def cache_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Keyword arguments of :func:`evalkit.estimate` (and ``sweep``) from parsed cache options."""
+    return {"cache": params.get("cache"), "cache_shard_size": params.get("cache_shard_size")}
 
 
 def parse_ks(text: str) -> list:
@@ -130,12 +146,43 @@ def errors_as_messages(debug: bool):
         sys.exit(130)
 
 
+@contextlib.contextmanager
+def messages_to_stderr(*, quiet: bool = False, debug: bool = False):
+    """Show library warnings as ``warning: <message>`` lines and evalkit's log (resuming from a
+    cache...) as plain lines on stderr; ``--quiet`` hides the log, ``--debug`` keeps Python's
+    usual warning format (with file and line)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("evalkit")
+    old_level, old_propagate = log.level, log.propagate
+    if not quiet:
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+    try:
+        with warnings.catch_warnings():
+            if not debug:
+                warnings.showwarning = _show_warning
+            yield
+    finally:
+        if not quiet:
+            log.removeHandler(handler)
+            log.setLevel(old_level)
+            log.propagate = old_propagate
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
 def command_errors(f: Callable) -> Callable:
-    """Decorator: run the command body under :func:`errors_as_messages` using its ``debug`` flag."""
+    """Decorator: run the command body under :func:`errors_as_messages` using its ``debug`` flag,
+    with warnings and log messages shown as in :func:`messages_to_stderr`."""
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        with errors_as_messages(kwargs.get("debug", False)):
+        debug = kwargs.get("debug", False)
+        with errors_as_messages(debug), messages_to_stderr(quiet=kwargs.get("quiet", False), debug=debug):
             return f(*args, **kwargs)
 
     return wrapper

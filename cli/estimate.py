@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .common import (FORMATS, command_errors, data_options, echo_err, engine_kwargs, engine_options,
-                     input_kwargs, model_options, run_options)
+from .common import (FORMATS, cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
+                     engine_options, input_kwargs, model_options, run_options)
 from .main import main
 
 
@@ -16,6 +16,7 @@ from .main import main
               help="Estimator to report (repeat for several); default: elbo iwae jvi1 jvi2 dvi. "
                    "See `evalkit estimators`.")
 @engine_options
+@cache_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="How to print the summary.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -37,6 +38,8 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     Example:
 
         evalkit estimate examples/digits_iwae.pt --data digits --binarize bernoulli -k 1000
+
+    With --cache DIR a long run can be killed and re-run: it continues where it stopped.
     """
     from evalkit.estimate import DEFAULT_ESTIMATORS, estimate
     from evalkit.outputs import check_outputs, write_estimate_outputs
@@ -53,6 +56,7 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
         keep_log_weights=save_log_weights is not None,
         **input_kwargs(params),
         **engine_kwargs(params),
+        **cache_kwargs(params),
     )
     text = result.format(fmt)
     write_estimate_outputs(result, outputs, text=text, overwrite=overwrite)
