@@ -1,0 +1,22 @@
+"""Models: the log-weight protocol, its encoder/prior/decoder base class, built-in architectures.
+
+See :mod:`evalkit.models.base` for the protocol every model follows.
+"""
+from .base import EncoderDecoderModel, LatentVariableModel
+from .iwae import IWAE
+from .linear_gaussian import LinearGaussianModel
+from .base import check_model
+from .vae import MLPVAE
+
+BUILTIN_MODELS = {cls.__name__: cls for cls in (MLPVAE, IWAE, LinearGaussianModel)}
+"""Built-in model classes by the name stored in evalkit checkpoints."""
+
+__all__ = [
+    "BUILTIN_MODELS",
+    "EncoderDecoderModel",
+    "IWAE",
+    "LatentVariableModel",
+    "LinearGaussianModel",
+    "MLPVAE",
+    "check_model",
+]

@@ -1,0 +1,104 @@
+"""A multilayer-perceptron VAE with a diagonal-Gaussian encoder."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from torch import Tensor, nn
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
+
+from ..errors import InputError
+from .base import EncoderDecoderModel, standard_normal_prior
+
+ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus}
+LIKELIHOODS = ("bernoulli", "gaussian")
+
+
+def mlp(sizes: Sequence[int], activation: str) -> nn.Sequential:
+    """Return Linear-activation layers through ``sizes`` (an activation after every Linear)."""
+    layers: list[nn.Module] = []
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+    return nn.Sequential(*layers)
+
+
+class MLPVAE(EncoderDecoderModel):
+    """VAE with MLP encoder and decoder.
+
+    .. math::
+
+        q(z \\mid x) = \\mathcal{N}(z;\\, \\mu(x), \\operatorname{diag} \\sigma(x)^2), \\quad
+        p(z) = \\mathcal{N}(0, I), \\quad
+        p(x \\mid z) = \\prod_j \\mathrm{Bernoulli}(x_j;\\, \\mathrm{logits}_j(z))
+        \\ \\text{or}\\ \\prod_j \\mathcal{N}(x_j;\\, m_j(z), s_j(z)^2),
+
+    with ``sigma = exp(log_scale)`` from a linear head.
+
+    Parameters
+    ----------
+    data_dim : int
+        Length of a datapoint.
+    latent_dim : int
+        Dimension of z.
+    hidden_dims : sequence of int, default (200, 200)
+        Hidden layer widths of the encoder; the decoder mirrors them.
+    likelihood : {"bernoulli", "gaussian"}
+        Decoder family: Bernoulli with logits, or a diagonal Gaussian with a mean head and a
+        log-standard-deviation head.
+    activation : {"tanh", "relu", "softplus"}
+    """
+
+    def __init__(
+        self,
+        data_dim: int,
+        latent_dim: int,
+        hidden_dims: Sequence[int] = (200, 200),
+        *,
+        likelihood: str = "bernoulli",
+        activation: str = "tanh",
+    ) -> None:
+        super().__init__()
+        if likelihood not in LIKELIHOODS:
+            raise InputError(f"Expected argument `likelihood` to be one of {list(LIKELIHOODS)}, got {likelihood!r}.")
+        if activation not in ACTIVATIONS:
+            raise InputError(f"Expected argument `activation` to be one of {sorted(ACTIVATIONS)}, got {activation!r}.")
+        hidden_dims = [int(h) for h in hidden_dims]
+        if not hidden_dims:
+            raise InputError("Expected argument `hidden_dims` to name at least one hidden layer, got [].")
+        self.data_dim = int(data_dim)
+        self.latent_dim = int(latent_dim)
+        self.hidden_dims = hidden_dims
+        self.likelihood_name = likelihood
+        self.activation = activation
+        self.noise_shape = (self.latent_dim,)
+        self.requires_binary_data = likelihood == "bernoulli"
+
+        self.encoder = mlp([self.data_dim, *hidden_dims], activation)
+        self.encoder_loc = nn.Linear(hidden_dims[-1], self.latent_dim)
+        self.encoder_log_scale = nn.Linear(hidden_dims[-1], self.latent_dim)
+        self.decoder = mlp([self.latent_dim, *reversed(hidden_dims)], activation)
+        self.decoder_loc = nn.Linear(hidden_dims[0], self.data_dim)  # logits for Bernoulli
+        self.decoder_log_scale = nn.Linear(hidden_dims[0], self.data_dim) if likelihood == "gaussian" else None
+
+    def proposal(self, x: Tensor) -> Distribution:
+        hidden = self.encoder(x)
+        scale = self.encoder_log_scale(hidden).exp()
+        return Independent(Normal(self.encoder_loc(hidden), scale, validate_args=False), 1)
+
+    def prior(self) -> Distribution:
+        return standard_normal_prior(self.latent_dim, self.encoder_loc.weight)
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        hidden = self.decoder(z)
+        if self.decoder_log_scale is None:
+            return Independent(Bernoulli(logits=self.decoder_loc(hidden), validate_args=False), 1)
+        scale = self.decoder_log_scale(hidden).exp()
+        return Independent(Normal(self.decoder_loc(hidden), scale, validate_args=False), 1)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "data_dim": self.data_dim,
+            "latent_dim": self.latent_dim,
+            "hidden_dims": list(self.hidden_dims),
+            "likelihood": self.likelihood_name,
+            "activation": self.activation,
+        }
