@@ -1,0 +1,225 @@
+"""Datasets: the built-in digits data, files, binarisation and checks against a model.
+
+Every dataset is a float32 tensor ``[N, D]`` (images are flattened). Stochastic binarisation
+draws each datapoint's uniforms from its own stream keyed by ``(seed, row index in the
+source)``, so a subset binarises exactly as it does inside the full dataset.
+"""
+from __future__ import annotations
+
+import os
+import zipfile
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+import torch
+
+from .errors import DataError, InputError
+from .noise import binarization_uniforms, check_seed
+
+SPLITS = ("train", "test", "all")
+BINARIZE = ("none", "threshold", "bernoulli")
+
+DIGITS_SPLIT_SEED = 20240601
+"""Seed of the fixed permutation that splits the 1797 digits images (see :func:`digits_split`)."""
+
+DIGITS_TEST_FRACTION = 0.2
+
+_CONTAINER_KEYS = ("x", "data")
+
+
+def digits_split() -> dict[str, np.ndarray]:
+    """Return the row indices of the digits splits.
+
+    Rule: ``perm = numpy.random.default_rng(20240601).permutation(1797)``; ``test`` is the last
+    ``round(0.2 * 1797) = 359`` entries of ``perm``, ``train`` the first 1438, each sorted;
+    ``all`` is ``0..1796``.
+    """
+    n_images = 1797
+    perm = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(n_images)
+    n_test = round(DIGITS_TEST_FRACTION * n_images)
+    return {
+        "train": np.sort(perm[: n_images - n_test]),
+        "test": np.sort(perm[n_images - n_test:]),
+        "all": np.arange(n_images),
+    }
+
+
+def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    images = load_digits().data / 16.0  # pixel counts 0..16 -> [0, 1]
+    rows = digits_split()[split]
+    return images[rows], rows
+
+
+def _single_array(arrays: dict[str, np.ndarray], split: str, path: Path) -> np.ndarray:
+    """Pick the array of a container (npz, dict in .pt) for ``split``."""
+    if split in arrays:
+        return arrays[split]
+    for key in _CONTAINER_KEYS:
+        if key in arrays:
+            return arrays[key]
+    if len(arrays) == 1 and split != "train":
+        return next(iter(arrays.values()))
+    raise DataError(
+        f"{path} holds arrays {sorted(arrays)}; none is named '{split}', 'x' or 'data', so evalkit cannot tell "
+        "which to use; save the data under one of those keys."
+    )
+
+
+def _read_csv(path: Path) -> np.ndarray:
+    with open(path) as handle:
+        first = handle.readline()
+    try:
+        [float(cell) for cell in first.replace(";", ",").split(",") if cell.strip()]
+        skip = 0
+    except ValueError:
+        skip = 1  # a header line
+    delimiter = ";" if first.count(";") > first.count(",") else ","
+    try:
+        return np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2)
+    except ValueError as err:
+        raise DataError(f"{path} is not a numeric CSV file ({err}); keep only numbers, with at most one header line.") from None
+
+
+def _read_file(path: Path, split: str) -> np.ndarray:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                array = _single_array({key: archive[key] for key in archive.files}, split, path)
+        elif suffix in (".pt", ".pth"):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict):
+                obj = _single_array({str(key): value for key, value in obj.items()}, split, path)
+            if not isinstance(obj, torch.Tensor):
+                raise DataError(f"{path} holds a {type(obj).__name__}, not a tensor; save a tensor [N, ...] or a dict of tensors.")
+            array = obj.detach().to(torch.float64).numpy() if obj.is_floating_point() else obj.numpy()
+        elif suffix == ".csv":
+            array = _read_csv(path)
+        else:
+            raise DataError(f"{path} has an unsupported suffix '{suffix}'; use .npy, .npz, .pt or .csv.")
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError) as err:
+        if isinstance(err, DataError):
+            raise
+        raise DataError(f"cannot read {path} ({err}); check that the file is a valid {suffix} file.") from None
+    return np.asarray(array)
+
+
+def load_data(
+    source: Union[str, os.PathLike],
+    *,
+    split: str = "test",
+    binarize: str = "none",
+    seed: int = 0,
+) -> torch.Tensor:
+    """Load a dataset as a float32 tensor ``[N, D]``.
+
+    Parameters
+    ----------
+    source : str or path
+        ``"digits"`` -- scikit-learn's 8x8 digits (1797 images, 64 pixels, values /16 in
+        [0, 1], split by :func:`digits_split`); or a path to ``.npy``, ``.npz`` (one array, or
+        the array named after ``split``, or ``"x"`` / ``"data"``), ``.pt`` (a tensor or a dict
+        of tensors, chosen like npz) or ``.csv`` (numbers, optional header line).
+        Arrays ``[N, ...]`` are flattened to ``[N, D]``; a 1-D array is ``N`` datapoints of
+        length 1. Values are used as stored (no rescaling).
+    split : {"test", "train", "all"}
+        For digits and for containers that hold ``train``/``test`` arrays. A file holding a
+        single array is one dataset: ``"test"`` and ``"all"`` return it, ``"train"`` is an error.
+    binarize : {"none", "threshold", "bernoulli"}
+        ``"threshold"``: ``x > 0.5``. ``"bernoulli"``: ``x_bin = (u < x)`` with ``u`` uniform,
+        drawn once from each datapoint's own stream ``(seed, row index in the source)`` -- fixed
+        binarisation, the same for a datapoint whatever the split or subset. Needs x in [0, 1].
+    seed : int
+        Seed of the Bernoulli binarisation.
+
+    Returns
+    -------
+    Tensor, shape (N, D), float32
+    """
+    if split not in SPLITS:
+        raise InputError(f"Expected argument `split` to be one of {list(SPLITS)}, got {split!r}.")
+    if binarize not in BINARIZE:
+        raise InputError(f"Expected argument `binarize` to be one of {list(BINARIZE)}, got {binarize!r}.")
+    seed = check_seed(seed)
+    if str(source) == "digits":
+        array, rows = _load_digits(split)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise DataError(f"data file {path} does not exist; give a .npy, .npz, .pt or .csv path, or 'digits'.")
+        array = _read_file(path, split)
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{path} holds {array.dtype} values; evalkit needs numbers.")
+        if array.ndim == 0:
+            raise DataError(f"{path} holds a single number; save an array [N, D] of datapoints.")
+        array = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(-1, 1)
+        rows = np.arange(array.shape[0])
+    data = np.asarray(array, dtype=np.float64)
+    if binarize == "threshold":
+        data = (data > 0.5).astype(np.float64)
+    elif binarize == "bernoulli":
+        finite = data[np.isfinite(data)]
+        if finite.size and (finite.min() < 0 or finite.max() > 1):
+            raise DataError(
+                f"binarize='bernoulli' needs values in [0, 1], got range [{finite.min():g}, {finite.max():g}]; "
+                "rescale the data first (e.g. divide 8-bit images by 255)."
+            )
+        for position, row in enumerate(rows):
+            data[position] = binarization_uniforms(seed, int(row), data.shape[1]) < data[position]
+    return torch.from_numpy(data.astype(np.float32))
+
+
+def _rows_text(rows: torch.Tensor) -> str:
+    shown = rows[:5].tolist()
+    more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""
+    return f"{shown}{more}"
+
+
+def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:
+    """Check that ``data`` can be evaluated by ``model``; raise :class:`DataError` if not.
+
+    Parameters
+    ----------
+    data : Tensor, shape (N, D)
+    model : model following the protocol (``data_dim``, ``requires_binary_data``)
+
+    Raises
+    ------
+    DataError
+        Empty data; not 2-D; ``D != model.data_dim``; NaN or infinite values (the rows are
+        named); non-binary values for a model with ``requires_binary_data``.
+    """
+    if not isinstance(data, torch.Tensor):
+        raise DataError(f"Expected the data as a torch.Tensor [N, D], got {type(data).__name__}; use evalkit.load_data.")
+    if data.dim() != 2:
+        raise DataError(f"Expected the data as a 2-D tensor [N, D], got shape {tuple(data.shape)}; flatten each datapoint.")
+    if data.shape[0] == 0:
+        raise DataError("the dataset is empty (N = 0); check the file and the split.")
+    if data.shape[1] != model.data_dim:
+        raise DataError(
+            f"the data have {data.shape[1]} values per datapoint but the model expects data_dim={model.data_dim}; "
+            "load the dataset the model was trained on."
+        )
+    if not data.is_floating_point():
+        data = data.double()
+    bad = (~torch.isfinite(data)).any(dim=1).nonzero().flatten()
+    if len(bad):
+        raise DataError(f"the data contain NaN or infinite values in rows {_rows_text(bad)} ({len(bad)} rows); remove or fix them.")
+    if getattr(model, "requires_binary_data", False):
+        non_binary = ((data != 0) & (data != 1)).any(dim=1).nonzero().flatten()
+        if len(non_binary):
+            low, high = float(data.min()), float(data.max())
+            hint = " (values above 1: scale them to [0, 1] first)" if high > 1 else ""
+            raise DataError(
+                f"the model has a Bernoulli decoder but rows {_rows_text(non_binary)} ({len(non_binary)} rows) are not "
+                f"binary (range [{low:g}, {high:g}]){hint}; load the data with binarize='bernoulli' "
+                "(stochastic, fixed once by the seed) or binarize='threshold' (x > 0.5)."
+            )
+
+
+__all__ = ["load_data", "check_data_for_model", "digits_split", "SPLITS", "BINARIZE"]
