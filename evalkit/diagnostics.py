@@ -414,6 +414,65 @@ def fit_inverse_k(ks: Sequence[int], means: np.ndarray, se: Sequence[float]) -> 
                          tuple(int(k) for k in ks), note)
 
 
+@dataclass(frozen=True)
+class BiasSlope:
+    """Log-log slope of measured |bias| against k.
+
+    Attributes
+    ----------
+    slope, slope_se : float
+        Fitted ``s`` in ``|bias| ∝ k^s`` and its (approximate) SE.
+    ks : tuple of int
+        The ks used: those where the bias is resolved (``|bias| > z SE``).
+    note : str
+    """
+
+    slope: float
+    slope_se: float
+    ks: tuple = field(default_factory=tuple)
+    note: str = ""
+
+
+def bias_slope(ks: Sequence[int], bias: Sequence[float], bias_se: Sequence[float], *, z: float = 3.0) -> BiasSlope:
+    """Fit ``log|bias| = const + s log k`` over the ks where the bias is resolved.
+
+    Parameters
+    ----------
+    ks, bias, bias_se : sequences of equal length
+        Per-k measured bias and its SE (a sweep table's columns).
+    z : float
+        Use only points with ``|bias| > z * SE`` (default 3): below that, |bias| is mostly noise
+        and its logarithm is biased towards the noise floor.
+
+    Returns
+    -------
+    BiasSlope
+        IWAE's bias falls like ``k^-1``; JVI-m's like ``k^-(m+1)`` when the weights' expansion
+        has a nonzero ``k^-(m+1)`` term (for Gamma weights the ``k^-3`` term vanishes, so JVI-2
+        falls like ``k^-4`` there).
+
+    Notes
+    -----
+    Weighted least squares with ``SE(log|b|) = SE(b) / |b|``. The points share samples, so the
+    SE treats them as independent and is approximate (usually too small).
+    """
+    k = np.asarray(list(ks), dtype=np.float64)
+    b = np.abs(np.asarray(list(bias), dtype=np.float64))
+    se = np.asarray(list(bias_se), dtype=np.float64)
+    use = np.isfinite(b) & np.isfinite(se) & (se > 0) & (b > z * se)
+    if use.sum() < 2:
+        return BiasSlope(math.nan, math.nan, tuple(int(v) for v in k[use]),
+                         f"needs >= 2 values of k with |bias| > {z:g} SE, got {int(use.sum())}")
+    x, y, sy = np.log(k[use]), np.log(b[use]), se[use] / b[use]
+    design = np.stack([np.ones_like(x), x], axis=1)
+    weights = 1.0 / sy**2
+    cov = np.linalg.inv(design.T @ (design * weights[:, None]))
+    coef = cov @ (design.T @ (weights * y))
+    slope_se = math.sqrt(cov[1, 1]) if use.sum() > 2 else math.nan
+    return BiasSlope(float(coef[1]), slope_se, tuple(int(v) for v in k[use]),
+                     "" if use.sum() > 2 else "2 points: no SE")
+
+
 # ----------------------------------------------------------------------------------------------
 # Weight diagnostics
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,308 @@
+"""Write a :class:`~evalkit.sweep.SweepResult` to disk: a sweep directory or a self-contained report.
+
+* :func:`write_sweep` -- tables (CSV, JSON, Markdown) and figures (PNG, SVG, PDF) in a directory.
+* :func:`write_report` -- ``report.md`` (figures linked as relative files) and ``report.html``
+  (figures embedded as base64 PNG, so the one file can be mailed or archived), with the tables,
+  the exact command and the versions used.
+
+Every file goes through :mod:`evalkit.atomic`, so each appears whole or not at all; all target
+paths are checked before the first one is written (and, from the CLI, before the sweep runs).
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import pandas as pd
+
+from .atomic import atomic_write_bytes, atomic_write_text, check_writable
+from .errors import OutputError
+
+PathLike = Union[str, os.PathLike]
+
+FIGURE_NAMES = ("estimate", "bias", "variance", "khat")
+
+_FIGURE_CAPTIONS = {
+    "estimate": "Mean estimate vs K with 95% bands (of estimate - reference) and the reference line.",
+    "bias": "|bias| vs K on log-log axes with slope guides -1, -2, -3 and IWAE's leading-order theory.",
+    "variance": "Monte Carlo variance of one estimate vs K on log-log axes with IWAE's leading-order theory.",
+    "khat": "Per-datapoint PSIS k-hat at K_max with the 0.5 and 0.7 thresholds.",
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# sweep directory
+# ----------------------------------------------------------------------------------------------
+
+
+def sweep_paths(out: PathLike, *, formats: Sequence[str] = ("png", "svg", "pdf"),
+                per_datapoint: bool = False) -> Dict[str, Path]:
+    """The files :func:`write_sweep` writes into ``out``, by name."""
+    from .plots import check_formats
+
+    out = Path(out)
+    paths = {
+        "table_csv": out / "sweep.csv",
+        "table_json": out / "sweep.json",
+        "table_md": out / "sweep.md",
+        "theory_csv": out / "theory.csv",
+        "fits_csv": out / "fits.csv",
+        "weights_csv": out / "weights.csv",
+    }
+    if per_datapoint:
+        paths["per_datapoint_csv"] = out / "per_datapoint.csv"
+    for name in FIGURE_NAMES:
+        for fmt in check_formats(formats):
+            paths[f"{name}_{fmt}"] = out / f"{name}.{fmt}"
+    return paths
+
+
+def report_paths(out: PathLike) -> Dict[str, Path]:
+    """The files :func:`write_report` writes into ``out``, by name."""
+    out = Path(out)
+    paths = {"report_md": out / "report.md", "report_html": out / "report.html",
+             "table_csv": out / "sweep.csv", "table_json": out / "sweep.json", "weights_csv": out / "weights.csv"}
+    for name in FIGURE_NAMES:
+        paths[f"{name}_png"] = out / "figures" / f"{name}.png"
+    return paths
+
+
+def check_output_dir(paths: Dict[str, Path], *, overwrite: bool = False) -> None:
+    """Raise :class:`OutputError` now if any of ``paths`` could not be written later.
+
+    Directories that do not exist yet are fine when their nearest existing ancestor is a
+    writable directory (they are created on writing).
+    """
+    for path in paths.values():
+        if path.exists():
+            check_writable(path, overwrite=overwrite)
+            continue
+        ancestor = path.parent
+        while not ancestor.exists() and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        if not ancestor.is_dir():
+            raise OutputError(f"{str(ancestor)!r} is a file, so {str(path)!r} cannot be created; choose another --out")
+        if not os.access(ancestor, os.W_OK | os.X_OK):
+            raise OutputError(f"directory {str(ancestor)!r} is not writable; choose another --out")
+
+
+def write_sweep(result, out: PathLike, *, formats: Sequence[str] = ("png", "svg", "pdf"),
+                per_datapoint: bool = False, overwrite: bool = False) -> Dict[str, Path]:
+    """Write a sweep's tables and figures into directory ``out`` (created if missing).
+
+    Parameters
+    ----------
+    result : SweepResult
+    out : path
+        Output directory.
+    formats : sequence of {"png", "svg", "pdf"}
+        Figure formats.
+    per_datapoint : bool
+        Also write ``per_datapoint.csv`` (group mean and variance per datapoint, estimator, k).
+    overwrite : bool
+        Replace existing files; otherwise an existing file is an :class:`OutputError` raised
+        before anything is written.
+
+    Returns
+    -------
+    dict of str -> Path
+        ``sweep.csv`` / ``.json`` / ``.md`` (the table), ``theory.csv``, ``fits.csv``,
+        ``weights.csv`` (ESS/K and k-hat per datapoint) and ``{estimate,bias,variance,khat}.{fmt}``.
+    """
+    from .plots import save_figure
+
+    paths = sweep_paths(out, formats=formats, per_datapoint=per_datapoint)
+    check_output_dir(paths, overwrite=overwrite)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    atomic_write_text(paths["table_csv"], result.to_csv(), overwrite=overwrite)
+    atomic_write_text(paths["table_json"], result.to_json() + "\n", overwrite=overwrite)
+    atomic_write_text(paths["table_md"], result.to_markdown(), overwrite=overwrite)
+    atomic_write_text(paths["theory_csv"], _csv(result.theory), overwrite=overwrite)
+    atomic_write_text(paths["fits_csv"], _csv(result.fits), overwrite=overwrite)
+    atomic_write_text(paths["weights_csv"], _csv(result.weights.to_frame()), overwrite=overwrite)
+    if per_datapoint:
+        atomic_write_text(paths["per_datapoint_csv"], _csv(result.per_datapoint), overwrite=overwrite)
+    for name, fig in result.figures().items():
+        save_figure(fig, Path(out) / name, formats=formats, overwrite=overwrite)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+# ----------------------------------------------------------------------------------------------
+
+
+def write_report(result, out: PathLike, *, title: Optional[str] = None, command: Optional[str] = None,
+                 overwrite: bool = False) -> Dict[str, Path]:
+    """Write a self-contained Markdown + HTML report of a sweep into directory ``out``.
+
+    Parameters
+    ----------
+    result : SweepResult
+    out : path
+        Report directory (created if missing), e.g. ``reports/my-model``.
+    title : str, optional
+        Report title; default ``"evalkit sweep: <model>"``.
+    command : str, optional
+        The exact command that produced the result (the CLI passes its command line); from
+        Python, say how it was made, e.g. ``"evalkit.sweep(model, data=x, ks=...)"``.
+    overwrite : bool
+        Replace existing files.
+
+    Returns
+    -------
+    dict of str -> Path
+        ``report.md``, ``report.html``, ``figures/{estimate,bias,variance,khat}.png``,
+        ``sweep.csv``, ``sweep.json`` and ``weights.csv``.
+
+    Notes
+    -----
+    ``report.md`` links the figures as relative files (``figures/bias.png``); ``report.html``
+    embeds the same PNG bytes as base64, so it needs no other file.
+    """
+    from .plots import figure_png_bytes
+
+    paths = report_paths(out)
+    check_output_dir(paths, overwrite=overwrite)
+    (Path(out) / "figures").mkdir(parents=True, exist_ok=True)
+    pngs = {name: figure_png_bytes(fig) for name, fig in result.figures().items()}
+    title = title or f"evalkit sweep: {result.metadata.get('model') or result.metadata.get('data')}"
+    command = command or "(not recorded: made from Python without command=)"
+    atomic_write_text(paths["table_csv"], result.to_csv(), overwrite=overwrite)
+    atomic_write_text(paths["table_json"], result.to_json() + "\n", overwrite=overwrite)
+    atomic_write_text(paths["weights_csv"], _csv(result.weights.to_frame()), overwrite=overwrite)
+    for name, data in pngs.items():
+        atomic_write_bytes(paths[f"{name}_png"], data, overwrite=overwrite)
+    atomic_write_text(paths["report_md"], render_markdown(result, title=title, command=command), overwrite=overwrite)
+    atomic_write_text(paths["report_html"], render_html(result, pngs, title=title, command=command),
+                      overwrite=overwrite)
+    return paths
+
+
+def findings(result) -> List[str]:
+    """Plain-language answers the report leads with, computed from the result.
+
+    1. How far the estimate at K_max is from log p(x) (measured against an exact or user
+       reference, or predicted by the leading-order theory, and the extrapolated value);
+    2. whether a debiased estimator moves the answer;
+    3. whether the weights can be trusted (PSIS k-hat).
+    """
+    from .sweep import _pm  # the one value ± SE formatter
+
+    table, ref, k_max = result.table, result.reference, result.metadata["k_max"]
+    lines: List[str] = []
+    last = table[table["k"] == k_max].set_index("estimator")
+    theory_last = result.theory[result.theory["k"] == k_max]
+    if "iwae" in last.index:
+        row = last.loc["iwae"]
+        text = f"IWAE at K = {k_max}: {_pm(row['estimate'], row['estimate_se'])} nats (mean over {result.metadata['n']} datapoints, SE over datapoints)."
+        if ref.kind != "pool":
+            text += f" Measured bias against the {('exact' if ref.kind == 'exact' else 'user-supplied')} reference: {_pm(row['bias'], row['bias_se'])} nats."
+        if not theory_last.empty:
+            text += (f" Leading-order theory from the pool's weight moments puts IWAE's remaining bias at "
+                     f"{theory_last['bias'].iloc[0]:.3g} nats (valid only where k-hat < 0.5).")
+        lines.append(text)
+    for est in last.index:
+        if est == "iwae" or "iwae" not in last.index:
+            continue
+        diff = last.loc[est, "estimate"] - last.loc["iwae", "estimate"]
+        lines.append(f"{est} at K = {k_max} differs from IWAE by {diff:+.3g} nats "
+                     f"(a debiased estimator removes the O(1/K) term; a gap much larger than the theory "
+                     f"bias above points to unreliable weights).")
+    fits = result.fits.dropna(subset=["a"])
+    if not fits.empty:
+        parts = [f"{r.estimator} {_pm(r.a, r.a_se)}" for r in fits.itertuples()]
+        lines.append("Extrapolated log p(x) (fit a + b/K + c/K^2 over K >= "
+                     f"{result.metadata.get('fit_min_k')}): " + "; ".join(parts) + " nats.")
+    w = result.weights
+    lines.append(
+        f"Weights at K = {k_max}: mean ESS/K = {w.ess_fraction.mean():.3g}; PSIS k-hat > 0.5 for "
+        f"{w.fraction_above_good:.1%} and > 0.7 for {w.fraction_above_bad:.1%} of datapoints."
+        + (" Bias/variance asymptotics do not hold for those: " + w.warning.split(":")[0] + "."
+           if w.warning else " The bias/variance asymptotics can be trusted for every datapoint.")
+    )
+    if ref.kind == "pool":
+        lines.append(f"No exact log p(x) was available: 'bias' is measured against {ref.label}.")
+    return lines
+
+
+def render_markdown(result, *, title: str, command: str) -> str:
+    """The report as Markdown; figures are linked as ``figures/<name>.png``."""
+    m = result.metadata
+    out = [f"# {title}", "", _overview(result), "", "## Findings", ""]
+    out += [f"* {line}" for line in findings(result)]
+    out += ["", "## Bias, variance and RMSE over K", "", f"Reference: {result.reference.label}.", "",
+            result.display_table().to_markdown(index=False), "",
+            "## Extrapolation a + b/K + c/K^2", "",
+            "Weighted least squares on the per-K estimates; the SE of a is over datapoints "
+            "(the Ks share samples, so a textbook WLS SE would be wrong).", "",
+            result.fits_display().to_markdown(index=False), "",
+            "## IWAE theory (from the pool's weight moments)", "",
+            _theory_frame(result).to_markdown(index=False), "",
+            "## Figures", ""]
+    for name in FIGURE_NAMES:
+        out += [f"![{name}](figures/{name}.png)", "", f"*{_FIGURE_CAPTIONS[name]}*", ""]
+    if result.notes or result.warnings:
+        out += ["## Notes", ""] + [f"* {text}" for text in list(result.warnings) + list(result.notes)] + [""]
+    out += ["## Reproduce", "", "```", command, "```", "", "| package | version |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in m.get("versions", {}).items()]
+    out += ["", f"Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
+    return "\n".join(out)
+
+
+def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> str:
+    """The report as one HTML file with the figures embedded as base64 PNG."""
+    esc = html.escape
+    m = result.metadata
+    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(_overview(result))}</p>", "<h2>Findings</h2>", "<ul>"]
+    body += [f"<li>{esc(line)}</li>" for line in findings(result)]
+    body += ["</ul>", "<h2>Bias, variance and RMSE over K</h2>",
+             f"<p>Reference: {esc(result.reference.label)}.</p>",
+             result.display_table().to_html(index=False, border=0, classes="t"),
+             "<h2>Extrapolation a + b/K + c/K^2</h2>",
+             "<p>Weighted least squares on the per-K estimates; the SE of a is over datapoints "
+             "(the Ks share samples, so a textbook WLS SE would be wrong).</p>",
+             result.fits_display().to_html(index=False, border=0, classes="t"),
+             "<h2>IWAE theory (from the pool's weight moments)</h2>",
+             _theory_frame(result).to_html(index=False, border=0, classes="t"),
+             "<h2>Figures</h2>"]
+    for name in FIGURE_NAMES:
+        data = base64.b64encode(pngs[name]).decode("ascii")
+        body += [f'<figure><img alt="{name}" src="data:image/png;base64,{data}">',
+                 f"<figcaption>{esc(_FIGURE_CAPTIONS[name])}</figcaption></figure>"]
+    if result.notes or result.warnings:
+        body += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{esc(t)}</li>" for t in list(result.warnings) + list(result.notes)] + ["</ul>"]
+    body += ["<h2>Reproduce</h2>", f"<pre>{esc(command)}</pre>", "<table class='t'><tr><th>package</th><th>version</th></tr>"]
+    body += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in m.get("versions", {}).items()]
+    body += ["</table>"]
+    style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
+             "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
+             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right}"
+             "pre{background:#f4f4f4;padding:0.5rem;overflow-x:auto}img{max-width:100%}"
+             "figcaption{font-size:0.85rem;color:#444}")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{esc(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
+            + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _overview(result) -> str:
+    m = result.metadata
+    return (f"Model: {m.get('model') or 'n/a (log-weights given)'}. Data: {m.get('data')}. "
+            f"N = {m['n']} datapoints, K_max = {m['k_max']} samples per datapoint drawn once "
+            f"(seed {m.get('seed')}); every K is evaluated on floor(K_max / K) disjoint groups of the same pool. "
+            f"Estimators: {', '.join(m.get('estimators', []))}.")
+
+
+def _theory_frame(result) -> pd.DataFrame:
+    t = result.theory
+    return pd.DataFrame({"K": t["k"], "bias (leading)": t["bias"].map("{:.4g}".format),
+                         "bias (to 1/K^2)": t["bias_2"].map("{:.4g}".format),
+                         "variance (leading)": t["variance"].map("{:.4g}".format),
+                         "variance (to 1/K^2)": t["variance_2"].map("{:.4g}".format)})
+
+
+def _csv(frame: pd.DataFrame) -> str:
+    return frame.to_csv(index=False, float_format="%.17g")
