@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import zipfile
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -145,7 +145,6 @@ def load_data(
         raise InputError(f"Expected argument `split` to be one of {list(SPLITS)}, got {split!r}.")
     if binarize not in BINARIZE:
         raise InputError(f"Expected argument `binarize` to be one of {list(BINARIZE)}, got {binarize!r}.")
-    seed = check_seed(seed)
     if str(source) == "digits":
         array, rows = _load_digits(split)
     else:
@@ -159,19 +158,59 @@ def load_data(
             raise DataError(f"{path} holds a single number; save an array [N, D] of datapoints.")
         array = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(-1, 1)
         rows = np.arange(array.shape[0])
-    data = np.asarray(array, dtype=np.float64)
-    if binarize == "threshold":
-        data = (data > 0.5).astype(np.float64)
-    elif binarize == "bernoulli":
-        finite = data[np.isfinite(data)]
-        if finite.size and (finite.min() < 0 or finite.max() > 1):
-            raise DataError(
-                f"binarize='bernoulli' needs values in [0, 1], got range [{finite.min():g}, {finite.max():g}]; "
-                "rescale the data first (e.g. divide 8-bit images by 255)."
-            )
-        for position, row in enumerate(rows):
-            data[position] = binarization_uniforms(seed, int(row), data.shape[1]) < data[position]
-    return torch.from_numpy(data.astype(np.float32))
+    return _binarize(torch.from_numpy(np.asarray(array, dtype=np.float32)), binarize, check_seed(seed), rows.tolist())
+
+
+def binarize(
+    data: torch.Tensor,
+    mode: str,
+    *,
+    seed: int = 0,
+    indices: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """Binarise a dataset, with per-datapoint random streams for the stochastic mode.
+
+    Parameters
+    ----------
+    data : Tensor, shape (N, D)
+    mode : {"none", "threshold", "bernoulli"}
+        ``"none"``: unchanged. ``"threshold"``: ``x > 0.5``. ``"bernoulli"``: ``u < x`` with
+        ``u`` uniform from the stream of ``(seed, indices[n])`` (needs values in [0, 1]).
+    seed : int
+    indices : LongTensor, shape (N,), optional
+        Each row's index in the full dataset (default ``arange(N)``), so that a subset is
+        binarised exactly as inside the full dataset.
+
+    Returns
+    -------
+    Tensor, shape (N, D), float32
+        ``data`` is never modified; with ``"none"`` it is returned itself when it is already a
+        float32 CPU tensor.
+    """
+    if mode not in BINARIZE:
+        raise InputError(f"Expected argument `binarize` to be one of {list(BINARIZE)}, got {mode!r}.")
+    rows = list(range(data.shape[0])) if indices is None else torch.as_tensor(indices).tolist()
+    if len(rows) != data.shape[0]:
+        raise InputError(f"Expected `indices` with one entry per row ({data.shape[0]}), got {len(rows)}.")
+    return _binarize(data, mode, check_seed(seed), rows)
+
+
+def _binarize(data: torch.Tensor, mode: str, seed: int, rows: list[int]) -> torch.Tensor:
+    data = data.detach().to("cpu", torch.float32)
+    if mode == "none":
+        return data
+    if mode == "threshold":
+        return (data > 0.5).float()
+    finite = data[torch.isfinite(data)]
+    if finite.numel() and (float(finite.min()) < 0 or float(finite.max()) > 1):
+        raise DataError(
+            f"binarize='bernoulli' needs values in [0, 1], got range [{float(finite.min()):g}, {float(finite.max()):g}]; "
+            "rescale the data first (e.g. divide 8-bit images by 255)."
+        )
+    values = data.numpy().astype(np.float64)
+    for position, row in enumerate(rows):
+        values[position] = binarization_uniforms(seed, int(row), values.shape[1]) < values[position]
+    return torch.from_numpy(values.astype(np.float32))
 
 
 def _rows_text(rows: torch.Tensor) -> str:
@@ -222,4 +261,4 @@ def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:
             )
 
 
-__all__ = ["load_data", "check_data_for_model", "digits_split", "SPLITS", "BINARIZE"]
+__all__ = ["load_data", "binarize", "check_data_for_model", "digits_split", "SPLITS", "BINARIZE"]
