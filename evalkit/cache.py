@@ -206,8 +206,8 @@ def model_digest(model: Any) -> str:
     original = getattr(model, "original_name", None)  # TorchScript keeps the scripted class name here
     if isinstance(original, str):
         h.update(f"original_name {original}\n".encode())
-    config = getattr(model, "config", None)
-    if config is not None and not callable(config):
+    config = _model_config(model)
+    if config is not None:
         h.update(b"config ")
         h.update(json.dumps(config, sort_keys=True, default=repr).encode())
         h.update(b"\n")
@@ -258,6 +258,17 @@ def _named_tensors(model: Any) -> List[Tuple[str, torch.Tensor]]:
     return sorted(tensors.items())
 
 
+def _model_config(model: Any) -> Any:
+    # evalkit's models describe their architecture with get_config(); others may not.
+    get_config = getattr(model, "get_config", None)
+    if callable(get_config):
+        try:
+            return get_config()
+        except NotImplementedError:
+            return None
+    return None
+
+
 def _update_with_tensor(h: "hashlib._Hash", tensor: torch.Tensor) -> None:
     t = tensor.detach()
     if t.layout != torch.strided:
@@ -274,9 +285,10 @@ def _combine(components: Dict[str, Any]) -> str:
 
 
 def _device_type(device: Any) -> str:
-    if device is None or device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(device).type
+    # CPU and GPU arithmetic differ in the last bits, so shards from both are never mixed.
+    from .engine import resolve_device
+
+    return resolve_device(None if device == "auto" else device).type
 
 
 # ----------------------------------------------------------------------------------------------
@@ -474,14 +486,28 @@ def _fill(
         )
     elif not missing:
         logger.info("all %d shards loaded from cache %s", len(ranges), directory)
-    for start, stop in missing:
-        values = _compute_shard(model, data, k, seed, start, stop, engine_options)
-        if not manifest["_written"]:
-            # Written with the first result, so that a run that fails at once leaves nothing.
-            _write_manifest(directory, manifest)
-        _store_shard(directory, start, stop, values)
-        out[start:stop] = torch.from_numpy(values)
+    if not missing:
+        return out
+    # One progress bar over the shards still to compute (the engine's own bar is per call).
+    progress = engine_options.get("progress")
+    options = {**engine_options, "progress": False}
+    total = sum(stop - start for start, stop in missing) * k
+    with _progress_bar(progress, total) as bar:
+        for start, stop in missing:
+            values = _compute_shard(model, data, k, seed, start, stop, options)
+            if not manifest["_written"]:
+                # Written with the first result, so that a run that fails at once leaves nothing.
+                _write_manifest(directory, manifest)
+            _store_shard(directory, start, stop, values)
+            out[start:stop] = torch.from_numpy(values)
+            bar.update((stop - start) * k)
     return out
+
+
+def _progress_bar(progress: Any, total: int):
+    from .engine import _progress_bar as engine_progress_bar
+
+    return engine_progress_bar(progress, total)
 
 
 def _compute_shard(model, data, k, seed, start, stop, engine_options) -> np.ndarray:
