@@ -1,0 +1,551 @@
+"""Checkpoints: every supported format to a model, and evalkit's own formats from a model.
+
+Kinds :func:`load_model` recognises from the file content (:func:`detect_checkpoint_kind`):
+
+``"evalkit"``
+    One file (``torch.save``) holding ``{"format": "evalkit", "format_version", "model",
+    "config", "state_dict"}`` for a built-in model.
+``"safetensors"``
+    ``NAME.safetensors`` with the same header as JSON in ``NAME.json`` beside it, or a
+    directory with ``model.json`` and ``model.safetensors``. A ``.safetensors`` file without a
+    JSON header holds plain weights and is treated like ``"state_dict"``.
+``"torchscript"``
+    A ``torch.jit.save`` archive whose module has ``log_weights(x, noise)`` (exported with
+    ``@torch.jit.export``) and the attributes ``noise_shape``, ``data_dim``,
+    ``requires_binary_data``; missing attributes can be passed to :func:`load_model`.
+``"iwae_reference"``
+    A state_dict in the layout of the PyTorch IWAE reference implementation (``IWAE_1``,
+    ``IWAE_2``; see :mod:`evalkit.models.iwae`), possibly wrapped (``{"model_state_dict": ...}``,
+    ``{"state_dict": ...}``) and prefixed (``module.``); sizes and depth come from the weights.
+``"state_dict"``
+    Any other state_dict, plain or wrapped (PyTorch Lightning ``.ckpt``: ``{"state_dict":
+    {"model.encoder...": ...}, ...}``): needs ``factory="package.module:function"`` to build
+    the architecture. A key prefix is stripped when given (``prefix="model."``) or detected
+    (with a :class:`PrefixStrippedWarning` naming it).
+``"pickled_module"``
+    ``torch.save(model)`` of a whole module; only with ``allow_pickle=True``.
+
+Files are read with ``torch.load(weights_only=True, map_location="cpu")``: tensors saved on
+CUDA load on a CPU-only machine, and no code in the file runs. Pickled Python objects need
+``allow_pickle=True``, and only for files you trust.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .atomic import atomic_path, atomic_write_text
+from .errors import CheckpointError, InputError, OutputError
+from .models import BUILTIN_MODELS, check_model
+from .models.base import LatentVariableModel
+from .models.iwae import IWAE, REFERENCE_ANCHOR_KEY, config_from_reference_state_dict, is_reference_layout
+
+PathLike = Union[str, os.PathLike]
+
+FORMAT_NAME = "evalkit"
+FORMAT_VERSION = 1
+DIRECTORY_HEADER = "model.json"
+DIRECTORY_WEIGHTS = "model.safetensors"
+KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "state_dict", "pickled_module")
+
+# Where training scripts commonly nest a state_dict.
+STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
+
+
+class PrefixStrippedWarning(UserWarning):
+    """A state_dict key prefix (``model.``, ``module.``) was detected and stripped."""
+
+
+@dataclass
+class _Checkpoint:
+    """A checkpoint read once: its kind and what the loader of that kind needs."""
+
+    kind: str
+    path: Path
+    header: Optional[dict] = None  # evalkit / safetensors header: model name and config
+    state_dict: Optional[dict] = None
+    module: Optional[nn.Module] = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Saving
+
+
+def save_model(model: nn.Module, path: PathLike, *, format: Optional[str] = None, overwrite: bool = False) -> Path:
+    """Save a built-in model with its architecture config.
+
+    Parameters
+    ----------
+    model : MLPVAE, IWAE or LinearGaussianModel
+    path : str or path
+        ``NAME.safetensors`` writes weights there and the header to ``NAME.json``; an existing
+        directory, or a path ending in a separator, gets ``model.safetensors`` and
+        ``model.json``; any other name (``model.pt``) gets evalkit's single file.
+    format : {"evalkit", "safetensors", "directory"}, optional
+        Overrides the choice made from ``path``.
+    overwrite : bool, default False
+        Replace existing files.
+
+    Returns
+    -------
+    pathlib.Path
+        What to pass to :func:`load_model`.
+
+    Notes
+    -----
+    Your own architectures are saved with ``torch.save(model.state_dict(), path)`` and loaded
+    with ``load_model(path, factory="package.module:function")``; TorchScript models with
+    ``torch.jit.save``. Files are written atomically (whole or not at all).
+    """
+    name = type(model).__name__
+    if BUILTIN_MODELS.get(name) is not type(model):
+        raise InputError(
+            f"save_model stores evalkit's built-in models ({sorted(BUILTIN_MODELS)}), got {name}; save your own "
+            "architecture with torch.save(model.state_dict(), path) and load it with "
+            "load_model(path, factory='package.module:function')."
+        )
+    if format is None:
+        path_text = str(path)
+        if Path(path).suffix == ".safetensors":
+            format = "safetensors"
+        elif Path(path).is_dir() or path_text.endswith(("/", os.sep)):
+            format = "directory"
+        else:
+            format = "evalkit"
+    if format not in ("evalkit", "safetensors", "directory"):
+        raise InputError(f"Expected argument `format` to be 'evalkit', 'safetensors' or 'directory', got {format!r}.")
+    header = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "model": name, "config": model.get_config()}
+    state_dict = {key: value.detach().to("cpu").contiguous() for key, value in model.state_dict().items()}
+    path = Path(path)
+    if format == "evalkit":
+        with atomic_path(path, overwrite=overwrite) as tmp:
+            torch.save({**header, "state_dict": state_dict}, tmp)
+        return path
+    from safetensors.torch import save_file
+
+    if format == "directory":
+        if path.exists() and not path.is_dir():
+            raise OutputError(f"output path {str(path)!r} is a file; give a directory for format='directory'.")
+        path.mkdir(exist_ok=True)
+        weights, header_path = path / DIRECTORY_WEIGHTS, path / DIRECTORY_HEADER
+    else:
+        weights, header_path = path, path.with_suffix(".json")
+    with atomic_path(weights, overwrite=overwrite) as tmp:
+        save_file(state_dict, str(tmp), metadata={"format": FORMAT_NAME})
+    atomic_write_text(header_path, json.dumps({**header, "weights": weights.name}, indent=2) + "\n", overwrite=overwrite)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading and recognising
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping) and len(obj) > 0
+        and all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in obj.items())
+    )
+
+
+def _unwrap_state_dict(obj: Any) -> Optional[dict]:
+    """Return the state_dict in ``obj`` (itself, or under a common wrapper key), or None."""
+    if _is_state_dict(obj):
+        return dict(obj)
+    if isinstance(obj, Mapping):
+        for key in STATE_DICT_WRAPPER_KEYS:
+            if _is_state_dict(obj.get(key)):
+                return dict(obj[key])
+    return None
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def _read_header(path: Path) -> dict:
+    try:
+        header = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"cannot read the JSON header {path} ({err}); it should be what save_model wrote.") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise CheckpointError(f"{path} is not an evalkit model header (no \"format\": \"evalkit\"); pass the weights file instead.")
+    return header
+
+
+def _read_safetensors(path: Path) -> dict:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"cannot read {path} as safetensors ({err}); check that the file is complete.") from None
+
+
+def _torch_load(path: Path, allow_pickle: bool) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except pickle.UnpicklingError as err:
+        if allow_pickle:
+            raise CheckpointError(f"cannot unpickle {path} ({err}); the file may be damaged.") from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        reason = f"it references {found.group(1)}" if found else str(err).strip().splitlines()[0][:120]
+        raise CheckpointError(
+            f"{path} contains pickled Python objects that safe loading refuses ({reason}); if you trust "
+            "the file, pass allow_pickle=True (CLI: --allow-pickle), which can run code stored in it."
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"cannot read {path} with torch.load ({str(err).splitlines()[0]}); is it a PyTorch checkpoint?") from None
+
+
+def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoint:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
+    if path.is_dir():
+        header_path = path / DIRECTORY_HEADER
+        if not header_path.is_file():
+            raise CheckpointError(f"directory {path} has no {DIRECTORY_HEADER}; save models with evalkit.save_model(model, directory).")
+        header = _read_header(header_path)
+        return _Checkpoint("safetensors", path, header, _read_safetensors(path / header.get("weights", DIRECTORY_WEIGHTS)))
+    if path.suffix == ".json":
+        header = _read_header(path)
+        return _Checkpoint("safetensors", path, header, _read_safetensors(path.parent / header.get("weights", path.stem + ".safetensors")))
+    if path.suffix == ".safetensors":
+        header_path = path.with_suffix(".json")
+        header = _read_header(header_path) if header_path.is_file() else None
+        state_dict = _read_safetensors(path)
+        if header is not None:
+            return _Checkpoint("safetensors", path, header, state_dict)
+        kind = "iwae_reference" if _reference_prefix(state_dict) is not None else "state_dict"
+        return _Checkpoint(kind, path, state_dict=state_dict)
+    if _is_torchscript_archive(path):
+        return _Checkpoint("torchscript", path)
+    obj = _torch_load(path, allow_pickle)
+    if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
+        return _Checkpoint("evalkit", path, header=dict(obj), state_dict=dict(obj.get("state_dict", {})))
+    if isinstance(obj, nn.Module):
+        return _Checkpoint("pickled_module", path, module=obj)
+    state_dict = _unwrap_state_dict(obj)
+    if state_dict is None:
+        keys = sorted(map(str, obj))[:8] if isinstance(obj, Mapping) else []
+        raise CheckpointError(
+            f"{path} holds a {type(obj).__name__}" + (f" with keys {keys}" if keys else "")
+            + f" and no state_dict (looked under {list(STATE_DICT_WRAPPER_KEYS)}); save model.state_dict() or use "
+            "evalkit.save_model."
+        )
+    kind = "iwae_reference" if _reference_prefix(state_dict) is not None else "state_dict"
+    return _Checkpoint(kind, path, state_dict=state_dict)
+
+
+def detect_checkpoint_kind(path: PathLike, *, allow_pickle: bool = False) -> str:
+    """Return the kind of checkpoint at ``path`` (one of :data:`KINDS`), read from its content.
+
+    A state_dict that is not in the IWAE reference layout is ``"state_dict"`` (it needs a
+    factory to load).
+    """
+    return _read_checkpoint(path, allow_pickle=allow_pickle).kind
+
+
+# ----------------------------------------------------------------------------------------------
+# State-dict matching
+
+
+def _checkpoint_dtype(state_dict: Mapping[str, torch.Tensor]) -> Optional[torch.dtype]:
+    dtypes = {value.dtype for value in state_dict.values() if value.is_floating_point()}
+    return dtypes.pop() if len(dtypes) == 1 else None
+
+
+def _with_prefix(keys: Sequence[str], expected: Sequence[str], prefix: str) -> bool:
+    keys = set(keys)
+    return all(prefix + key in keys for key in expected)
+
+
+def _candidate_prefixes(keys: Sequence[str], anchor: str) -> list[str]:
+    """Prefixes ``p`` (ending in '.') with ``p + anchor`` among ``keys``."""
+    suffix = "." + anchor
+    return sorted({key[: -len(anchor)] for key in keys if key.endswith(suffix)}, key=len)
+
+
+def _reference_prefix(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """Return the prefix under which ``state_dict`` is in the IWAE reference layout, or None."""
+    for prefix in ["", *_candidate_prefixes(list(state_dict), REFERENCE_ANCHOR_KEY)]:
+        keys = [key[len(prefix):] for key in state_dict if key.startswith(prefix)]
+        if is_reference_layout(keys):
+            return prefix
+    return None
+
+
+def _strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict:
+    return {key[len(prefix):]: value for key, value in state_dict.items() if key.startswith(prefix)}
+
+
+def _select_keys(
+    state_dict: Mapping[str, torch.Tensor], expected: Sequence[str], prefix: Optional[str], path: Path
+) -> dict:
+    """Return the state_dict with the model's keys, after stripping an explicit or detected prefix."""
+    if prefix is not None:
+        stripped = _strip_prefix(state_dict, prefix)
+        if not stripped:
+            raise CheckpointError(
+                f"no state_dict key in {path} starts with prefix={prefix!r} (keys look like {sorted(state_dict)[:4]}); "
+                "pass the prefix the keys carry, or prefix='' for none."
+            )
+        return stripped
+    if not expected or set(expected) <= set(state_dict):
+        return dict(state_dict)
+    matches = [p for p in _candidate_prefixes(list(state_dict), expected[0]) if _with_prefix(list(state_dict), expected, p)]
+    if len(matches) > 1:
+        raise CheckpointError(
+            f"the state_dict in {path} holds the model's keys under several prefixes {matches}; pass prefix= to choose one."
+        )
+    if not matches:
+        return dict(state_dict)
+    stripped = _strip_prefix(state_dict, matches[0])
+    ignored = len(state_dict) - len(stripped)
+    warnings.warn(
+        f"stripped the prefix '{matches[0]}' from the state_dict keys of {path}"
+        + (f" and ignored {ignored} keys without it" if ignored else "")
+        + f"; pass prefix='{matches[0]}' to say so explicitly.",
+        PrefixStrippedWarning,
+        stacklevel=3,
+    )
+    return stripped
+
+
+def _load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, prefix: Optional[str], path: Path) -> nn.Module:
+    """Load ``state_dict`` into ``model`` strictly, converting the model to the checkpoint's dtype."""
+    expected = model.state_dict()
+    state_dict = _select_keys(state_dict, list(expected), prefix, path)
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    if missing or unexpected:
+        hint = "check that the factory builds the architecture the checkpoint was trained with"
+        near = [p for p in _candidate_prefixes(list(state_dict), missing[0])] if missing else []
+        if near:
+            hint = f"pass prefix='{near[0]}' if the checkpoint is a Lightning checkpoint or otherwise nested"
+        parts = []
+        if missing:
+            parts.append(f"is missing keys {missing[:6]}" + (f" (and {len(missing) - 6} more)" if len(missing) > 6 else ""))
+        if unexpected:
+            parts.append(f"has unexpected keys {unexpected[:6]}" + (f" (and {len(unexpected) - 6} more)" if len(unexpected) > 6 else ""))
+        raise CheckpointError(f"the state_dict in {path} {' and '.join(parts)}; {hint}.")
+    wrong = [(key, tuple(state_dict[key].shape), tuple(value.shape)) for key, value in expected.items()
+             if tuple(state_dict[key].shape) != tuple(value.shape)]
+    if wrong:
+        key, got, want = wrong[0]
+        raise CheckpointError(
+            f"the state_dict in {path} has {len(wrong)} tensors of the wrong shape, e.g. '{key}' is {got} but the model "
+            f"expects {want}; build the model with the sizes it was trained with."
+        )
+    dtype = _checkpoint_dtype(state_dict)
+    if dtype is not None:
+        model = model.to(dtype)
+    model.load_state_dict(state_dict, strict=True)
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading each kind
+
+
+def _builtin_model(header: Mapping[str, Any], state_dict: Mapping[str, torch.Tensor], path: Path) -> nn.Module:
+    version = header.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has evalkit format version {version!r}; this evalkit reads version {FORMAT_VERSION} or older, "
+            "so upgrade evalkit."
+        )
+    name = header.get("model")
+    cls = BUILTIN_MODELS.get(name)
+    if cls is None:
+        raise CheckpointError(
+            f"{path} names model class {name!r}, which this evalkit does not have ({sorted(BUILTIN_MODELS)}); "
+            "upgrade evalkit or load the weights with factory=."
+        )
+    try:
+        model = cls.from_config(dict(header.get("config", {})))
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path} has a config that {name} cannot be built from ({err}); the header is damaged.") from None
+    return _load_weights(model, state_dict, prefix="", path=path)
+
+
+def resolve_factory(factory: Union[str, Callable[[], nn.Module]]) -> Callable[[], nn.Module]:
+    """Return the callable named by ``"package.module:function"`` (or ``factory`` if callable)."""
+    if callable(factory):
+        return factory
+    if not isinstance(factory, str) or factory.count(":") != 1:
+        raise InputError(f"Expected argument `factory` as 'package.module:function', got {factory!r}.")
+    module_name, attribute = factory.split(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise InputError(
+            f"cannot import module '{module_name}' from factory={factory!r} ({err}); install the package or add its "
+            "directory to PYTHONPATH."
+        ) from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise InputError(f"module '{module_name}' has no attribute '{attribute}' (factory={factory!r}); check the name.")
+        target = getattr(target, part)
+    if not callable(target):
+        raise InputError(f"factory={factory!r} names a {type(target).__name__}, not a function or class.")
+    return target
+
+
+def _factory_model(factory: Union[str, Callable[[], nn.Module]], state_dict: Mapping[str, torch.Tensor], prefix: Optional[str], path: Path) -> nn.Module:
+    build = resolve_factory(factory)
+    try:
+        model = build()
+    except TypeError as err:
+        raise InputError(f"factory {factory!r} must build the model with no arguments ({err}); wrap it in a function that does.") from None
+    check_model(model)
+    return _load_weights(model, state_dict, prefix=prefix, path=path)
+
+
+def _reference_model(state_dict: Mapping[str, torch.Tensor], prefix: Optional[str], path: Path) -> IWAE:
+    if prefix is None:
+        prefix = _reference_prefix(state_dict) or ""
+        if prefix:
+            warnings.warn(
+                f"stripped the prefix '{prefix}' from the IWAE reference state_dict keys of {path}; pass prefix='{prefix}' "
+                "to say so explicitly.",
+                PrefixStrippedWarning,
+                stacklevel=3,
+            )
+    state_dict = _strip_prefix(state_dict, prefix)
+    return _load_weights(IWAE(**config_from_reference_state_dict(state_dict)), state_dict, prefix="", path=path)
+
+
+class TorchScriptModel(LatentVariableModel):
+    """Adapter giving a TorchScript module the model protocol.
+
+    Parameters
+    ----------
+    module : torch.jit.ScriptModule
+        Has ``log_weights(x, noise)`` (scripted with ``@torch.jit.export``, or traced with
+        ``torch.jit.trace_module(model, {"log_weights": (x, noise)})``).
+    noise_shape, data_dim, requires_binary_data : optional
+        Used when given, else read from the module's attributes of the same names.
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        noise_shape: Optional[Sequence[int]] = None,
+        data_dim: Optional[int] = None,
+        requires_binary_data: Optional[bool] = None,
+    ) -> None:
+        super().__init__()
+        if not hasattr(module, "log_weights"):
+            raise CheckpointError(
+                "the TorchScript archive has no log_weights method; decorate it with @torch.jit.export before "
+                "torch.jit.script, or trace it with torch.jit.trace_module(model, {'log_weights': (x, noise)})."
+            )
+
+        def attribute(name: str, given: Any) -> Any:
+            if given is not None:
+                return given
+            if hasattr(module, name):
+                return getattr(module, name)
+            raise CheckpointError(
+                f"the TorchScript archive has no attribute '{name}'; pass {name}=... to load_model (CLI: "
+                f"--{name.replace('_', '-')}), or set self.{name} in the module before scripting it."
+            )
+
+        self.module = module
+        self.noise_shape = tuple(int(size) for size in attribute("noise_shape", noise_shape))
+        self.data_dim = int(attribute("data_dim", data_dim))
+        self.requires_binary_data = bool(attribute("requires_binary_data", requires_binary_data))
+
+    def log_weights(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        return self.module.log_weights(x, noise)
+
+
+def load_model(
+    path: PathLike,
+    *,
+    factory: Optional[Union[str, Callable[[], nn.Module]]] = None,
+    prefix: Optional[str] = None,
+    allow_pickle: bool = False,
+    noise_shape: Optional[Sequence[int]] = None,
+    data_dim: Optional[int] = None,
+    requires_binary_data: Optional[bool] = None,
+) -> nn.Module:
+    """Load a model from a checkpoint of any supported kind (recognised from the content).
+
+    Parameters
+    ----------
+    path : str or path
+        A file or a directory written by :func:`save_model`, a state_dict or Lightning
+        checkpoint, a TorchScript archive, or an IWAE reference checkpoint (module notes).
+    factory : str or callable, optional
+        ``"package.module:function"`` (or a callable) that builds your architecture with no
+        arguments; the checkpoint then supplies only the weights.
+    prefix : str, optional
+        Key prefix to strip from the state_dict (``"model."`` for Lightning). Default:
+        detected, with a :class:`PrefixStrippedWarning` saying which.
+    allow_pickle : bool, default False
+        Allow pickled Python objects (can run code from the file). Only for trusted files.
+    noise_shape, data_dim, requires_binary_data : optional
+        Protocol attributes of a TorchScript archive that does not carry them.
+
+    Returns
+    -------
+    torch.nn.Module
+        Following the model protocol, on the CPU, in eval mode, in the checkpoint's dtype.
+
+    Raises
+    ------
+    CheckpointError
+        Missing, unreadable or unrecognised files; keys or shapes that do not match (the
+        message lists them and suggests a prefix); pickles without ``allow_pickle``.
+    """
+    checkpoint = _read_checkpoint(path, allow_pickle=allow_pickle)
+    if checkpoint.kind != "torchscript" and (noise_shape, data_dim, requires_binary_data) != (None, None, None):
+        raise InputError(
+            f"noise_shape, data_dim and requires_binary_data describe TorchScript archives, but {checkpoint.path} is a "
+            f"{checkpoint.kind!r} checkpoint; leave them out."
+        )
+    if factory is not None:
+        if checkpoint.kind in ("torchscript", "pickled_module"):
+            raise InputError(f"{checkpoint.path} is a {checkpoint.kind} checkpoint that builds its own model; leave out factory=.")
+        return _factory_model(factory, checkpoint.state_dict, prefix, checkpoint.path)
+    if checkpoint.kind in ("evalkit", "safetensors"):
+        return _builtin_model(checkpoint.header, checkpoint.state_dict, checkpoint.path)
+    if checkpoint.kind == "iwae_reference":
+        return _reference_model(checkpoint.state_dict, prefix, checkpoint.path)
+    if checkpoint.kind == "torchscript":
+        try:
+            module = torch.jit.load(str(checkpoint.path), map_location="cpu")
+        except RuntimeError as err:
+            raise CheckpointError(f"cannot load TorchScript archive {checkpoint.path} ({str(err).splitlines()[0]}).") from None
+        return TorchScriptModel(module, noise_shape=noise_shape, data_dim=data_dim,
+                                requires_binary_data=requires_binary_data).eval()
+    if checkpoint.kind == "pickled_module":
+        check_model(checkpoint.module)
+        return checkpoint.module.cpu().eval()
+    sample = sorted(checkpoint.state_dict)[:4]
+    raise CheckpointError(
+        f"{checkpoint.path} holds a state_dict (keys like {sample}) in no layout evalkit recognises; pass "
+        "factory='package.module:function' that builds the architecture (CLI: --model package.module:function)."
+    )
+
+
+__all__ = ["load_model", "save_model", "detect_checkpoint_kind", "resolve_factory", "PrefixStrippedWarning",
+           "TorchScriptModel", "KINDS"]
