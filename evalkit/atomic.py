@@ -47,6 +47,8 @@ def atomic_path(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     path = check_writable(path, overwrite=overwrite)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    # mkstemp creates the file private (0600); outputs get the permissions a plain open() would.
+    os.chmod(tmp_name, 0o666 & ~_current_umask())
     tmp = Path(tmp_name)
     try:
         yield tmp
@@ -70,6 +72,12 @@ def atomic_write_bytes(path: PathLike, data: bytes, *, overwrite: bool = False) 
 def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(directory: Path) -> None:
