@@ -328,7 +328,9 @@ def sweep(
         The data for a model (required then): ``[N, D]``, a file, or ``"digits"``; ``split``
         and ``binarize`` as in :func:`evalkit.inputs.resolve_data`. Not allowed with a matrix.
     indices : sequence of int, optional
-        Evaluate only these datapoints (passed to the engine; the exact reference follows).
+        Evaluate only these datapoints (rows of the data). Each keeps the random stream of its
+        dataset index, so the numbers equal those rows of a full sweep; tables name them by
+        these indices.
     cache, cache_shard_size : optional
         Compute the pool through the resumable on-disk cache of
         :func:`evalkit.cache.cached_log_weights` (as in :func:`evalkit.estimate`); an
@@ -400,6 +402,9 @@ def sweep(
                 "this model has an exact log_marginal, which is the reference; drop reference="
             )
         x = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
+        if indices is not None:
+            indices = _check_indices(indices, x.shape[0])
+            x = x[torch.from_numpy(indices)]
         k_max = ks_given[-1] if ks_given is not None else DEFAULT_K_MAX
         t0 = time.perf_counter()
         if cache is not None:
@@ -415,8 +420,6 @@ def sweep(
             log_w = compute_log_weights(model_obj, x, k_max, seed=seed, indices=indices, **engine_options)
         seconds_model = time.perf_counter() - t0
         log_w = check_log_weights(log_w)
-        if indices is not None:
-            x = x[torch.as_tensor(np.asarray(indices, dtype=np.int64))]
 
     t_stats = time.perf_counter()
     ks_used = ks_given if ks_given is not None else dg.ladder(k_max)
@@ -571,6 +574,17 @@ def _load_array(path: Union[str, os.PathLike], *, what: str, key: str = "log_wei
     except Exception as exc:  # unreadable or corrupt file: one sentence, not a traceback
         raise DataError(f"cannot read {what} from {str(path)!r} ({type(exc).__name__}: {exc}); check the file") from None
     raise DataError(f"{what} file {str(path)!r} must end in .npy, .npz, .pt, .csv or .txt")
+
+
+def _check_indices(indices: Any, n: int) -> np.ndarray:
+    values = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
+    if values.ndim != 1 or values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+        raise InputError(f"indices must be a non-empty 1-D sequence of integer row numbers, got {indices!r}")
+    if values.min() < 0 or values.max() >= n:
+        raise InputError(f"indices must lie in 0..{n - 1} (the data has {n} rows), got {int(values.min())}..{int(values.max())}")
+    if np.unique(values).size != values.size:
+        raise InputError("indices contain repeats; give each datapoint once")
+    return values.astype(np.int64)
 
 
 def _check_ks(ks: Sequence[int]) -> List[int]:

@@ -1,0 +1,35 @@
+"""``evalkit report``: a self-contained Markdown + HTML report of a sweep over K."""
+from __future__ import annotations
+
+import click
+
+from .common import command_errors, echo_err, run_options
+from .main import main
+from .sweep import command_line, run_sweep, sweep_inputs
+
+
+@main.command("report")
+@sweep_inputs
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), required=True, metavar="DIR",
+              help="Report directory, e.g. reports/my-model (created if missing).")
+@click.option("--title", default=None, help="Report title (default: from the checkpoint name).")
+@click.option("--overwrite", is_flag=True, default=False, help="Replace an existing report in --out.")
+@run_options
+@command_errors
+def report_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k, out, title, overwrite, **params):
+    """Write report.md and report.html: tables, figures, the command and versions used.
+
+    Runs the same sweep as `evalkit sweep` (same options). report.md links the figures in
+    DIR/figures/; report.html embeds them, so the one file is enough to share.
+
+    Example:
+
+        evalkit report examples/digits_iwae.pt --binarize bernoulli --ks 1,2,5,10,20,50,100,200,500,1000 --out reports/digits-example
+    """
+    from evalkit.report import check_output_dir, report_paths
+
+    ctx = click.get_current_context()
+    check_output_dir(report_paths(out), overwrite=overwrite)  # fail now, not after the sweep
+    result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
+    paths = result.report(out, title=title, command=command_line(), overwrite=overwrite)
+    echo_err(f"wrote {paths['report_md']} and {paths['report_html']}", quiet=params["quiet"])

@@ -1,0 +1,147 @@
+"""``evalkit sweep``: bias, variance and weight diagnostics over K from one sample pool.
+
+The inputs are shared with ``evalkit report`` (:data:`sweep_inputs`, :func:`run_sweep`): either a
+CHECKPOINT (the model is run once at K_max) or ``--log-weights FILE`` with a precomputed
+``[N, K]`` matrix from any tool, never both.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any, Dict, Optional
+
+import click
+from click.core import ParameterSource
+
+from .common import (cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
+                     engine_options, input_kwargs, model_options, parse_ks, run_options)
+from .main import main
+
+SWEEP_FORMATS = ("table", "json", "csv", "markdown")
+
+#: Options that only mean something when a model is run (refused with --log-weights).
+MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "seed", "device", "batch_size",
+              "k_chunk", "memory_budget", "dtype", "cache", "cache_shard_size")
+
+
+def _checkpoint_optional(f):
+    # model_options declares CHECKPOINT as required; here --log-weights may replace it.
+    for param in getattr(f, "__click_params__", []):
+        if isinstance(param, click.Argument) and param.name == "checkpoint":
+            param.required = False
+    return f
+
+
+def _ks(ctx, param, value):
+    return None if value is None else parse_ks(value)
+
+
+def _compose(*decorators):
+    def apply(f):
+        for decorator in reversed(decorators):
+            f = decorator(f)
+        return f
+
+    return apply
+
+
+sweep_inputs = _compose(
+    _checkpoint_optional,  # listed first, so it runs last, after model_options added CHECKPOINT
+    model_options,
+    click.option("--log-weights", "log_weights", type=click.Path(exists=True, dir_okay=False, path_type=str),
+                 default=None, metavar="FILE",
+                 help="Sweep a precomputed [N, K] log-weight matrix (.npy, .npz, .pt, .csv) instead of a CHECKPOINT."),
+    data_options,
+    click.option("--ks", callback=_ks, default=None, metavar="K1,K2,...",
+                 help="Sample sizes, strictly increasing, e.g. 1,2,5,10,100,1000,5000; the largest is the pool "
+                      "size K_max. Default: 1-2-5 ladder up to 5000 (or up to the width of --log-weights)."),
+    click.option("-e", "--estimator", "estimators", multiple=True, metavar="NAME",
+                 help="Estimator to sweep (repeat for several); default: iwae jvi1 jvi2. See `evalkit estimators`."),
+    click.option("--reference", default=None, metavar="NUMBER|FILE",
+                 help="log p(x) to measure bias against when the model has no exact one: a number, or a "
+                      "file with one value per datapoint (.npy, .pt, .csv, .txt). Default: the least biased "
+                      "estimator at K_max, labelled as such."),
+    click.option("--fit-min-k", type=click.IntRange(min=1), default=10, show_default=True,
+                 help="Smallest K used by the a + b/K + c/K^2 extrapolation."),
+    engine_options,
+    cache_options,
+)
+
+
+def run_sweep(ctx: click.Context, checkpoint: Optional[str], log_weights: Optional[str], ks, estimators,
+              reference: Optional[str], fit_min_k: int, params: Dict[str, Any]):
+    """Check the input choice, then call :func:`evalkit.sweep`; shared by ``sweep`` and ``report``."""
+    from evalkit.sweep import DEFAULT_ESTIMATORS, load_log_weights, sweep
+
+    if checkpoint is None and log_weights is None:
+        raise click.UsageError("give a CHECKPOINT to evaluate, or --log-weights FILE with precomputed log-weights")
+    if checkpoint is not None and log_weights is not None:
+        raise click.UsageError("give a CHECKPOINT or --log-weights FILE, not both")
+    common = dict(ks=ks, estimators=estimators or DEFAULT_ESTIMATORS, reference=_reference(reference),
+                  fit_min_k=fit_min_k)
+    if log_weights is not None:
+        given = [name for name in MODEL_ONLY
+                 if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise click.UsageError(f"{flag} applies to a CHECKPOINT only; drop it when sweeping --log-weights")
+        return sweep(load_log_weights(log_weights), **common)
+    return sweep(checkpoint, seed=params["seed"], data=params["data"], **common, **input_kwargs(params),
+                 **cache_kwargs(params), **engine_kwargs(params))
+
+
+def command_line() -> str:
+    """The command as typed (``evalkit ...``), for reports."""
+    return shlex.join(["evalkit", *sys.argv[1:]])
+
+
+def _reference(text: Optional[str]):
+    if text is None:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return text  # a file path; evalkit.sweep reads and checks it
+
+
+@main.command("sweep")
+@sweep_inputs
+@click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR",
+              help="Write the table (CSV, JSON, Markdown), theory, fits, per-datapoint weights and figures here.")
+@click.option("--figures", "figure_formats", default="png,svg,pdf", show_default=True, metavar="FORMATS",
+              help="Figure formats written to --out (any of png, svg, pdf).")
+@click.option("--per-datapoint", is_flag=True, default=False,
+              help="Also write per_datapoint.csv (group mean and variance per datapoint, estimator and K).")
+@click.option("--format", "fmt", type=click.Choice(SWEEP_FORMATS), default="table", show_default=True,
+              help="How to print the table on stdout.")
+@click.option("--overwrite", is_flag=True, default=False, help="Replace existing files in --out.")
+@run_options
+@command_errors
+def sweep_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k, out, figure_formats,
+                  per_datapoint, fmt, overwrite, **params):
+    """Bias, variance and RMSE of estimators over K, from ONE pool of K_max samples.
+
+    Draws K_max = max(--ks) samples per datapoint once and evaluates every estimator at every K
+    on floor(K_max / K) disjoint groups, against the exact log p(x) when the model has one,
+    else --reference, else the best estimate at K_max (labelled so). Adds IWAE theory curves,
+    an a + b/K + c/K^2 extrapolation and PSIS k-hat per datapoint.
+
+    Example:
+
+        evalkit sweep examples/digits_iwae.pt --binarize bernoulli --ks 1,10,100,1000 --out runs/sweep
+
+        evalkit sweep --log-weights log_w.npy --reference -85.2 --out runs/sweep
+    """
+    from evalkit.plots import check_formats
+    from evalkit.report import check_output_dir, sweep_paths
+
+    ctx = click.get_current_context()
+    formats = check_formats(figure_formats)
+    if out is not None:  # fail now, not after the sweep
+        check_output_dir(sweep_paths(out, formats=formats, per_datapoint=per_datapoint), overwrite=overwrite)
+    result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
+    text = result.format(fmt)
+    click.echo(text, nl=not text.endswith("\n"))
+    if out is not None:
+        result.save(out, formats=formats, per_datapoint=per_datapoint, overwrite=overwrite)
+        echo_err(f"wrote {out}", quiet=params["quiet"])
