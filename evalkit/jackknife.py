@@ -1,0 +1,759 @@
+r"""Exact generalised-jackknife (JVI) estimates of log p(x) from log-weights.
+
+For one datapoint with weights :math:`w_1..w_K` (log-weights ``l_i = log w_i``) the order-m
+jackknife variational inference estimate of Nowozin (2018) [1]_ is the generalised jackknife
+of Sharot (1976) [2]_ applied to the IWAE estimates of all sub-sample sizes:
+
+.. math::
+
+    \mathrm{JVI}_m = \sum_{j=0}^{m} c(K, m, j)\, \bar L_{K-j}, \qquad
+    c(K, m, j) = \frac{(-1)^j (K-j)^m}{(m-j)!\, j!},
+
+where :math:`\bar L_{K-j}` is the IWAE estimate :math:`\log \frac{1}{K-j}\sum_{i\notin R} w_i`
+averaged over **all** :math:`\binom{K}{j}` removed sets R of size j (no random subsets).
+``sum_j c_j = 1`` and ``sum_j c_j (K-j)^{-r} = 0`` for r = 1..m, which removes the
+``O(K^-1) .. O(K^-m)`` terms of the IWAE bias [1]_.
+
+How it is computed (DESIGN.md, "Estimators" and "Conditioning")
+-----------------------------------------------------------------
+The coefficients grow like ``K^m / m!`` (2.6e16 for K = 5000, m = 5) with alternating signs,
+so ``sum_j c_j Lbar_{K-j}`` in float64 cancels catastrophically. Everything here computes
+``JVI_m - IWAE_K = sum_j c_j A_j`` with
+
+.. math::
+
+    A_j = \bar L_{K-j} - \mathrm{IWAE}_K = \operatorname{mean}_{|R|=j} \log(1 - D_R/(K-j)),
+    \quad D_R = \sum_{i\in R} \delta_i, \quad \delta_i = K \tilde w_i - 1,
+
+and expands the logarithm so that every j-dependence is an exact rational function of j; the
+sums over j are done in exact rational arithmetic (:class:`fractions.Fraction`) once per
+``(K, m)`` and cached, and only then multiplied by floating-point data terms, which are all of
+moderate size. Four routes, chosen per row:
+
+* **order 1** -- exact O(K) leave-one-out: ``log(1 - delta_i/(K-1))`` by ``log1p`` for light
+  weights, and for the (at most one) weight with normalised weight above about 1/2 from
+  ``logaddexp`` of prefix and suffix ``logcumsumexp``; the linear term, which sums to zero,
+  is removed before summing. No subtraction of large numbers, no epsilon guard.
+* **light series** (no dominant weights; vectorised over rows) -- with ``x_i = delta_i / K``,
+  ``E_{|R|=j}[D_R^k] = sum_d (j)_d/(K)_d Q_{k,d}`` where ``Q_{k,d} = K^k Q'_{k,d}`` and
+  ``Q'_{k,d}`` is the sum over k-tuples of indices with exactly d distinct values of
+  ``prod x``; ``sum_k Q'_{k,d} t^k/k! = e_d(e^{t x_1}-1, ..., e^{t x_K}-1)`` is computed from
+  the power sums ``P_a = sum_i x_i^a`` by Newton's identities (the power sums of
+  ``e^{t x}-1`` have exact Stirling-number coefficients). Then
+  ``JVI_m - IWAE_K = -sum_{k>=2} sum_d G(K,m,k,d) Q'_{k,d}`` with
+  ``G = K^k/(k (K)_d) * sum_j c_j (j)_d (K-j)^{-k}`` exact.
+* **heavy/light series** (a few dominant weights) -- the h largest weights form H and every
+  removed subset ``R_H`` of H with ``|R_H| <= m`` is enumerated; the rest is the light series
+  above, now in ``y = (j + E)/z`` with ``E`` the centred light sum and
+  ``z = K_L + |R_H| + W_{H\R_H}/mu_L`` (remaining masses are always added up directly, never
+  obtained as ``S - W``). Hypergeometric probabilities of ``|R_H|`` given j and the powers of j
+  are combined with ``c_j`` exactly.
+* **enumeration** (small K, where no series converges) -- all subsets, each term as
+  ``log1p(-t) + t`` (t = D_R/(K-j)), exact remaining mass for dominant removals.
+
+Each route returns an error estimate: the truncation of the series is bounded rigorously by
+``sum_j |c_j| tau^(r+1) / ((r+1)(1-tau))`` (tau bounds |y| over all subsets); rounding errors
+are bounded by a running-error analysis (the same recurrences on absolute values). When the
+estimate exceeds ``1e-9 * max(1, |JVI|)`` an :class:`AccuracyWarning` states the attainable
+accuracy; rows where no route applies within the cost caps are ``nan`` with a warning.
+
+Cost per datapoint: O(K r) for the power sums (r the series length, typically 10-30) plus
+O(m^2 r^2) for the recurrences, plus ``O(C(h, <=m) r)`` for the heavy subsets; memory O(K).
+The exact coefficient tables cost O(m^2 r^2) rational operations once per (K, m, h).
+
+References
+----------
+.. [1] S. Nowozin, "Debiasing evidence approximations: on importance-weighted autoencoders
+   and jackknife variational inference", ICLR 2018.
+.. [2] T. Sharot, "The generalized jackknife: finite samples and subsample sizes",
+   JASA 71 (1976) 451-454.
+.. [3] Y. Burda, R. Grosse, R. Salakhutdinov, "Importance weighted autoencoders", ICLR 2016.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any, List, Optional, Tuple
+
+import numpy as np
+from .arraykind import as_rows, format_positions
+from .errors import InputError
+
+__all__ = ["AccuracyWarning", "jackknife_coefficients", "jvi", "jvi_with_error", "ACCURACY_RTOL"]
+
+#: Relative accuracy promised for every returned JVI value: |error| <= ACCURACY_RTOL * max(1, |value|).
+ACCURACY_RTOL = 1e-9
+
+_EPS = float(np.finfo(np.float64).eps)
+# A light-series ratio this small keeps the series short (about 10-30 terms at K = 5000).
+_RHO_TARGET = 0.25
+# Longest series: 170! is the largest factorial in float64 and the Newton recurrence works with
+# exponential-generating-function coefficients Q'/k!.
+_R_CAP = 150
+# The truncation bound is made negligible next to rounding, not merely below the promise.
+_TRUNC_TOL = 1e-17
+# At most this many heavy subsets per row (time and memory of the heavy/light route).
+_SUBSET_CAP = 50_000
+# At most this many heavy candidates scanned per row.
+_H_SCAN = 256
+# Full enumeration is used only while sum_{j<=m} C(K, j) stays below this.
+_ENUM_CAP = 200_000
+# Elements per chunk for batched temporaries (about 32 MB of float64).
+_CHUNK_ELEMS = 4_000_000
+# Elements per chunk for the repeated passes of the power sums: small enough to stay in cache.
+_CACHE_ELEMS = 1 << 16
+
+
+class AccuracyWarning(UserWarning):
+    """A JVI value could not be computed to the documented accuracy, or is undefined."""
+
+
+# --------------------------------------------------------------------------------------------
+# Exact coefficient algebra (cached per K, m, ...)
+# --------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def jackknife_coefficients(k: int, order: int) -> Tuple[Fraction, ...]:
+    """Exact generalised-jackknife coefficients ``c(K, m, j) = (-1)^j (K-j)^m / ((m-j)! j!)``.
+
+    Parameters
+    ----------
+    k : int
+        Number of samples K.
+    order : int
+        Jackknife order m, ``0 <= m < K``.
+
+    Returns
+    -------
+    tuple of Fraction, length m + 1
+        ``c(K, m, j)`` for j = 0..m; they sum to 1 and annihilate ``(K-j)^-r`` for r = 1..m.
+    """
+    return tuple(
+        Fraction((-1) ** j * (k - j) ** order, math.factorial(order - j) * math.factorial(j)) for j in range(order + 1)
+    )
+
+
+@lru_cache(maxsize=256)
+def _abs_coef_sum(k: int, order: int) -> float:
+    return float(sum(abs(c) for c in jackknife_coefficients(k, order)))
+
+
+def _terms_needed(tau: float, k: int, order: int) -> Optional[int]:
+    """Smallest series length r with sum_j |c_j| tau^(r+1) / ((r+1)(1-tau)) <= _TRUNC_TOL, or None."""
+    if tau <= 0.0:
+        return 2
+    if tau >= 1.0:
+        return None
+    log_c = math.log(_abs_coef_sum(k, order)) - math.log1p(-tau) - math.log(_TRUNC_TOL)
+    # r + 1 >= (log_c - log(r+1)) / -log(tau); iterate (converges in a few steps).
+    r = 2
+    for _ in range(60):
+        r_new = max(2, math.ceil((log_c - math.log(r + 1)) / -math.log(tau)) - 1)
+        if r_new == r:
+            break
+        r = r_new
+    while math.log(_abs_coef_sum(k, order)) + (r + 1) * math.log(tau) - math.log(r + 1) - math.log1p(-tau) > math.log(
+        _TRUNC_TOL
+    ):
+        r += 1
+    return r if r <= _R_CAP else None
+
+
+def _truncation_bound(tau: float, r: int, k: int, order: int) -> float:
+    if tau <= 0.0:
+        return 0.0
+    return _abs_coef_sum(k, order) * tau ** (r + 1) / ((r + 1) * (1.0 - tau))
+
+
+def _bucket(r: int) -> int:
+    """Round a series length up so that few distinct (cached) tables are built."""
+    for b in (8, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 112, 128, 150):
+        if r <= b:
+            return b
+    return r
+
+
+def _falling(x: int, d: int) -> int:
+    out = 1
+    for i in range(d):
+        out *= x - i
+    return out
+
+
+@lru_cache(maxsize=64)
+def _newton_coefficients(r_max: int, order: int) -> np.ndarray:
+    """``k! S(a, k) / a!`` as float, shape (order+1, r_max+1): the power sums of ``e^{t x} - 1``.
+
+    ``sum_i (e^{t x_i} - 1)^k = sum_{a>=k} k! S(a,k) P_a t^a / a!`` (S: Stirling numbers of the
+    second kind), exact integers before the one division, so no cancellation arises here.
+    """
+    stirling = [[0] * (order + 1) for _ in range(r_max + 1)]
+    stirling[0][0] = 1
+    for a in range(1, r_max + 1):
+        for kk in range(1, min(a, order) + 1):
+            stirling[a][kk] = kk * stirling[a - 1][kk] + stirling[a - 1][kk - 1]
+    out = np.zeros((order + 1, r_max + 1))
+    for kk in range(1, order + 1):
+        for a in range(kk, r_max + 1):
+            out[kk, a] = float(Fraction(math.factorial(kk) * stirling[a][kk], math.factorial(a)))
+    return out
+
+
+@lru_cache(maxsize=64)
+def _light_table(k: int, order: int, r_max: int) -> np.ndarray:
+    """Coefficients ``-G(K, m, r, d)`` of ``Q'_{r,d}``, shape (r_max+1, m+1).
+
+    ``G = K^r / (r (K)_d) * sum_j c_j (j)_d (K-j)^{-r}``, the sum over j in exact arithmetic
+    and rounded once. The caller multiplies by ``Q'_{r,d} = r! e_d[r]`` formed first, so that no
+    product overflows.
+    """
+    c = jackknife_coefficients(k, order)
+    table = np.zeros((r_max + 1, order + 1))
+    for r in range(2, r_max + 1):
+        kr = k**r
+        for d in range(1, min(r, order) + 1):
+            s = sum(c[j] * _falling(j, d) * Fraction(kr, (k - j) ** r) for j in range(d, order + 1))
+            table[r, d] = -float(s / (r * _falling(k, d)))
+    return table
+
+
+@lru_cache(maxsize=64)
+def _log_ratio_constant(k: int, order: int) -> float:
+    """``sum_j c_j log(K/(K-j))`` to full precision (mpmath, enough digits to absorb the cancellation)."""
+    import mpmath
+
+    c = jackknife_coefficients(k, order)
+    digits = 30 + int(math.log10(_abs_coef_sum(k, order) + 1.0))
+    with mpmath.workdps(digits):
+        total = mpmath.mpf(0)
+        for j in range(1, order + 1):
+            total += mpmath.mpf(c[j].numerator) / c[j].denominator * mpmath.log(mpmath.mpf(k) / (k - j))
+        return float(total)
+
+
+@lru_cache(maxsize=64)
+def _heavy_table(k: int, order: int, h: int, r_max: int):
+    """Exact-then-rounded coefficient tables of the heavy/light route for (K, m, h, r_max).
+
+    With ``P(a|j) = C(h,a) C(K-h, j-a) / C(K, j)`` (probability that a removed set of size j
+    takes a of the h heavy weights), ``Lambda_a(s) = sum_j c_j P(a|j) j^s`` and
+    ``Psi_a(s, d) = sum_j c_j P(a|j) j^s (j-a)_d / (K_L)_d`` (all sums over j exact):
+
+    * ``l0[a] = Lambda_a(0) / C(h, a)`` multiplies ``log zeta(R_H)``;
+    * ``poly[a, r]`` multiplies ``rho^r`` (``rho = K_L / z``) in the ``log(1 - j/z)`` part:
+      ``-Lambda_a(r) / (r K_L^r C(h,a))``;
+    * ``light[a, r, kk, d]`` multiplies ``rho^r Q'_{kk,d}`` (kk >= 2, s = r - kk):
+      ``-C(r, kk)/r * Psi_a(s, d) / (K_L^s C(h, a))``.
+    """
+    c = jackknife_coefficients(k, order)
+    k_light = k - h
+    a_max = min(h, order)
+    n_d = order + 1
+    l0 = np.zeros(a_max + 1)
+    poly = np.zeros((a_max + 1, r_max + 1))
+    light = np.zeros((a_max + 1, r_max + 1, r_max + 1, n_d))
+    for a in range(a_max + 1):
+        n_sets = math.comb(h, a)
+        f = []
+        for j in range(order + 1):
+            if j < a or j - a > k_light:
+                f.append(Fraction(0))
+            else:
+                f.append(c[j] * Fraction(n_sets * math.comb(k_light, j - a), math.comb(k, j)))
+        l0[a] = float(sum(f) / n_sets)
+        psi = np.zeros((r_max + 1, n_d))
+        for s in range(r_max + 1):
+            lam = sum(f[j] * j**s for j in range(order + 1))
+            if s >= 1:
+                poly[a, s] = -float(lam / (s * k_light**s * n_sets))
+            scale = k_light**s * n_sets
+            for d in range(1, order - a + 1):
+                num = sum(f[j] * (j**s * _falling(j - a, d)) for j in range(a + d, order + 1))
+                psi[s, d] = float(num / (scale * _falling(k_light, d))) if num else 0.0
+        for r in range(2, r_max + 1):
+            for kk in range(2, r + 1):
+                light[a, r, kk, :] = -(math.comb(r, kk) / r) * psi[r - kk, :]
+    return l0, poly, light
+
+
+# --------------------------------------------------------------------------------------------
+# Float building blocks (numpy, float64, row chunks that stay in cache)
+# --------------------------------------------------------------------------------------------
+
+
+def _row_chunks(n_rows: int, n_cols: int, budget: int = _CHUNK_ELEMS):
+    step = max(1, budget // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        yield slice(start, min(n_rows, start + step))
+
+
+def _series_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Truncated product of power series (rows x coefficients), by direct summation (no FFT)."""
+    n = a.shape[1]
+    out = np.empty_like(a)
+    for p in range(n):
+        out[:, p] = np.einsum("ni,ni->n", a[:, : p + 1], b[:, p::-1])
+    return out
+
+
+def _power_sums(x: np.ndarray, r_max: int) -> np.ndarray:
+    """``P[:, a] = sum_i x_i^a`` for a = 0..r_max+1 (columns 0 and 1 left at zero: x is centred)."""
+    n_rows, n = x.shape
+    power = np.zeros((n_rows, r_max + 2))
+    for rows in _row_chunks(n_rows, n, _CACHE_ELEMS):
+        xc = x[rows]
+        term = xc * xc
+        power[rows, 2] = term.sum(axis=1)
+        for a in range(3, r_max + 2):
+            np.multiply(term, xc, out=term)
+            power[rows, a] = term.sum(axis=1)
+    return power
+
+
+def _tuple_sums(x: np.ndarray, order: int, r_max: int) -> Tuple[np.ndarray, np.ndarray]:
+    """``Q'_{r,d}`` for r <= r_max, d <= order, and a running-error magnitude for each.
+
+    Parameters
+    ----------
+    x : ndarray, shape (N, n)
+        Centred values (each row sums to zero in exact arithmetic; ``P_1 = 0`` is used exactly).
+
+    Returns
+    -------
+    q, q_abs : ndarray, shape (N, r_max+1, order+1)
+        ``q[:, r, d] = r! [t^r] e_d(e^{t x_1}-1, ...)``, the sum over r-tuples of indices with
+        exactly d distinct values of ``prod x``; and the same recurrence run on absolute values
+        (power sums of |x|), which bounds every intermediate quantity.
+    """
+    n_rows = x.shape[0]
+    power = _power_sums(x, r_max)
+    power_abs = np.abs(power)
+    # Cauchy-Schwarz: sum |x|^a <= sqrt(sum x^(a-1) * sum x^(a+1)) for odd a (even sums are exact).
+    odd = np.arange(3, r_max + 1, 2)
+    power_abs[:, odd] = np.sqrt(power[:, odd - 1] * power[:, odd + 1])
+    power, power_abs = power[:, : r_max + 1], power_abs[:, : r_max + 1]
+    coef = _newton_coefficients(r_max, order)
+    one = np.zeros((n_rows, r_max + 1))
+    one[:, 0] = 1.0
+    e, e_abs = [one], [one]
+    for d in range(1, order + 1):
+        acc = np.zeros_like(one)
+        acc_abs = np.zeros_like(one)
+        for kk in range(1, d + 1):
+            prod = _series_mul(e[d - kk], coef[kk][None, :] * power)
+            acc = acc + prod if kk % 2 == 1 else acc - prod
+            acc_abs += _series_mul(e_abs[d - kk], coef[kk][None, :] * power_abs)
+        e.append(acc / d)
+        e_abs.append(acc_abs / d)
+    fact = np.array([float(math.factorial(r)) for r in range(r_max + 1)])
+    q = np.stack(e, axis=2) * fact[None, :, None]
+    q_abs = np.stack(e_abs, axis=2) * fact[None, :, None]
+    return q, q_abs
+
+
+def _rounding_factor(r_max: int, order: int, k: int) -> float:
+    """Multiple of eps * (sum of |terms|) that bounds the rounding error of a series route."""
+    return _EPS * (16.0 + 2 * r_max + 4 * order + math.log2(k))
+
+
+def _light_rows(x: np.ndarray, k: int, order: int, r_max: int) -> Tuple[np.ndarray, np.ndarray]:
+    """JVI - IWAE on rows without dominant weights (``x = w~ - 1/K``), and its rounding-error estimate."""
+    table = _light_table(k, order, r_max)
+    q, q_abs = _tuple_sums(x, order, r_max)
+    value = np.einsum("nrd,rd->n", q, table)
+    magnitude = np.einsum("nrd,rd->n", q_abs, np.abs(table))
+    return value, magnitude * _rounding_factor(r_max, order, k)
+
+
+# --------------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------------
+
+
+def _leave_one_out(shifted: np.ndarray, total: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Order 1 in O(K): returns JVI_1 - IWAE_K and an error estimate, per row.
+
+    ``JVI_1 - IWAE = -(K-1)/K * sum_i [log(1 - x_i) + x_i]``, ``x_i = delta_i / (K-1)``, using
+    ``sum_i x_i = 0``; every bracket is <= 0, so the sum does not cancel. For the (at most one)
+    weight with ``x_i > 1/2`` the remaining mass comes from ``logaddexp`` of prefix and suffix
+    cumulative log-sums, never from ``S - w_i``.
+    """
+    n_rows, k = shifted.shape
+    value = np.empty(n_rows)
+    error = np.empty(n_rows)
+    for rows in _row_chunks(n_rows, k):
+        s = shifted[rows]
+        x = np.exp(s)
+        x *= k / total[rows, None]
+        x -= 1.0
+        x /= k - 1
+        heavy = x > 0.5
+        term = np.log1p(-np.minimum(x, 0.5))
+        term += x
+        for r in np.flatnonzero(heavy.any(axis=1)):
+            i = int(np.argmax(x[r]))
+            without = np.logaddexp.reduce(np.delete(s[r], i))  # log sum_{l != i} w_l, no subtraction
+            term[r, i] = (without - math.log(total[rows][r])) + math.log(k / (k - 1)) + x[r, i]
+        value[rows] = -((k - 1) / k) * term.sum(axis=1)
+        error[rows] = _EPS * (8.0 + math.log2(k)) * ((k - 1) / k) * np.abs(term).sum(axis=1)
+    return value, error
+
+
+@lru_cache(maxsize=32)
+def _combinations(k: int, j: int) -> Tuple[np.ndarray, np.ndarray]:
+    chosen = np.array(list(itertools.combinations(range(k), j)), dtype=np.int64).reshape(math.comb(k, j), j)
+    mask = np.ones((len(chosen), k), dtype=bool)
+    np.put_along_axis(mask, chosen, False, axis=1)
+    rest = np.nonzero(mask)[1].reshape(len(chosen), k - j)
+    return chosen, rest
+
+
+def _enumerate_rows(shifted: np.ndarray, total: np.ndarray, order: int) -> Tuple[np.ndarray, np.ndarray]:
+    """All removed subsets (small K): JVI - IWAE and an error estimate, per row.
+
+    Each subset contributes ``log(1 - t) + t`` (``t = D_R/(K-j)``, whose mean over subsets is 0),
+    by ``log1p`` when t <= 1/2 and otherwise from the remaining mass added up in log space.
+    """
+    n_rows, k = shifted.shape
+    c = jackknife_coefficients(k, order)
+    wn = np.exp(shifted) / total[:, None]
+    log_total = np.log(total)
+    delta = k * wn - 1.0
+    value = np.zeros(n_rows)
+    magnitude = np.zeros(n_rows)
+    for j in range(1, order + 1):
+        chosen, rest = _combinations(k, j)
+        n_sets = chosen.shape[0]
+        mean_f = np.empty(n_rows)
+        mean_abs = np.empty(n_rows)
+        for rows in _row_chunks(n_rows, n_sets * k):
+            t = delta[rows][:, chosen].sum(axis=2) / (k - j)
+            f = np.log1p(-np.minimum(t, 0.5)) + t
+            heavy = t > 0.5
+            if heavy.any():
+                r_idx, s_idx = np.nonzero(heavy)
+                kept = shifted[rows][r_idx[:, None], rest[s_idx]]
+                log_rest = np.logaddexp.reduce(kept, axis=1) - log_total[rows][r_idx]
+                f[r_idx, s_idx] = log_rest + math.log(k / (k - j)) + t[r_idx, s_idx]
+            mean_f[rows] = f.mean(axis=1)
+            mean_abs[rows] = np.abs(f).mean(axis=1)
+        value += float(c[j]) * mean_f
+        magnitude += abs(float(c[j])) * mean_abs * (8.0 + j + math.log2(n_sets) + math.log2(k))
+    return value, _EPS * magnitude
+
+
+def _logsumexp(values: np.ndarray) -> float:
+    if values.size == 0:
+        return -math.inf
+    return float(np.logaddexp.reduce(values))
+
+
+def _enumeration_size(k: int, order: int) -> int:
+    return sum(math.comb(k, j) for j in range(order + 1))
+
+
+def _plan_row(ls: np.ndarray, k: int, order: int, n_pos: int, tau0: float):
+    """Choose a route for one row from its log-weights sorted in descending order.
+
+    Returns ``("light", r, tau)``, ``("heavy", h, r, tau)``, ``("enumerate",)`` or ``("fail", why)``.
+    For each candidate size h of the heavy set, tau bounds ``(j + E)/z`` over all removed sets
+    (j <= m): ``max_a (a mu_L + top_{m-a}(L)) / ((K_L + a) mu_L + bottom_{h-a}(H))``. All
+    masses are handled in log space: a row may span far more than the ~745 nats that float64
+    weights can hold at once.
+    """
+    candidates = []
+    r0 = _terms_needed(tau0, k, order)
+    if r0 is not None:
+        candidates.append((r0, 0, tau0))
+        if tau0 <= _RHO_TARGET:
+            return ("light", r0, tau0)
+    # log_suffix[h] = log sum_{i >= h} w_i, added from the smallest up.
+    log_suffix = np.append(np.logaddexp.accumulate(ls[::-1])[::-1], -math.inf)
+    h_lim = min(n_pos, k - 1, _H_SCAN)
+    middle = -math.inf  # log sum_{i = order}^{h-1} w_i, grown one term per h
+    for h in range(1, h_lim + 1):
+        if sum(math.comb(h, a) for a in range(min(h, order) + 1)) > _SUBSET_CAP:
+            break
+        if h - 1 >= order:
+            middle = float(np.logaddexp(middle, ls[h - 1]))
+        k_light = k - h
+        log_mu = float(log_suffix[h]) - math.log(k_light)
+        tau = 0.0
+        for a in range(0, min(h, order) + 1):
+            b = min(order - a, k_light)
+            log_top = _logsumexp(ls[h : h + b])
+            # sum of the h - a smallest heavy weights: indices a..h-1
+            log_bottom = float(np.logaddexp(middle, _logsumexp(ls[a : min(h, order)]))) if a < h else -math.inf
+            log_num = float(np.logaddexp(math.log(a) + log_mu if a else -math.inf, log_top))
+            log_den = float(np.logaddexp(math.log(k_light + a) + log_mu, log_bottom))
+            if log_num > -math.inf:
+                tau = max(tau, math.exp(min(log_num - log_den, 50.0)))
+        r = _terms_needed(tau, k, order)
+        if r is not None:
+            candidates.append((r, h, tau))
+            if tau <= _RHO_TARGET:
+                return ("heavy", h, r, tau)
+    if candidates:
+        r, h, tau = min(candidates)
+        return ("light", r, tau) if h == 0 else ("heavy", h, r, tau)
+    if _enumeration_size(k, order) <= _ENUM_CAP:
+        return ("enumerate",)
+    return (
+        "fail",
+        f"no series converges with at most {_SUBSET_CAP} heavy subsets, and a full enumeration "
+        f"({_enumeration_size(k, order):.3g} subsets) exceeds {_ENUM_CAP}",
+    )
+
+
+def _heavy_light_part(ls: np.ndarray, h: int) -> Tuple[float, np.ndarray]:
+    """Log light mass and centred scaled light weights ``x_i = w_i / S_L - 1/K_L`` of a row."""
+    log_s_light = _logsumexp(ls[h:])
+    if log_s_light == -math.inf:
+        return log_s_light, np.zeros(len(ls) - h)
+    return log_s_light, np.exp(ls[h:] - log_s_light) - 1.0 / (len(ls) - h)
+
+
+def _heavy_row(
+    ls: np.ndarray, k: int, order: int, h: int, r_max: int, tau: float, q: np.ndarray, q_abs: np.ndarray
+) -> Tuple[float, float]:
+    """Heavy/light route for one row (log-weights ``ls`` sorted descending): JVI - IWAE and an error estimate.
+
+    For a removed set ``R = R_H + R_L`` (``|R_H| = a``, ``|R_L| = b``, ``j = a + b``):
+    ``log(1 - D_R/(K-j)) = log zeta(R_H) + log(1 - (j + E)/z(R_H)) - log(1 - j/K)`` with
+    ``zeta = (S_L + W_{H\R_H} + a mu_L)/S``, ``z = K_L + a + W_{H\R_H}/mu_L`` and E the sum of
+    the centred light weights ``w_i/mu_L - 1`` over R_L; the logarithm is expanded in
+    ``(j + E)/z``, whose moments over R_L are polynomials in b with coefficients ``q``
+    (:func:`_tuple_sums` of the light weights, computed by the caller for many rows at once).
+    """
+    l0, poly, light = _heavy_table(k, order, h, r_max)
+    k_light = k - h
+    l_heavy = ls[:h]
+    log_s_light = _logsumexp(ls[h:])
+    log_total = float(np.logaddexp(log_s_light, _logsumexp(l_heavy)))
+    value = _log_ratio_constant(k, order)
+    magnitude = abs(value)
+    for a in range(min(h, order) + 1):
+        n_sets = math.comb(h, a)
+        chosen = np.array(list(itertools.combinations(range(h), a)), dtype=np.int64).reshape(n_sets, a)
+        kept = np.broadcast_to(l_heavy, (n_sets, h)).copy()
+        np.put_along_axis(kept, chosen, -math.inf, axis=1)
+        log_rest = np.logaddexp.reduce(kept, axis=1) if h > a else np.full(n_sets, -math.inf)
+        if a > 0:
+            log_zeta = np.logaddexp(log_s_light + math.log1p(a / k_light), log_rest) - log_total
+            value += l0[a] * float(np.sum(log_zeta))
+            magnitude += abs(l0[a]) * float(np.sum(np.abs(log_zeta)))
+        if log_s_light > -math.inf:
+            with np.errstate(over="ignore"):
+                rho = 1.0 / (1.0 + a / k_light + np.exp(log_rest - log_s_light))
+        else:
+            rho = np.zeros(n_sets)
+        coef = poly[a] + np.einsum("rkd,kd->r", light[a], q)
+        coef_abs = np.abs(poly[a]) + np.einsum("rkd,kd->r", np.abs(light[a]), q_abs)
+        powers = rho[:, None] ** np.arange(r_max + 1)[None, :]
+        value += float(np.sum(powers @ coef))
+        magnitude += float(np.sum(powers @ coef_abs))
+    return value, magnitude * _rounding_factor(r_max, order, k) + _truncation_bound(tau, r_max, k, order)
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def _check_order(order: Any, k: int) -> int:
+    if isinstance(order, bool) or not isinstance(order, (int, np.integer)):
+        raise InputError(f"JVI order must be a non-negative int, got {order!r}; pass e.g. order=1")
+    order = int(order)
+    if order < 0:
+        raise InputError(f"JVI order must be >= 0, got {order}; order 0 is IWAE")
+    if order >= k:
+        raise InputError(
+            f"JVI order {order} needs K >= {order + 1} samples per row, got K = {k}: the jackknife removes up "
+            f"to {order} samples and at least one must remain; lower the order or draw more samples"
+        )
+    return order
+
+
+def _extremes(delta: np.ndarray, order: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Sums of the b largest and of the b smallest entries of each row, b = 1..order."""
+    k = delta.shape[1]
+    top = -np.sort(-np.partition(delta, k - order, axis=1)[:, k - order :], axis=1)
+    bottom = np.sort(np.partition(delta, order - 1, axis=1)[:, :order], axis=1)
+    return np.cumsum(top, axis=1), np.cumsum(bottom, axis=1)
+
+
+def _jvi_rows(rows: np.ndarray, order: int) -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """JVI of order m for every row of a float64 (N, K) array: values, error estimates, notes."""
+    n_rows, k = rows.shape
+    notes: List[str] = []
+    finite = np.isfinite(rows)
+    n_pos = finite.sum(axis=1)
+    row_max = np.where(n_pos > 0, rows.max(axis=1, initial=-math.inf), 0.0)
+    shifted = rows - row_max[:, None]  # <= 0; -inf stays -inf (a zero weight)
+    total = np.exp(shifted).sum(axis=1)
+    with np.errstate(divide="ignore"):
+        log_total = np.log(total)
+    iwae = row_max + log_total - math.log(k)
+    error = 2.0 * _EPS * (np.abs(row_max) + np.abs(log_total) + math.log(k))
+    value = iwae.copy()
+    empty = n_pos == 0
+    value[empty] = -math.inf
+    error[empty] = 0.0
+    if order == 0 or n_rows == 0:
+        return value, error, notes
+    undefined = (n_pos > 0) & (n_pos <= order)
+    if undefined.any():
+        value[undefined] = math.nan
+        notes.append("undefined")
+    equal = (n_pos == k) & (rows.max(axis=1, initial=-math.inf) == rows.min(axis=1, initial=math.inf))
+    idx = np.flatnonzero(~(empty | undefined | equal))
+    if idx.size == 0:
+        return value, error, notes
+    correction = np.zeros(n_rows)
+    corr_err = np.zeros(n_rows)
+
+    if order == 1:
+        correction[idx], corr_err[idx] = _leave_one_out(shifted[idx], total[idx])
+    else:
+        wn = np.exp(shifted[idx]) / total[idx, None]  # normalised weights
+        top, bottom = _extremes(k * wn - 1.0, order)
+        b = np.arange(1, order + 1)
+        tau0 = (np.maximum(np.abs(top), np.abs(bottom)) / (k - b)[None, :]).max(axis=1)
+        r_need = [_terms_needed(t, k, order) if t <= _RHO_TARGET else None for t in tau0.tolist()]
+        # Light route, vectorised; rows grouped by series length so that one wide row does not
+        # lengthen the series of all.
+        groups = {}
+        light_late = {}
+        for pos, r in enumerate(r_need):
+            if r is not None:
+                groups.setdefault(_bucket(r), []).append(pos)
+        for r_max, members in sorted(groups.items()):
+            sel = np.array(members)
+            v, e = _light_rows(wn[sel] - 1.0 / k, k, order, r_max)
+            correction[idx[sel]] = v
+            corr_err[idx[sel]] = e + np.array([_truncation_bound(t, r_max, k, order) for t in tau0[sel]])
+        # Remaining rows: plan one by one (dominant weights, or a slowly converging series), then
+        # run the expensive power sums of all rows that share a series length together.
+        enum_rows = []
+        heavy = {}
+        for pos, r in enumerate(r_need):
+            if r is not None:
+                continue
+            row = int(idx[pos])
+            ls = np.sort(shifted[row])[::-1].copy()
+            plan = _plan_row(ls, k, order, int(n_pos[row]), float(tau0[pos]))
+            if plan[0] == "light":
+                _, r, tau = plan
+                groups.setdefault(_bucket(r), [])
+                light_late.setdefault(_bucket(r), []).append((pos, tau))
+            elif plan[0] == "heavy":
+                _, h, r, tau = plan
+                heavy.setdefault(_bucket(r), []).append((row, ls, h, tau))
+            elif plan[0] == "enumerate":
+                enum_rows.append(row)
+                correction[row], corr_err[row] = math.nan, math.inf
+            else:
+                correction[row], corr_err[row] = math.nan, math.inf
+                notes.append("fail: " + plan[1])
+        for r_max, members in sorted(light_late.items()):
+            sel = np.array([pos for pos, _ in members])
+            v, e = _light_rows(wn[sel] - 1.0 / k, k, order, r_max)
+            correction[idx[sel]] = v
+            corr_err[idx[sel]] = e + np.array([_truncation_bound(t, r_max, k, order) for _, t in members])
+        for r_max, members in sorted(heavy.items()):
+            parts = [_heavy_light_part(ls, h)[1] for _, ls, h, _ in members]
+            width = max(len(p) for p in parts)
+            x = np.zeros((len(parts), width))  # zero padding adds nothing to the power sums
+            for i, p in enumerate(parts):
+                x[i, : len(p)] = p
+            q, q_abs = _tuple_sums(x, order, r_max)
+            for i, (row, ls, h, tau) in enumerate(members):
+                correction[row], corr_err[row] = _heavy_row(ls, k, order, h, r_max, tau, q[i], q_abs[i])
+        # A series whose error estimate misses the target falls back to enumeration where affordable.
+        if _enumeration_size(k, order) <= _ENUM_CAP:
+            scale = np.maximum(np.abs(iwae[idx] + correction[idx]), 1.0)
+            loose = idx[~(corr_err[idx] <= 0.1 * ACCURACY_RTOL * scale)]
+            enum_rows = sorted(set(enum_rows) | set(loose.tolist()))
+        if enum_rows:
+            sel = np.array(enum_rows)
+            v, e = _enumerate_rows(shifted[sel], total[sel], order)
+            better = (e < corr_err[sel]) | np.isnan(correction[sel])
+            correction[sel] = np.where(better, v, correction[sel])
+            corr_err[sel] = np.where(better, e, corr_err[sel])
+    value[idx] = iwae[idx] + correction[idx]
+    error[idx] = error[idx] + corr_err[idx]
+    return value, error, notes
+
+
+def _emit(notes: List[str], value: np.ndarray, error: np.ndarray, order: int, k: int, kind) -> None:
+    """One warning per kind of problem, naming the rows."""
+    if "undefined" in notes:
+        bad = np.isnan(value) & np.isfinite(error)
+        warnings.warn(
+            f"JVI of order {order} is undefined (nan) in {format_positions(bad, kind.batch_shape)}: they have at most "
+            f"{order} finite log-weights, so some leave-{order}-out subsets have zero total weight; use a lower order "
+            f"or more samples",
+            AccuracyWarning,
+            stacklevel=3,
+        )
+    failed = [n for n in notes if n.startswith("fail: ")]
+    if failed:
+        bad = np.isinf(error)
+        warnings.warn(
+            f"JVI of order {order} could not be computed (nan) in {format_positions(bad, kind.batch_shape)}: "
+            f"{failed[0][6:]}; use a lower order",
+            AccuracyWarning,
+            stacklevel=3,
+        )
+    scale = np.maximum(np.abs(value), 1.0)
+    with np.errstate(invalid="ignore"):
+        loose = np.isfinite(value) & np.isfinite(error) & (error > ACCURACY_RTOL * scale)
+    if loose.any():
+        worst = float((error[loose] / scale[loose]).max())
+        biggest = max(abs(float(c)) for c in jackknife_coefficients(k, order))
+        warnings.warn(
+            f"JVI of order {order} is accurate only to about {worst:.1e} * max(1, |value|) (not {ACCURACY_RTOL:g}) in "
+            f"{format_positions(loose, kind.batch_shape)}: at K = {k} the jackknife coefficients reach {biggest:.1e} "
+            f"and amplify rounding; use a lower order",
+            AccuracyWarning,
+            stacklevel=3,
+        )
+
+
+def jvi_with_error(log_w: Any, order: int) -> Tuple[Any, Any]:
+    """JVI estimates with an a-posteriori error estimate for each row.
+
+    Parameters
+    ----------
+    log_w : Tensor or ndarray, shape (..., K)
+    order : int
+        Jackknife order m, ``0 <= m < K``.
+
+    Returns
+    -------
+    value, error : same kind as ``log_w``, shape (...)
+        ``error`` bounds ``|value - JVI_m|`` under standard rounding-error analysis plus a
+        rigorous bound on the series truncation (``inf`` where no value could be computed).
+        No warning is issued; :func:`jvi` warns where ``error > 1e-9 * max(1, |value|)``.
+    """
+    rows, kind = as_rows(log_w)
+    order = _check_order(order, rows.shape[1])
+    value, error, _ = _jvi_rows(rows, order)
+    return kind.restore(value), kind.restore(error)
+
+
+def jvi(log_w: Any, order: int) -> Any:
+    """Jackknife variational inference estimate of order m (exact over all subsets).
+
+    See the module docstring for the formula and method; :func:`evalkit.estimators.jvi` is the
+    documented public entry point.
+    """
+    rows, kind = as_rows(log_w)
+    order = _check_order(order, rows.shape[1])
+    value, error, notes = _jvi_rows(rows, order)
+    _emit(notes, value, error, order, rows.shape[1], kind)
+    return kind.restore(value)
