@@ -179,6 +179,24 @@ class BiasVariance:
     note: str = ""
 
 
+def group_moments(est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-datapoint mean and variance (ddof 1) over groups: the sufficient statistics at one k.
+
+    Parameters
+    ----------
+    est : ndarray, shape (N, G)
+
+    Returns
+    -------
+    mean, var : ndarray, shape (N,)
+        ``var`` is NaN when ``G < 2``.
+    """
+    est = np.asarray(est, dtype=np.float64)
+    mean = est.mean(axis=1)
+    var = est.var(axis=1, ddof=1) if est.shape[1] >= 2 else np.full(est.shape[0], np.nan)
+    return mean, var
+
+
 def bias_variance(est: np.ndarray, reference: np.ndarray, *, k: int) -> BiasVariance:
     """Summarise grouped estimates ``est[n, g]`` against a per-datapoint reference.
 
@@ -212,17 +230,24 @@ def bias_variance(est: np.ndarray, reference: np.ndarray, *, k: int) -> BiasVari
     datapoint's estimates at different k.
     """
     est = np.asarray(est, dtype=np.float64)
-    reference = np.broadcast_to(np.asarray(reference, dtype=np.float64), est.shape[:1])
-    n, groups = est.shape
+    mean, var = group_moments(est)
+    return summarize_moments(mean, var, est.shape[1], reference, k=k)
+
+
+def summarize_moments(mean: np.ndarray, var: np.ndarray, groups: int, reference: np.ndarray, *,
+                      k: int) -> BiasVariance:
+    """:func:`bias_variance` from the per-datapoint sufficient statistics of :func:`group_moments`."""
+    m = np.asarray(mean, dtype=np.float64)
+    n = m.shape[0]
+    reference = np.broadcast_to(np.asarray(reference, dtype=np.float64), (n,))
     notes = []
-    m = est.mean(axis=1)
     d = m - reference
     estimate, estimate_se = _mean_se(m)
     bias, bias_se = _mean_se(d)
     if n < 2:
         notes.append("one datapoint: no standard errors over datapoints")
     if groups >= 2:
-        v = est.var(axis=1, ddof=1)
+        v = np.asarray(var, dtype=np.float64)
         variance, variance_se = _mean_se(v)
         mc_se = math.sqrt(variance / (groups * n)) if variance >= 0 else float("nan")
         rmse = math.sqrt(bias * bias + variance)

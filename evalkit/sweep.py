@@ -426,29 +426,37 @@ def sweep(
     n = log_w.shape[0]
     index = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
 
-    ref = _resolve_reference(reference, n, k_max, model_obj, x, log_w, chosen, max_elements)
-
-    rows: List[Dict[str, Any]] = []
-    long_parts: List[pd.DataFrame] = []
-    fit_rows: List[Dict[str, Any]] = []
+    # Pass 1: per-datapoint sufficient statistics (mean, variance over groups) of every cell.
     notes: List[str] = []
+    moments: Dict[tuple, tuple] = {}
     for est in chosen:
         skipped = [k for k in ks_used if k < est.min_k]
         if skipped:
             notes.append(f"{est.name} needs k >= {est.min_k}: skipped k = {', '.join(map(str, skipped))}")
+        for k in ks_used:
+            if k >= est.min_k:
+                values = dg.evaluate_groups(log_w, k, est.fn, max_elements=max_elements)
+                moments[est.name, k] = dg.group_moments(values) + (values.shape[1],)
+
+    # The pool reference at K_max is a cell already computed when K_max is among the ks.
+    ref = _resolve_reference(reference, n, k_max, model_obj, x, log_w, chosen, max_elements, moments)
+
+    # Pass 2: dataset-level statistics, fits and slopes.
+    rows: List[Dict[str, Any]] = []
+    long_parts: List[pd.DataFrame] = []
+    fit_rows: List[Dict[str, Any]] = []
+    for est in chosen:
         means, ses, fit_ks = [], [], []
         for k in ks_used:
-            if k < est.min_k:
+            if (est.name, k) not in moments:
                 continue
-            values = dg.evaluate_groups(log_w, k, est.fn, max_elements=max_elements)
-            stats = dg.bias_variance(values, ref.values, k=k)
+            group_mean, group_var, groups = moments[est.name, k]
+            stats = dg.summarize_moments(group_mean, group_var, groups, ref.values, k=k)
             row = {name: getattr(stats, name) for name in TABLE_COLUMNS if hasattr(stats, name)}
             row.update(estimator=est.name, reference=ref.short)
             if ref.kind == "pool" and est.name == ref.estimator and k == k_max:
                 row["note"] = "; ".join(filter(None, [row["note"], "is the reference: bias 0 by construction"]))
             rows.append(row)
-            group_mean = values.mean(axis=1)
-            group_var = values.var(axis=1, ddof=1) if values.shape[1] >= 2 else np.full(n, np.nan)
             long_parts.append(pd.DataFrame({"estimator": est.name, "k": k, "index": index, "mean": group_mean,
                                             "variance": group_var, "reference": ref.values}))
             if k >= fit_min_k:
@@ -627,7 +635,7 @@ def bias_order(name: str) -> int:
     return {"iwae": 1, "dvi": 2}.get(name, 0)
 
 
-def _resolve_reference(reference, n, k_max, model, x, log_w, chosen, max_elements) -> Reference:
+def _resolve_reference(reference, n, k_max, model, x, log_w, chosen, max_elements, moments) -> Reference:
     if model is not None and hasattr(model, "log_marginal"):
         with torch.inference_mode():
             values = _as_float64(model.log_marginal(x))
@@ -660,7 +668,10 @@ def _resolve_reference(reference, n, k_max, model, x, log_w, chosen, max_element
     if not any(est.name == "iwae" for est in candidates):
         candidates.append(registry.get("iwae"))
     best = max(candidates, key=lambda est: bias_order(est.name))
-    values = dg.evaluate_groups(log_w, k_max, best.fn, max_elements=max_elements)[:, 0]
+    if (best.name, k_max) in moments:
+        values = moments[best.name, k_max][0]  # one group at K_max: its mean is the estimate
+    else:
+        values = dg.evaluate_groups(log_w, k_max, best.fn, max_elements=max_elements)[:, 0]
     label = (f"{best.name} at K = {k_max} on the same samples (no exact log p(x); "
              f"bias is relative to this estimate)")
     return Reference("pool", label, values, estimator=best.name, k=int(k_max))
