@@ -5,6 +5,7 @@ Every number is checked against an independent truth: a hand-written loop, a clo
 an exactly known curve.
 """
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -209,3 +210,58 @@ def test_fit_with_too_few_points_is_nan_with_a_note():
     fit = dg.fit_inverse_k([10, 20], np.zeros((4, 2)), [1, 1])
     assert math.isnan(fit.a) and math.isnan(fit.a_se)
     assert "needs >= 3 values of k" in fit.note
+
+
+# -- measured bias slopes ------------------------------------------------------------------------
+
+
+def test_bias_slope_recovers_a_power_law_and_skips_unresolved_points():
+    ks = [10, 20, 50, 100, 200, 500]
+    bias = [0.3 * k**-2.0 for k in ks]
+    se = [1e-6, 1e-6, 1e-6, 1e-6, 1e-4, 1e-4]  # the last two are within 3 SE of zero
+    got = dg.bias_slope(ks, bias, se)
+    assert got.slope == pytest.approx(-2.0, abs=1e-9)
+    assert got.ks == (10, 20, 50, 100) and got.note == ""
+    assert got.slope_se > 0
+
+
+def test_bias_slope_needs_two_resolved_points():
+    got = dg.bias_slope([1, 2, 5], [1.0, 0.0, 0.0], [0.1, 0.1, 0.1])
+    assert math.isnan(got.slope) and "needs >= 2 values of k" in got.note
+
+
+def test_summarize_moments_is_bias_variance_from_sufficient_statistics():
+    rng = np.random.default_rng(9)
+    est = rng.normal(size=(15, 7))
+    ref = rng.normal(size=15)
+    assert dg.summarize_moments(*dg.group_moments(est), 7, ref, k=3) == dg.bias_variance(est, ref, k=3)
+
+
+# -- weight diagnostics --------------------------------------------------------------------------
+
+
+def test_weight_diagnostics_ess_and_named_heavy_rows():
+    rng = np.random.default_rng(10)
+    log_w = np.log(rng.gamma(3.0, size=(12, 2000)))
+    log_w[0] = 0.0  # equal weights: ESS = K
+    log_w[[4, 9]] = -1.5 * np.log(rng.uniform(size=(2, 2000)))  # Pareto tail, k = 1.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # psis_khat warns that row 0 (equal weights) has no tail
+        got = dg.weight_diagnostics(torch.from_numpy(log_w), index=np.arange(100, 112))
+    assert np.isnan(got.khat[0])
+    w = np.exp(log_w - log_w.max(1, keepdims=True))
+    np.testing.assert_allclose(got.ess_fraction, w.sum(1) ** 2 / (w**2).sum(1) / 2000, rtol=1e-12)
+    assert got.ess_fraction[0] == pytest.approx(1.0)
+    assert list(got.above_bad) == [104, 109] and list(got.above_good) == [104, 109]
+    assert got.fraction_above_bad == pytest.approx(2 / 11)  # of the 11 datapoints with a k-hat
+    assert got.good == 0.5 and got.bad == 0.7 and got.threshold == pytest.approx(1 - 1 / math.log10(2000))
+    assert "2 of 12 datapoints (104, 109), > 0.7 at 2 (104, 109)" in got.warning
+    summary = got.summary()
+    assert summary["indices_khat_above_0.7"] == [104, 109] and summary["max_khat"] > 1
+
+
+def test_weight_diagnostics_names_at_most_ten_datapoints():
+    rng = np.random.default_rng(11)
+    log_w = -1.5 * np.log(rng.uniform(size=(14, 1000)))
+    got = dg.weight_diagnostics(torch.from_numpy(log_w))
+    assert "0, 1, 2, 3, 4, 5, 6, 7, 8, 9 and 4 more" in got.warning
