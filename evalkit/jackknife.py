@@ -97,10 +97,18 @@ _R_CAP = 150
 _TRUNC_TOL = 1e-17
 # At most this many heavy subsets per row (time and memory of the heavy/light route).
 _SUBSET_CAP = 50_000
+# Longest series that the first, vectorised pass of the light route tries on every row.
+_R_FAST = 64
 # At most this many heavy candidates scanned per row.
 _H_SCAN = 256
-# Full enumeration is used only while sum_{j<=m} C(K, j) stays below this.
+# Full enumeration is used only while sum_{j<=m} C(K, j) stays below this ...
 _ENUM_CAP = 200_000
+# ... and for every row that the light route does not take while it stays below this.
+_ENUM_FAST = 2_048
+# Orders above this use enumeration only (the exact tables cost O(m^3 r) rational operations).
+_SERIES_MAX_ORDER = 20
+# A route's result is accepted when its error estimate is below this fraction of the promise.
+_ACCEPT = 0.1
 # Elements per chunk for batched temporaries (about 32 MB of float64).
 _CHUNK_ELEMS = 4_000_000
 # Elements per chunk for the repeated passes of the power sums: small enough to stay in cache.
@@ -139,7 +147,10 @@ def jackknife_coefficients(k: int, order: int) -> Tuple[Fraction, ...]:
 
 @lru_cache(maxsize=256)
 def _abs_coef_sum(k: int, order: int) -> float:
-    return float(sum(abs(c) for c in jackknife_coefficients(k, order)))
+    """``sum_j |c(K, m, j)|`` (float; via log-gamma so that it is cheap for any order)."""
+    logs = [order * math.log(k - j) - math.lgamma(order - j + 1) - math.lgamma(j + 1) for j in range(order + 1)]
+    top = max(logs)
+    return math.exp(top) * math.fsum(math.exp(v - top) for v in logs)
 
 
 def _terms_needed(tau: float, k: int, order: int) -> Optional[int]:
@@ -452,29 +463,26 @@ def _logsumexp(values: np.ndarray) -> float:
     return float(np.logaddexp.reduce(values))
 
 
-def _enumeration_size(k: int, order: int) -> int:
-    return sum(math.comb(k, j) for j in range(order + 1))
+def _plan_row(ls: np.ndarray, k: int, order: int, n_pos: int, tau0: float) -> List[Tuple[float, int, int]]:
+    """Series candidates ``(tau, h, r)`` for one row, best first (h = 0: light route).
 
-
-def _plan_row(ls: np.ndarray, k: int, order: int, n_pos: int, tau0: float):
-    """Choose a route for one row from its log-weights sorted in descending order.
-
-    Returns ``("light", r, tau)``, ``("heavy", h, r, tau)``, ``("enumerate",)`` or ``("fail", why)``.
-    For each candidate size h of the heavy set, tau bounds ``(j + E)/z`` over all removed sets
-    (j <= m): ``max_a (a mu_L + top_{m-a}(L)) / ((K_L + a) mu_L + bottom_{h-a}(H))``. All
-    masses are handled in log space: a row may span far more than the ~745 nats that float64
-    weights can hold at once.
+    ``ls`` are the row's log-weights sorted in descending order. For each size h of the heavy
+    set, tau bounds ``|(j + E)/z|`` over all removed sets (j <= m):
+    ``max_a (a mu_L + top_{m-a}(L)) / ((K_L + a) mu_L + bottom_{h-a}(H))``; r is the series
+    length that makes the truncation negligible. The first candidate is the smallest h with
+    ``tau <= 1/4`` if there is one (cheap and accurate), the others follow by increasing tau.
+    All masses are handled in log space: a row may span far more than the ~745 nats that
+    float64 weights can hold at once.
     """
     candidates = []
     r0 = _terms_needed(tau0, k, order)
     if r0 is not None:
-        candidates.append((r0, 0, tau0))
-        if tau0 <= _RHO_TARGET:
-            return ("light", r0, tau0)
+        candidates.append((tau0, 0, r0))
     # log_suffix[h] = log sum_{i >= h} w_i, added from the smallest up.
     log_suffix = np.append(np.logaddexp.accumulate(ls[::-1])[::-1], -math.inf)
     h_lim = min(n_pos, k - 1, _H_SCAN)
     middle = -math.inf  # log sum_{i = order}^{h-1} w_i, grown one term per h
+    first = None
     for h in range(1, h_lim + 1):
         if sum(math.comb(h, a) for a in range(min(h, order) + 1)) > _SUBSET_CAP:
             break
@@ -494,19 +502,27 @@ def _plan_row(ls: np.ndarray, k: int, order: int, n_pos: int, tau0: float):
                 tau = max(tau, math.exp(min(log_num - log_den, 50.0)))
         r = _terms_needed(tau, k, order)
         if r is not None:
-            candidates.append((r, h, tau))
-            if tau <= _RHO_TARGET:
-                return ("heavy", h, r, tau)
-    if candidates:
-        r, h, tau = min(candidates)
-        return ("light", r, tau) if h == 0 else ("heavy", h, r, tau)
-    if _enumeration_size(k, order) <= _ENUM_CAP:
-        return ("enumerate",)
-    return (
-        "fail",
-        f"no series converges with at most {_SUBSET_CAP} heavy subsets, and a full enumeration "
-        f"({_enumeration_size(k, order):.3g} subsets) exceeds {_ENUM_CAP}",
-    )
+            candidates.append((tau, h, r))
+            if first is None and tau <= _RHO_TARGET:
+                first = (tau, h, r)
+            if tau <= _RHO_TARGET / 4 or (first is not None and h >= first[1] + 3):
+                break
+    candidates.sort()
+    if first is not None:
+        candidates.remove(first)
+        candidates.insert(0, first)
+    return candidates[:3]
+
+
+def _enumeration_size(k: int, order: int) -> int:
+    """``sum_{j<=m} C(K, j)``, the number of removed sets of a full enumeration (capped above _ENUM_CAP)."""
+    total, term = 0, 1
+    for j in range(order + 1):
+        total += term
+        if total > _ENUM_CAP:
+            return _ENUM_CAP + 1
+        term = term * (k - j) // (j + 1)
+    return total
 
 
 def _heavy_light_part(ls: np.ndarray, h: int) -> Tuple[float, np.ndarray]:
@@ -520,7 +536,7 @@ def _heavy_light_part(ls: np.ndarray, h: int) -> Tuple[float, np.ndarray]:
 def _heavy_row(
     ls: np.ndarray, k: int, order: int, h: int, r_max: int, tau: float, q: np.ndarray, q_abs: np.ndarray
 ) -> Tuple[float, float]:
-    """Heavy/light route for one row (log-weights ``ls`` sorted descending): JVI - IWAE and an error estimate.
+    r"""Heavy/light route for one row (log-weights ``ls`` sorted descending): JVI - IWAE and an error estimate.
 
     For a removed set ``R = R_H + R_L`` (``|R_H| = a``, ``|R_L| = b``, ``j = a + b``):
     ``log(1 - D_R/(K-j)) = log zeta(R_H) + log(1 - (j + E)/z(R_H)) - log(1 - j/K)`` with
@@ -618,75 +634,126 @@ def _jvi_rows(rows: np.ndarray, order: int) -> Tuple[np.ndarray, np.ndarray, Lis
 
     if order == 1:
         correction[idx], corr_err[idx] = _leave_one_out(shifted[idx], total[idx])
+    elif order > _SERIES_MAX_ORDER and _enumeration_size(k, order) > _ENUM_CAP:
+        correction[idx], corr_err[idx] = math.nan, math.inf
+        notes.append(
+            f"fail: order {order} exceeds the largest order ({_SERIES_MAX_ORDER}) of the series routes and a full "
+            f"enumeration needs more than {_ENUM_CAP} subsets per row"
+        )
     else:
+        _series_and_enumeration(shifted, total, iwae, n_pos, idx, order, correction, corr_err, notes)
+    value[idx] = iwae[idx] + correction[idx]
+    error[idx] = error[idx] + corr_err[idx]
+    return value, error, notes
+
+
+def _series_and_enumeration(shifted, total, iwae, n_pos, idx, order, correction, corr_err, notes) -> None:
+    """Orders >= 2: route every row in ``idx`` and fill ``correction`` (JVI - IWAE) and ``corr_err``."""
+    k = shifted.shape[1]
+
+    def scale_of(rr: np.ndarray) -> np.ndarray:  # max(1, |value|), with nan (no value yet) as 1
+        return np.maximum(np.nan_to_num(np.abs(iwae[rr] + correction[rr]), nan=1.0), 1.0)
+
+    correction[idx], corr_err[idx] = math.nan, math.inf
+    pending = idx
+    series_ok = order <= _SERIES_MAX_ORDER
+    tau0 = np.zeros(0)
+    if series_ok:
         wn = np.exp(shifted[idx]) / total[idx, None]  # normalised weights
         top, bottom = _extremes(k * wn - 1.0, order)
         b = np.arange(1, order + 1)
         tau0 = (np.maximum(np.abs(top), np.abs(bottom)) / (k - b)[None, :]).max(axis=1)
-        r_need = [_terms_needed(t, k, order) if t <= _RHO_TARGET else None for t in tau0.tolist()]
-        # Light route, vectorised; rows grouped by series length so that one wide row does not
-        # lengthen the series of all.
-        groups = {}
-        light_late = {}
-        for pos, r in enumerate(r_need):
-            if r is not None:
-                groups.setdefault(_bucket(r), []).append(pos)
-        for r_max, members in sorted(groups.items()):
-            sel = np.array(members)
-            v, e = _light_rows(wn[sel] - 1.0 / k, k, order, r_max)
-            correction[idx[sel]] = v
-            corr_err[idx[sel]] = e + np.array([_truncation_bound(t, r_max, k, order) for t in tau0[sel]])
-        # Remaining rows: plan one by one (dominant weights, or a slowly converging series), then
-        # run the expensive power sums of all rows that share a series length together.
-        enum_rows = []
-        heavy = {}
-        for pos, r in enumerate(r_need):
-            if r is not None:
-                continue
-            row = int(idx[pos])
+        # 1. Light route, vectorised, for rows without dominant weights; grouped by series
+        #    length so that one wide row does not lengthen the series of all.
+        # Rows whose series is longer than _R_FAST, or whose error estimate misses the target,
+        # are planned one by one below.
+        # Where enumeration is cheap, only rows with a short, safe series take this route.
+        longest = _R_FAST if _enumeration_size(k, order) > _ENUM_FAST else 0
+        fast = [(int(idx[p]), t, _terms_needed(t, k, order)) for p, t in enumerate(tau0.tolist())]
+        fast = [(row, t, r) for row, t, r in fast if r is not None and (t <= _RHO_TARGET or r <= longest)]
+        _run_light(shifted, total, fast, k, order, correction, corr_err)
+        pending = idx[~(corr_err[idx] <= _ACCEPT * ACCURACY_RTOL * scale_of(idx))]
+    # 2. Small K: enumerate all subsets, vectorised.
+    if pending.size and _enumeration_size(k, order) <= _ENUM_FAST:
+        _run_enumeration(shifted, total, pending, order, correction, corr_err)
+        pending = pending[~(corr_err[pending] <= _ACCEPT * ACCURACY_RTOL * scale_of(pending))]
+    # 3. Per-row plans (dominant weights, slowly converging series), tried in rounds: each
+    #    row's next candidate runs only if the previous one missed the accuracy target.
+    if pending.size and series_ok:
+        tau_of = dict(zip(idx.tolist(), tau0.tolist()))
+        plans = {}
+        for row in pending.tolist():
             ls = np.sort(shifted[row])[::-1].copy()
-            plan = _plan_row(ls, k, order, int(n_pos[row]), float(tau0[pos]))
-            if plan[0] == "light":
-                _, r, tau = plan
-                groups.setdefault(_bucket(r), [])
-                light_late.setdefault(_bucket(r), []).append((pos, tau))
-            elif plan[0] == "heavy":
-                _, h, r, tau = plan
-                heavy.setdefault(_bucket(r), []).append((row, ls, h, tau))
-            elif plan[0] == "enumerate":
-                enum_rows.append(row)
-                correction[row], corr_err[row] = math.nan, math.inf
-            else:
-                correction[row], corr_err[row] = math.nan, math.inf
-                notes.append("fail: " + plan[1])
-        for r_max, members in sorted(light_late.items()):
-            sel = np.array([pos for pos, _ in members])
-            v, e = _light_rows(wn[sel] - 1.0 / k, k, order, r_max)
-            correction[idx[sel]] = v
-            corr_err[idx[sel]] = e + np.array([_truncation_bound(t, r_max, k, order) for _, t in members])
-        for r_max, members in sorted(heavy.items()):
-            parts = [_heavy_light_part(ls, h)[1] for _, ls, h, _ in members]
-            width = max(len(p) for p in parts)
-            x = np.zeros((len(parts), width))  # zero padding adds nothing to the power sums
-            for i, p in enumerate(parts):
-                x[i, : len(p)] = p
-            q, q_abs = _tuple_sums(x, order, r_max)
-            for i, (row, ls, h, tau) in enumerate(members):
-                correction[row], corr_err[row] = _heavy_row(ls, k, order, h, r_max, tau, q[i], q_abs[i])
-        # A series whose error estimate misses the target falls back to enumeration where affordable.
-        if _enumeration_size(k, order) <= _ENUM_CAP:
-            scale = np.maximum(np.abs(iwae[idx] + correction[idx]), 1.0)
-            loose = idx[~(corr_err[idx] <= 0.1 * ACCURACY_RTOL * scale)]
-            enum_rows = sorted(set(enum_rows) | set(loose.tolist()))
-        if enum_rows:
-            sel = np.array(enum_rows)
-            v, e = _enumerate_rows(shifted[sel], total[sel], order)
-            better = (e < corr_err[sel]) | np.isnan(correction[sel])
-            correction[sel] = np.where(better, v, correction[sel])
-            corr_err[sel] = np.where(better, e, corr_err[sel])
-    value[idx] = iwae[idx] + correction[idx]
-    error[idx] = error[idx] + corr_err[idx]
-    return value, error, notes
+            plans[row] = (ls, _plan_row(ls, k, order, int(n_pos[row]), tau_of[row]))
+        for attempt in range(3):
+            light, heavy = [], []
+            for row in pending.tolist():
+                ls, cands = plans[row]
+                if attempt < len(cands):
+                    tau, h, r = cands[attempt]
+                    (light if h == 0 else heavy).append((row, tau, r) if h == 0 else (row, ls, h, tau, r))
+            if not light and not heavy:
+                break
+            _run_light(shifted, total, light, k, order, correction, corr_err, keep_better=True)
+            _run_heavy(heavy, k, order, correction, corr_err)
+            pending = pending[~(corr_err[pending] <= _ACCEPT * ACCURACY_RTOL * scale_of(pending))]
+    # 4. Enumeration as a last resort where affordable; otherwise the best value stands (a
+    #    warning reports its accuracy) or the row fails.
+    if pending.size and _ENUM_FAST < _enumeration_size(k, order) <= _ENUM_CAP:
+        _run_enumeration(shifted, total, pending, order, correction, corr_err)
+    failed = idx[np.isnan(correction[idx])]
+    if failed.size:
+        notes.append(
+            f"fail: no series converged with at most {_SUBSET_CAP} heavy subsets, and a full enumeration "
+            f"needs more than {_ENUM_CAP} subsets per row"
+            if _enumeration_size(k, order) > _ENUM_CAP
+            else "fail: no route converged"
+        )
+
+
+def _keep(rows_idx, value, error, correction, corr_err) -> None:
+    """Store results where they improve on what is there (a smaller error estimate, or none yet)."""
+    better = (error < corr_err[rows_idx]) | np.isnan(correction[rows_idx])
+    correction[rows_idx] = np.where(better, value, correction[rows_idx])
+    corr_err[rows_idx] = np.where(better, error, corr_err[rows_idx])
+
+
+def _run_light(shifted, total, members, k, order, correction, corr_err, keep_better=False) -> None:
+    """Light route for ``members = [(row, tau, r), ...]``, batched by series length."""
+    groups = {}
+    for row, tau, r in members:
+        groups.setdefault(_bucket(r), []).append((row, tau))
+    for r_max, group in sorted(groups.items()):
+        sel = np.array([row for row, _ in group])
+        x = np.exp(shifted[sel]) / total[sel, None] - 1.0 / k
+        v, e = _light_rows(x, k, order, r_max)
+        e = e + np.array([_truncation_bound(t, r_max, k, order) for _, t in group])
+        _keep(sel, v, e, correction, corr_err)
+
+
+def _run_heavy(members, k, order, correction, corr_err) -> None:
+    """Heavy/light route for ``members = [(row, ls, h, tau, r), ...]``; light power sums batched by series length."""
+    groups = {}
+    for row, ls, h, tau, r in members:
+        groups.setdefault(_bucket(r), []).append((row, ls, h, tau))
+    for r_max, group in sorted(groups.items()):
+        parts = [_heavy_light_part(ls, h)[1] for _, ls, h, _ in group]
+        x = np.zeros((len(parts), max(len(p) for p in parts)))  # zero padding adds nothing to power sums
+        for i, p in enumerate(parts):
+            x[i, : len(p)] = p
+        q, q_abs = _tuple_sums(x, order, r_max)
+        for i, (row, ls, h, tau) in enumerate(group):
+            v, e = _heavy_row(ls, k, order, h, r_max, tau, q[i], q_abs[i])
+            _keep(np.array([row]), np.array([v]), np.array([e]), correction, corr_err)
+
+
+def _run_enumeration(shifted, total, rows_idx, order, correction, corr_err) -> None:
+    for chunk in _row_chunks(len(rows_idx), 1, 4096):
+        sel = rows_idx[chunk]
+        v, e = _enumerate_rows(shifted[sel], total[sel], order)
+        _keep(sel, v, e, correction, corr_err)
+
+
 
 
 def _emit(notes: List[str], value: np.ndarray, error: np.ndarray, order: int, k: int, kind) -> None:
