@@ -362,3 +362,56 @@ def test_order_one_dominated_weight_at_several_k():
         lw = np.concatenate([np.full(n, x) for x, n in zip(logs, counts)])
         ref = few_values_jvi(logs, counts, [1])[1]
         assert abs(float(E.jvi(lw, 1)) - ref) <= TOL * max(1, abs(ref))
+
+
+# ------------------------------------------------------------------------------------------
+# Cross-check of routes on continuous weights at K = 5000 (no oracle reaches these)
+# ------------------------------------------------------------------------------------------
+
+
+def _route_value(ls, k, m, h):
+    """JVI_m - IWAE and its error estimate with a heavy set of the h largest weights (h = 0: light route)."""
+    from evalkit import jackknife as J
+
+    wn = np.exp(ls - np.logaddexp.reduce(ls))
+    if h == 0:
+        top, bottom = J._extremes((k * wn - 1.0)[None, :], m)
+        tau = float((np.maximum(abs(top), abs(bottom)) / (k - np.arange(1, m + 1))).max())
+        r = J._bucket(J._terms_needed(tau, k, m))
+        v, e = J._light_rows((wn - 1.0 / k)[None, :], k, m, r)
+        return v[0], e[0] + J._truncation_bound(tau, r, k, m)
+    # tau for this h, by the formula of the planner: max_a (a mu_L + top_{m-a}(L)) / ((K_L + a) mu_L + bottom_{h-a}(H))
+    k_light = k - h
+    log_mu = np.logaddexp.reduce(ls[h:]) - math.log(k_light)
+    tau = 0.0
+    for a in range(min(h, m) + 1):
+        b = min(m - a, k_light)
+        top = np.logaddexp.reduce(ls[h : h + b]) if b else -math.inf
+        bottom = np.logaddexp.reduce(ls[a:h]) if a < h else -math.inf
+        num = np.logaddexp(math.log(a) + log_mu if a else -math.inf, top)
+        den = np.logaddexp(math.log(k_light + a) + log_mu, bottom)
+        tau = max(tau, math.exp(num - den))
+    r = J._bucket(J._terms_needed(tau, k, m))
+    q, q_abs = J._tuple_sums(J._heavy_light_part(ls, h)[1][None, :], m, r)
+    return J._heavy_row(ls, k, m, h, r, tau, q[0], q_abs[0])
+
+
+@pytest.mark.parametrize("kind", ["lognormal_2", "uniform_over_1000_nats", "pareto_tail"])
+def test_light_and_heavy_routes_agree_on_continuous_weights(kind):
+    rng = np.random.default_rng(["lognormal_2", "uniform_over_1000_nats", "pareto_tail"].index(kind))
+    k = 5000
+    lw = {
+        "lognormal_2": lambda: 2.0 * rng.normal(size=k),
+        "uniform_over_1000_nats": lambda: rng.uniform(-1000.0, 0.0, size=k),
+        "pareto_tail": lambda: np.log(rng.pareto(0.8, size=k) + 1.0),
+    }[kind]()
+    ls = np.sort(lw - lw.max())[::-1].copy()
+    for m in (2, 3, 5):
+        results = [_route_value(ls, k, m, h) for h in (0, 1, 2, 4, 8)]
+        for i in range(len(results)):
+            for j in range(i):
+                (vi, ei), (vj, ej) = results[i], results[j]
+                assert abs(vi - vj) <= ei + ej + 1e-15, (kind, m, i, j, vi - vj, ei, ej)
+        # and the public function agrees with them
+        public = float(E.jvi(lw, m) - E.iwae(lw))
+        assert abs(public - results[0][0]) <= 1e-9
