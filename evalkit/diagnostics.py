@@ -242,13 +242,13 @@ def summarize_moments(mean: np.ndarray, var: np.ndarray, groups: int, reference:
     reference = np.broadcast_to(np.asarray(reference, dtype=np.float64), (n,))
     notes = []
     d = m - reference
-    estimate, estimate_se = _mean_se(m)
-    bias, bias_se = _mean_se(d)
+    estimate, estimate_se = mean_se(m)
+    bias, bias_se = mean_se(d)
     if n < 2:
         notes.append("one datapoint: no standard errors over datapoints")
     if groups >= 2:
         v = np.asarray(var, dtype=np.float64)
-        variance, variance_se = _mean_se(v)
+        variance, variance_se = mean_se(v)
         mc_se = math.sqrt(variance / (groups * n)) if variance >= 0 else float("nan")
         rmse = math.sqrt(bias * bias + variance)
         rmse_se = float("nan")
@@ -370,6 +370,9 @@ class AsymptoticFit:
     ----------
     a, a_se : float
         Extrapolated value at ``k -> infinity`` (an estimate of mean log p(x)) and its SE.
+    a_minus_reference, a_minus_reference_se : float
+        ``a - mean_n ref_n`` and its paired SE over datapoints (NaN without a reference): the
+        extrapolation's remaining error, without the spread of log p(x) between datapoints.
     b, c : float
         The fitted ``1/k`` and ``1/k^2`` coefficients.
     ks : tuple of int
@@ -384,9 +387,12 @@ class AsymptoticFit:
     c: float
     ks: tuple = field(default_factory=tuple)
     note: str = ""
+    a_minus_reference: float = math.nan
+    a_minus_reference_se: float = math.nan
 
 
-def fit_inverse_k(ks: Sequence[int], means: np.ndarray, se: Sequence[float]) -> AsymptoticFit:
+def fit_inverse_k(ks: Sequence[int], means: np.ndarray, se: Sequence[float],
+                  reference: Optional[np.ndarray] = None) -> AsymptoticFit:
     """Fit ``a + b/k + c/k^2`` to per-k estimates; extrapolate to ``k -> infinity``.
 
     Parameters
@@ -398,6 +404,8 @@ def fit_inverse_k(ks: Sequence[int], means: np.ndarray, se: Sequence[float]) -> 
     se : sequence of float, length P
         Standard errors of the dataset estimates ``mean_n m_n(k)``; the fit weights are
         ``1 / se^2`` (equal weights where an SE is not finite and positive).
+    reference : ndarray, shape (N,), optional
+        Per-datapoint reference log p(x_n), for ``a_minus_reference``.
 
     Returns
     -------
@@ -433,10 +441,13 @@ def fit_inverse_k(ks: Sequence[int], means: np.ndarray, se: Sequence[float]) -> 
     coef = lin @ means.mean(axis=0)
     a_n = means @ lin[0]
     n = means.shape[0]
-    a_se = float(np.std(a_n, ddof=1) / math.sqrt(n)) if n >= 2 else math.nan
+    a_se = mean_se(a_n)[1]
+    gap = gap_se = math.nan
+    if reference is not None:
+        gap, gap_se = mean_se(a_n - np.broadcast_to(np.asarray(reference, dtype=np.float64), a_n.shape))
     note = "" if ks.size > 3 else "3 points: the fit interpolates"
     return AsymptoticFit(float(coef[0]), a_se, float(coef[1]), float(coef[2]),
-                         tuple(int(k) for k in ks), note)
+                         tuple(int(k) for k in ks), note, gap, gap_se)
 
 
 @dataclass(frozen=True)
@@ -624,7 +635,9 @@ def _name_indices(indices: np.ndarray, shown: int = 10) -> str:
     return f"{head} and {rest} more" if rest > 0 else head
 
 
-def _mean_se(values: np.ndarray) -> tuple[float, float]:
+def mean_se(values: np.ndarray) -> tuple[float, float]:
+    """Mean and its standard error ``sd / sqrt(N)`` over datapoints (SE NaN for one value)."""
+    values = np.asarray(values, dtype=np.float64)
     mean = float(np.mean(values))
     if values.size < 2:
         return mean, float("nan")

@@ -254,7 +254,7 @@ def save_figure(fig, stem: Union[str, os.PathLike], *, formats: Sequence[str] = 
     paths = []
     for fmt in formats:
         path = Path(f"{stem}.{fmt}")
-        metadata = {"Date": None} if fmt in ("svg", "pdf") else None
+        metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
         # A fixed salt makes SVG element ids (random by default) the same on every run.
         with atomic_path(path, overwrite=overwrite) as tmp, matplotlib.rc_context({"svg.hashsalt": "evalkit"}):
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)

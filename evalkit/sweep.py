@@ -40,12 +40,12 @@ JSON_SCHEMA_VERSION = 1
 
 TABLE_COLUMNS = [
     "estimator", "k", "groups", "estimate", "estimate_se", "mc_se", "bias", "bias_se",
-    "variance", "variance_se", "rmse", "rmse_se", "reference", "note",
+    "variance", "variance_se", "rmse", "rmse_se", "gap_to_kmax", "gap_to_kmax_se", "reference", "note",
 ]
 
 
 FIT_COLUMNS = [
-    "estimator", "a", "a_se", "b", "c", "k_min", "k_max", "points", "note",
+    "estimator", "a", "a_se", "a_minus_reference", "a_minus_reference_se", "b", "c", "k_min", "k_max", "points", "note",
     "bias_slope", "bias_slope_se", "bias_slope_ks", "bias_slope_note",
 ]
 
@@ -97,17 +97,24 @@ class SweepResult:
     table : DataFrame
         One row per (estimator, k) that was evaluated; columns ``estimator, k, groups,
         estimate, estimate_se, mc_se, bias, bias_se, variance, variance_se, rmse, rmse_se,
-        reference, note`` (see :func:`evalkit.diagnostics.bias_variance` for the definitions).
+        gap_to_kmax, gap_to_kmax_se, reference, note`` (see
+        :func:`evalkit.diagnostics.bias_variance` for the definitions). ``gap_to_kmax`` is
+        ``mean_n (m_n - best_n)`` with ``best_n`` the least biased estimate at ``K_max`` on the
+        same samples: paired, so its SE leaves out the Monte Carlo noise that every k shares
+        (it equals ``bias`` when that estimate is the reference). It measures the shape of the
+        bias curve precisely, up to ``best``'s own (higher-order) bias.
         Cells where ``k < min_k`` of an estimator are absent (listed in ``notes``).
     theory : DataFrame
         IWAE asymptotic bias and variance from the pool's sample moments (columns ``k, bias,
         variance, bias_2, variance_2``; see :func:`evalkit.diagnostics.iwae_theory`).
     fits : DataFrame
         Per estimator, the ``a + b/k + c/k^2`` fit: ``estimator, a, a_se, b, c, k_min, k_max,
-        points, note``; ``a`` is the extrapolated mean log p(x) (:func:`evalkit.diagnostics.fit_inverse_k`).
-        Also the measured log-log slope of |bias| over the ks where the bias is resolved:
-        ``bias_slope, bias_slope_se, bias_slope_ks, bias_slope_note``
-        (:func:`evalkit.diagnostics.bias_slope`; about -1 for IWAE, -(m+1) for JVI-m).
+        points, note``; ``a`` is the extrapolated mean log p(x) (:func:`evalkit.diagnostics.fit_inverse_k`)
+        and ``a_minus_reference`` (with a paired SE) its distance from the reference.
+        Also the measured log-log slope of the bias over the ks ``>= fit_min_k`` where it is
+        resolved, from the paired ``gap_to_kmax``: ``bias_slope, bias_slope_se, bias_slope_ks,
+        bias_slope_note`` (:func:`evalkit.diagnostics.bias_slope`; asymptotically -1 for IWAE and
+        -(m+1) for JVI-m).
     weights : WeightDiagnostics
         ESS/K and PSIS k-hat per datapoint on the full pool, with summary and warning.
     reference : Reference
@@ -148,7 +155,7 @@ class SweepResult:
     def display_table(self) -> pd.DataFrame:
         """The table with ``value ± SE`` strings, rounded to the SE (for Markdown and terminals)."""
         t = self.table
-        return pd.DataFrame(
+        frame = pd.DataFrame(
             {
                 "estimator": t["estimator"],
                 "k": t["k"],
@@ -158,9 +165,13 @@ class SweepResult:
                 "bias": [_pm(v, s) for v, s in zip(t["bias"], t["bias_se"])],
                 "variance": [_pm(v, s) for v, s in zip(t["variance"], t["variance_se"])],
                 "RMSE": [_pm(v, s) for v, s in zip(t["rmse"], t["rmse_se"])],
+                "gap to K_max (paired)": [_pm(v, s) for v, s in zip(t["gap_to_kmax"], t["gap_to_kmax_se"])],
                 "note": t["note"],
             }
         )
+        if self.reference.kind == "pool":  # the gap is the bias then
+            frame = frame.drop(columns=["gap to K_max (paired)"])
+        return frame
 
     def fits_display(self) -> pd.DataFrame:
         """The fits with ``a ± SE`` strings."""
@@ -169,6 +180,8 @@ class SweepResult:
             {
                 "estimator": f["estimator"],
                 "log p(x) extrapolated (a)": [_pm(v, s) for v, s in zip(f["a"], f["a_se"])],
+                "a - reference (paired)": [_pm(v, s) for v, s in zip(f["a_minus_reference"],
+                                                                     f["a_minus_reference_se"])],
                 "b (1/K)": [_num(v) for v in f["b"]],
                 "c (1/K^2)": [_num(v) for v in f["c"]],
                 "ks": [f"{lo}..{hi} ({p} points)" if p else "-" for lo, hi, p in zip(f["k_min"], f["k_max"], f["points"])],
@@ -438,8 +451,10 @@ def sweep(
                 values = dg.evaluate_groups(log_w, k, est.fn, max_elements=max_elements)
                 moments[est.name, k] = dg.group_moments(values) + (values.shape[1],)
 
-    # The pool reference at K_max is a cell already computed when K_max is among the ks.
-    ref = _resolve_reference(reference, n, k_max, model_obj, x, log_w, chosen, max_elements, moments)
+    # The least biased estimate at K_max (a cell already computed when K_max is among the ks):
+    # the reference when there is no other, and the anchor of the paired gap column.
+    best_name, best_values = _pool_best(chosen, k_max, log_w, moments, max_elements)
+    ref = _resolve_reference(reference, n, k_max, model_obj, x, (best_name, best_values))
 
     # Pass 2: dataset-level statistics, fits and slopes.
     rows: List[Dict[str, Any]] = []
@@ -453,7 +468,8 @@ def sweep(
             group_mean, group_var, groups = moments[est.name, k]
             stats = dg.summarize_moments(group_mean, group_var, groups, ref.values, k=k)
             row = {name: getattr(stats, name) for name in TABLE_COLUMNS if hasattr(stats, name)}
-            row.update(estimator=est.name, reference=ref.short)
+            gap, gap_se = dg.mean_se(group_mean - best_values)
+            row.update(estimator=est.name, reference=ref.short, gap_to_kmax=gap, gap_to_kmax_se=gap_se)
             if ref.kind == "pool" and est.name == ref.estimator and k == k_max:
                 row["note"] = "; ".join(filter(None, [row["note"], "is the reference: bias 0 by construction"]))
             rows.append(row)
@@ -463,10 +479,15 @@ def sweep(
                 means.append(group_mean)
                 ses.append(stats.estimate_se)
                 fit_ks.append(k)
-        fit = dg.fit_inverse_k(fit_ks, np.stack(means, axis=1) if means else np.empty((n, 0)), ses)
+        fit = dg.fit_inverse_k(fit_ks, np.stack(means, axis=1) if means else np.empty((n, 0)), ses,
+                               reference=ref.values)
         mine = [row for row in rows if row["estimator"] == est.name and row["k"] >= fit_min_k]
-        slope = dg.bias_slope([r["k"] for r in mine], [r["bias"] for r in mine], [r["bias_se"] for r in mine])
-        fit_rows.append({"estimator": est.name, "a": fit.a, "a_se": fit.a_se, "b": fit.b, "c": fit.c,
+        # Slopes from the paired gap: its SE leaves out the noise that all k share.
+        slope = dg.bias_slope([r["k"] for r in mine], [r["gap_to_kmax"] for r in mine],
+                              [r["gap_to_kmax_se"] for r in mine])
+        fit_rows.append({"estimator": est.name, "a": fit.a, "a_se": fit.a_se,
+                         "a_minus_reference": fit.a_minus_reference,
+                         "a_minus_reference_se": fit.a_minus_reference_se, "b": fit.b, "c": fit.c,
                          "k_min": fit.ks[0] if fit.ks else None, "k_max": fit.ks[-1] if fit.ks else None,
                          "points": len(fit.ks), "note": fit.note, "bias_slope": slope.slope,
                          "bias_slope_se": slope.slope_se,
@@ -635,7 +656,7 @@ def bias_order(name: str) -> int:
     return {"iwae": 1, "dvi": 2}.get(name, 0)
 
 
-def _resolve_reference(reference, n, k_max, model, x, log_w, chosen, max_elements, moments) -> Reference:
+def _resolve_reference(reference, n, k_max, model, x, pool_best) -> Reference:
     if model is not None and hasattr(model, "log_marginal"):
         with torch.inference_mode():
             values = _as_float64(model.log_marginal(x))
@@ -662,6 +683,14 @@ def _resolve_reference(reference, n, k_max, model, x, log_w, chosen, max_element
         if not np.all(np.isfinite(values)):
             raise InputError("reference values must be finite numbers (log p(x) in nats)")
         return Reference("user", f"user-supplied log p(x) ({source})", values)
+    best, values = pool_best
+    label = (f"{best} at K = {k_max} on the same samples (no exact log p(x); "
+             f"bias is relative to this estimate)")
+    return Reference("pool", label, values, estimator=best, k=int(k_max))
+
+
+def _pool_best(chosen, k_max, log_w, moments, max_elements) -> tuple:
+    """The least biased requested estimator (or IWAE) at K_max on the whole pool, per datapoint."""
     from . import estimators as registry
 
     candidates = [est for est in chosen if est.min_k <= k_max]
@@ -672,9 +701,7 @@ def _resolve_reference(reference, n, k_max, model, x, log_w, chosen, max_element
         values = moments[best.name, k_max][0]  # one group at K_max: its mean is the estimate
     else:
         values = dg.evaluate_groups(log_w, k_max, best.fn, max_elements=max_elements)[:, 0]
-    label = (f"{best.name} at K = {k_max} on the same samples (no exact log p(x); "
-             f"bias is relative to this estimate)")
-    return Reference("pool", label, values, estimator=best.name, k=int(k_max))
+    return best.name, values
 
 
 def _bias_sentence(ref: Reference) -> str:
