@@ -50,9 +50,15 @@ def exact_r2(model, exact):
 
 
 @pytest.fixture(scope="module")
-def setup():
+def lg():
     model, exact = imperfect_model()
-    x = _sample(exact)
+    return model, exact, _sample(exact)
+
+
+@pytest.fixture(scope="module")
+def setup(lg):
+    # 400 x 2000 samples: about 15 s on 2 CPU cores, so the tests that use it are marked slow.
+    model, exact, x = lg
     result = sweep(model, ks=KS, data=x, seed=0, dtype=torch.float64, progress=False)
     return model, exact, x, result
 
@@ -97,6 +103,7 @@ def mc_oracle(model, x, k, samples_per_point, seed):
     return float(per_point.mean()), se
 
 
+@pytest.mark.slow
 def test_reference_is_the_exact_log_marginal(setup):
     model, _, x, result = setup
     assert result.reference.kind == "exact"
@@ -104,6 +111,7 @@ def test_reference_is_the_exact_log_marginal(setup):
     assert set(result.table["reference"]) == {"exact"}
 
 
+@pytest.mark.slow
 def test_iwae_bias_at_k1_is_minus_the_kl_divergence(setup):
     model, exact, x, result = setup
     q = MultivariateNormal(x @ model.proposal_weight.T + model.proposal_bias, scale_tril=model.proposal_scale_tril)
@@ -123,6 +131,7 @@ def test_iwae_bias_matches_an_independent_monte_carlo_oracle_at_every_k(setup):
         assert abs(row["bias"] - truth) <= tolerance, (k, row["bias"], truth, tolerance)
 
 
+@pytest.mark.slow
 def test_theory_from_the_pool_matches_the_closed_form_and_the_measurement(setup):
     model, exact, _, result = setup
     r2 = exact_r2(model, exact)
@@ -137,6 +146,7 @@ def test_theory_from_the_pool_matches_the_closed_form_and_the_measurement(setup)
         assert abs(theory.loc[k, "bias"] - measured) <= 0.10 * abs(measured) + 3 * se, k
 
 
+@pytest.mark.slow
 def test_extrapolation_and_slopes(setup):
     _, _, _, result = setup
     fits = result.fits.set_index("estimator")
@@ -169,8 +179,8 @@ def test_one_model_pass_at_k_max(monkeypatch):
     assert calls == [100]
 
 
-def test_indices_keep_each_datapoints_random_stream(setup):
-    model, _, x, result = setup
+def test_indices_keep_each_datapoints_random_stream(lg):
+    model, _, x = lg
     part = sweep(model, ks=[1, 10, 100], data=x, indices=[7, 2, 30], seed=3, dtype=torch.float64, progress=False)
     full = sweep(model, ks=[1, 10, 100], data=x[:31], seed=3, dtype=torch.float64, progress=False)
     a = part.per_datapoint.set_index(["estimator", "k", "index"])["mean"]
@@ -181,8 +191,8 @@ def test_indices_keep_each_datapoints_random_stream(setup):
     np.testing.assert_array_equal(part.reference.values, model.log_marginal(x[[7, 2, 30]]).numpy())
 
 
-def test_model_input_errors(setup):
-    model, _, x, _ = setup
+def test_model_input_errors(lg):
+    model, _, x = lg
     with pytest.raises(InputError, match="exact log_marginal, which is the reference; drop reference="):
         sweep(model, ks=[1, 2], data=x, reference=0.0)
     with pytest.raises(InputError, match="needs data"):
