@@ -46,8 +46,7 @@ import numpy as np
 from .arraykind import as_rows
 from .errors import InputError
 from .jackknife import ACCURACY_RTOL, AccuracyWarning, jackknife_coefficients
-from .jackknife import jvi as _jvi
-from .jackknife import jvi_with_error
+from .jackknife import _jvi, jvi_with_error
 from .psis import KHAT_BAD, KHAT_GOOD, khat_threshold, psis_khat
 
 __all__ = [
@@ -201,7 +200,7 @@ def jvi(log_w: Any, order: int) -> Any:
     >>> lw = np.log(np.random.default_rng(0).gamma(1.0, size=(3, 5000)))
     >>> v = jvi(lw, 3)            # [3]; about iwae(lw) + 1/(2K)
     """
-    return _jvi(log_w, order)
+    return _jvi(log_w, order, stacklevel=4)
 
 
 def dvi(log_w: Any) -> Any:
@@ -332,7 +331,7 @@ _JVI_NAME = re.compile(r"jvi([1-9][0-9]*)")
 
 def _jvi_fn(order: int) -> Callable[[Any], Any]:
     def fn(log_w: Any) -> Any:
-        return _jvi(log_w, order)
+        return _jvi(log_w, order, stacklevel=4)
 
     fn.__name__ = f"jvi{order}"
     fn.__doc__ = f"JVI of order {order}: ``jvi(log_w, {order})``."

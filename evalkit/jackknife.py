@@ -31,9 +31,10 @@ sums over j are done in exact rational arithmetic (:class:`fractions.Fraction`) 
 moderate size. Four routes, chosen per row:
 
 * **order 1** -- exact O(K) leave-one-out: ``log(1 - delta_i/(K-1))`` by ``log1p`` for light
-  weights, and for the (at most one) weight with normalised weight above about 1/2 from
-  ``logaddexp`` of prefix and suffix ``logcumsumexp``; the linear term, which sums to zero,
-  is removed before summing. No subtraction of large numbers, no epsilon guard.
+  weights, and for the (at most one) weight with normalised weight above about 1/2 from the
+  log-sum of all the other weights (the exact leave-one-out mass, never ``S - w_i``); the
+  linear term, which sums to zero, is removed before summing. No subtraction of large numbers,
+  no epsilon guard.
 * **light series** (no dominant weights; vectorised over rows) -- with ``x_i = delta_i / K``,
   ``E_{|R|=j}[D_R^k] = sum_d (j)_d/(K)_d Q_{k,d}`` where ``Q_{k,d} = K^k Q'_{k,d}`` and
   ``Q'_{k,d}`` is the sum over k-tuples of indices with exactly d distinct values of
@@ -79,6 +80,7 @@ from functools import lru_cache
 from typing import Any, List, Optional, Tuple
 
 import numpy as np
+
 from .arraykind import as_rows, format_positions
 from .errors import InputError
 
@@ -390,8 +392,9 @@ def _leave_one_out(shifted: np.ndarray, total: np.ndarray) -> Tuple[np.ndarray, 
 
     ``JVI_1 - IWAE = -(K-1)/K * sum_i [log(1 - x_i) + x_i]``, ``x_i = delta_i / (K-1)``, using
     ``sum_i x_i = 0``; every bracket is <= 0, so the sum does not cancel. For the (at most one)
-    weight with ``x_i > 1/2`` the remaining mass comes from ``logaddexp`` of prefix and suffix
-    cumulative log-sums, never from ``S - w_i``.
+    weight with ``x_i > 1/2`` the remaining mass is the log-sum of the other weights, never
+    ``S - w_i``. (Equivalent to logaddexp of prefix and suffix cumulative log-sums for every i,
+    at the cost of one extra pass for that single entry only.)
     """
     n_rows, k = shifted.shape
     value = np.empty(n_rows)
@@ -407,7 +410,7 @@ def _leave_one_out(shifted: np.ndarray, total: np.ndarray) -> Tuple[np.ndarray, 
         term += x
         for r in np.flatnonzero(heavy.any(axis=1)):
             i = int(np.argmax(x[r]))
-            without = np.logaddexp.reduce(np.delete(s[r], i))  # log sum_{l != i} w_l, no subtraction
+            without = _lse(np.delete(s[r], i))  # log sum_{l != i} w_l, no subtraction
             term[r, i] = (without - math.log(total[rows][r])) + math.log(k / (k - 1)) + x[r, i]
         value[rows] = -((k - 1) / k) * term.sum(axis=1)
         error[rows] = _EPS * (8.0 + math.log2(k)) * ((k - 1) / k) * np.abs(term).sum(axis=1)
@@ -448,7 +451,7 @@ def _enumerate_rows(shifted: np.ndarray, total: np.ndarray, order: int) -> Tuple
             if heavy.any():
                 r_idx, s_idx = np.nonzero(heavy)
                 kept = shifted[rows][r_idx[:, None], rest[s_idx]]
-                log_rest = np.logaddexp.reduce(kept, axis=1) - log_total[rows][r_idx]
+                log_rest = _lse(kept, axis=1) - log_total[rows][r_idx]
                 f[r_idx, s_idx] = log_rest + math.log(k / (k - j)) + t[r_idx, s_idx]
             mean_f[rows] = f.mean(axis=1)
             mean_abs[rows] = np.abs(f).mean(axis=1)
@@ -457,10 +460,22 @@ def _enumerate_rows(shifted: np.ndarray, total: np.ndarray, order: int) -> Tuple
     return value, _EPS * magnitude
 
 
+def _lse(values: np.ndarray, axis: int = -1):
+    """log-sum-exp along ``axis``: shifted by the maximum, then a pairwise sum (error ~ log2(n) eps).
+
+    ``-inf`` for an empty or all ``-inf`` slice. (``np.logaddexp.reduce`` is sequential and
+    accumulates an error growing like n eps.)
+    """
+    values = np.asarray(values)
+    top = np.max(values, axis=axis, keepdims=True, initial=-math.inf)
+    safe = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(divide="ignore"):
+        out = np.log(np.sum(np.exp(values - safe), axis=axis)) + np.squeeze(safe, axis=axis)
+    return float(out) if out.ndim == 0 else out
+
+
 def _logsumexp(values: np.ndarray) -> float:
-    if values.size == 0:
-        return -math.inf
-    return float(np.logaddexp.reduce(values))
+    return float(_lse(values)) if np.size(values) else -math.inf
 
 
 def _plan_row(ls: np.ndarray, k: int, order: int, n_pos: int, tau0: float) -> List[Tuple[float, int, int]]:
@@ -557,7 +572,7 @@ def _heavy_row(
         chosen = np.array(list(itertools.combinations(range(h), a)), dtype=np.int64).reshape(n_sets, a)
         kept = np.broadcast_to(l_heavy, (n_sets, h)).copy()
         np.put_along_axis(kept, chosen, -math.inf, axis=1)
-        log_rest = np.logaddexp.reduce(kept, axis=1) if h > a else np.full(n_sets, -math.inf)
+        log_rest = _lse(kept, axis=1) if h > a else np.full(n_sets, -math.inf)
         if a > 0:
             log_zeta = np.logaddexp(log_s_light + math.log1p(a / k_light), log_rest) - log_total
             value += l0[a] * float(np.sum(log_zeta))
@@ -756,7 +771,7 @@ def _run_enumeration(shifted, total, rows_idx, order, correction, corr_err) -> N
 
 
 
-def _emit(notes: List[str], value: np.ndarray, error: np.ndarray, order: int, k: int, kind) -> None:
+def _emit(notes: List[str], value: np.ndarray, error: np.ndarray, order: int, k: int, kind, stacklevel: int) -> None:
     """One warning per kind of problem, naming the rows."""
     if "undefined" in notes:
         bad = np.isnan(value) & np.isfinite(error)
@@ -765,7 +780,7 @@ def _emit(notes: List[str], value: np.ndarray, error: np.ndarray, order: int, k:
             f"{order} finite log-weights, so some leave-{order}-out subsets have zero total weight; use a lower order "
             f"or more samples",
             AccuracyWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     failed = [n for n in notes if n.startswith("fail: ")]
     if failed:
@@ -774,7 +789,7 @@ def _emit(notes: List[str], value: np.ndarray, error: np.ndarray, order: int, k:
             f"JVI of order {order} could not be computed (nan) in {format_positions(bad, kind.batch_shape)}: "
             f"{failed[0][6:]}; use a lower order",
             AccuracyWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
     scale = np.maximum(np.abs(value), 1.0)
     with np.errstate(invalid="ignore"):
@@ -787,7 +802,7 @@ def _emit(notes: List[str], value: np.ndarray, error: np.ndarray, order: int, k:
             f"{format_positions(loose, kind.batch_shape)}: at K = {k} the jackknife coefficients reach {biggest:.1e} "
             f"and amplify rounding; use a lower order",
             AccuracyWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
 
 
@@ -819,8 +834,13 @@ def jvi(log_w: Any, order: int) -> Any:
     See the module docstring for the formula and method; :func:`evalkit.estimators.jvi` is the
     documented public entry point.
     """
+    return _jvi(log_w, order, stacklevel=4)
+
+
+def _jvi(log_w: Any, order: int, stacklevel: int) -> Any:
+    """:func:`jvi` with warnings attributed ``stacklevel`` frames up from :func:`_emit`."""
     rows, kind = as_rows(log_w)
     order = _check_order(order, rows.shape[1])
     value, error, notes = _jvi_rows(rows, order)
-    _emit(notes, value, error, order, rows.shape[1], kind)
+    _emit(notes, value, error, order, rows.shape[1], kind, stacklevel)
     return kind.restore(value)

@@ -138,7 +138,10 @@ def test_batch_of_rows_matches_brute_force_row_by_row():
     rows = np.stack([_adversarial_small(kind, k, rng) for kind in SMALL_KINDS])
     refs = [brute_force_jvi(r) for r in rows]
     for m in range(1, k):
-        got = E.jvi(rows, m)
+        with warnings.catch_warnings():
+            # the row with a -inf has only 7 finite weights: order 7 is undefined there (nan)
+            warnings.simplefilter("ignore", AccuracyWarning)
+            got = E.jvi(rows, m)
         for r in range(len(rows)):
             if np.isfinite(refs[r][m]):
                 assert abs(got[r] - refs[r][m]) <= TOL
