@@ -374,3 +374,13 @@ def test_ordering_elbo_le_iwae_and_k1_equality(values):
     assert float(E.elbo(lw)) <= float(E.iwae(lw)) + 1e-12 * max(1.0, abs(float(E.iwae(lw))))
     if len(lw) == 1:
         assert float(E.elbo(lw)) == float(E.iwae(lw)) == lw[0]
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from evalkit import arraykind, jackknife, psis
+
+    for module in (E, psis, jackknife, arraykind):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0, module.__name__
