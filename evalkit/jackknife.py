@@ -98,7 +98,7 @@ _R_CAP = 150
 # The truncation bound is made negligible next to rounding, not merely below the promise.
 _TRUNC_TOL = 1e-17
 # At most this many heavy subsets per row (time and memory of the heavy/light route).
-_SUBSET_CAP = 50_000
+_SUBSET_CAP = 10_000
 # Longest series that the first, vectorised pass of the light route tries on every row.
 _R_FAST = 64
 # At most this many heavy candidates scanned per row.
@@ -216,6 +216,16 @@ def _newton_coefficients(r_max: int, order: int) -> np.ndarray:
     return out
 
 
+def _common_denominator(fractions) -> Tuple[List[int], int]:
+    """Integers ``F_j`` and D with ``f_j = F_j / D``, so that sums over j are exact integer sums.
+
+    Python's ``int / int`` is correctly rounded, so ``float(sum_j F_j n_j / (D * ...))`` rounds
+    the exact value once, without the gcd cost of :class:`fractions.Fraction` arithmetic.
+    """
+    den = math.lcm(*[f.denominator for f in fractions]) if fractions else 1
+    return [f.numerator * (den // f.denominator) for f in fractions], den
+
+
 @lru_cache(maxsize=64)
 def _light_table(k: int, order: int, r_max: int) -> np.ndarray:
     """Coefficients ``-G(K, m, r, d)`` of ``Q'_{r,d}``, shape (r_max+1, m+1).
@@ -227,10 +237,11 @@ def _light_table(k: int, order: int, r_max: int) -> np.ndarray:
     c = jackknife_coefficients(k, order)
     table = np.zeros((r_max + 1, order + 1))
     for r in range(2, r_max + 1):
-        kr = k**r
+        # c_j K^r / (K-j)^r over one common denominator
+        terms, den = _common_denominator([c[j] * Fraction(k**r, (k - j) ** r) for j in range(order + 1)])
         for d in range(1, min(r, order) + 1):
-            s = sum(c[j] * _falling(j, d) * Fraction(kr, (k - j) ** r) for j in range(d, order + 1))
-            table[r, d] = -float(s / (r * _falling(k, d)))
+            num = sum(terms[j] * _falling(j, d) for j in range(d, order + 1))
+            table[r, d] = -(num / (den * r * _falling(k, d)))
     return table
 
 
@@ -269,27 +280,29 @@ def _heavy_table(k: int, order: int, h: int, r_max: int):
     l0 = np.zeros(a_max + 1)
     poly = np.zeros((a_max + 1, r_max + 1))
     light = np.zeros((a_max + 1, r_max + 1, r_max + 1, n_d))
+    # light[a, r, kk, :] = -C(r, kk)/r * psi[r - kk, :] for 2 <= kk <= r
+    rr, kk = np.meshgrid(np.arange(r_max + 1), np.arange(r_max + 1), indexing="ij")
+    valid = (kk >= 2) & (kk <= rr)
+    binom_over_r = np.array([[math.comb(r, q) / r if 2 <= q <= r else 0.0 for q in range(r_max + 1)] for r in range(r_max + 1)])
     for a in range(a_max + 1):
         n_sets = math.comb(h, a)
-        f = []
-        for j in range(order + 1):
-            if j < a or j - a > k_light:
-                f.append(Fraction(0))
-            else:
-                f.append(c[j] * Fraction(n_sets * math.comb(k_light, j - a), math.comb(k, j)))
-        l0[a] = float(sum(f) / n_sets)
+        f = [
+            c[j] * Fraction(n_sets * math.comb(k_light, j - a), math.comb(k, j)) if a <= j and j - a <= k_light else Fraction(0)
+            for j in range(order + 1)
+        ]
+        terms, den = _common_denominator(f)
+        l0[a] = sum(terms) / (den * n_sets)
         psi = np.zeros((r_max + 1, n_d))
         for s in range(r_max + 1):
-            lam = sum(f[j] * j**s for j in range(order + 1))
+            powers = [j**s for j in range(order + 1)]
+            scale = den * k_light**s * n_sets
             if s >= 1:
-                poly[a, s] = -float(lam / (s * k_light**s * n_sets))
-            scale = k_light**s * n_sets
+                poly[a, s] = -(sum(t * p for t, p in zip(terms, powers)) / (s * scale))
             for d in range(1, order - a + 1):
-                num = sum(f[j] * (j**s * _falling(j - a, d)) for j in range(a + d, order + 1))
-                psi[s, d] = float(num / (scale * _falling(k_light, d))) if num else 0.0
-        for r in range(2, r_max + 1):
-            for kk in range(2, r + 1):
-                light[a, r, kk, :] = -(math.comb(r, kk) / r) * psi[r - kk, :]
+                num = sum(terms[j] * powers[j] * _falling(j - a, d) for j in range(a + d, order + 1))
+                # d > K_L leaves num = 0: no light subset has d distinct members
+                psi[s, d] = num / (scale * _falling(k_light, d)) if num else 0.0
+        light[a][valid] = -(binom_over_r[valid][:, None] * psi[(rr - kk)[valid]])
     return l0, poly, light
 
 
