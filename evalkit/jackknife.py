@@ -691,11 +691,10 @@ def _series_and_enumeration(shifted, total, iwae, n_pos, idx, order, correction,
         top, bottom = _extremes(k * wn - 1.0, order)
         b = np.arange(1, order + 1)
         tau0 = (np.maximum(np.abs(top), np.abs(bottom)) / (k - b)[None, :]).max(axis=1)
-        # 1. Light route, vectorised, for rows without dominant weights; grouped by series
-        #    length so that one wide row does not lengthen the series of all.
-        # Rows whose series is longer than _R_FAST, or whose error estimate misses the target,
-        # are planned one by one below.
-        # Where enumeration is cheap, only rows with a short, safe series take this route.
+        # 1. Light route, vectorised, for rows without dominant weights (tau0 <= 1/4), and, where
+        #    enumeration is expensive, for every row whose series has at most _R_FAST terms;
+        #    rows are grouped by series length so that one wide row does not lengthen all
+        #    series. Rows whose error estimate misses the target go on to the next steps.
         longest = _R_FAST if _enumeration_size(k, order) > _ENUM_FAST else 0
         fast = [(int(idx[p]), t, _terms_needed(t, k, order)) for p, t in enumerate(tau0.tolist())]
         fast = [(row, t, r) for row, t, r in fast if r is not None and (t <= _RHO_TARGET or r <= longest)]
@@ -722,7 +721,7 @@ def _series_and_enumeration(shifted, total, iwae, n_pos, idx, order, correction,
                     (light if h == 0 else heavy).append((row, tau, r) if h == 0 else (row, ls, h, tau, r))
             if not light and not heavy:
                 break
-            _run_light(shifted, total, light, k, order, correction, corr_err, keep_better=True)
+            _run_light(shifted, total, light, k, order, correction, corr_err)
             _run_heavy(heavy, k, order, correction, corr_err)
             pending = pending[~(corr_err[pending] <= _ACCEPT * ACCURACY_RTOL * scale_of(pending))]
     # 4. Enumeration as a last resort where affordable; otherwise the best value stands (a
@@ -746,7 +745,7 @@ def _keep(rows_idx, value, error, correction, corr_err) -> None:
     corr_err[rows_idx] = np.where(better, error, corr_err[rows_idx])
 
 
-def _run_light(shifted, total, members, k, order, correction, corr_err, keep_better=False) -> None:
+def _run_light(shifted, total, members, k, order, correction, corr_err) -> None:
     """Light route for ``members = [(row, tau, r), ...]``, batched by series length."""
     groups = {}
     for row, tau, r in members:
