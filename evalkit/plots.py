@@ -21,7 +21,7 @@ FIGURE_FORMATS = ("png", "svg", "pdf")
 FIGSIZE = (6.4, 4.4)
 DPI = 120
 
-_SLOPE_STYLES = {1: ":", 2: "-.", 3: (0, (1, 3))}
+_SLOPE_STYLES = {1: ":", 2: "-.", 3: (0, (4, 1, 1, 1, 1, 1))}
 
 
 def plot_estimates(result, ax=None):
@@ -128,6 +128,14 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
                     linestyle=_SLOPE_STYLES.get(s, ":"), label=f"slope -{s}")
         lo, hi = min(plotted), max(plotted)
         ax.set_ylim(lo / 3.0, hi * 3.0)
+        for s in slopes:  # name each guide where it leaves the plot (or at its right end)
+            y = anchor[1] * (k_all / anchor[0]) ** (-float(s))
+            inside = np.flatnonzero(y >= lo / 3.0)
+            at = inside[-1] if inside.size else 0
+            right_end = at == k_all.size - 1
+            ax.annotate(f"K^-{s}", (k_all[at], y[at]), fontsize=7, color="0.35",
+                        xytext=(-2, 4) if right_end else (2, 2), textcoords="offset points",
+                        ha="right" if right_end else "left")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("K (samples per datapoint)")
@@ -157,6 +165,7 @@ def plot_variance(result, ax=None):
     """
     fig, ax = _axes(ax)
     table = result.table
+    plotted: List[float] = []
     for color, name in _estimator_colors(result):
         sub = table[table["estimator"] == name].sort_values("k")
         k = sub["k"].to_numpy(float)
@@ -166,6 +175,7 @@ def plot_variance(result, ax=None):
         if not ok.any():
             continue
         ax.plot(k[ok], v[ok], marker="o", ms=4, color=color, label=_pretty(name))
+        plotted.extend(v[ok].tolist())
         bars = ok & np.isfinite(se)
         if bars.any():
             low = np.maximum(v[bars] - 2 * se[bars], v[bars] * 1e-3)
@@ -177,6 +187,9 @@ def plot_variance(result, ax=None):
     if good.any():
         ax.plot(tk[good], tv[good], color=_color_of(result, "iwae"), linestyle="--", linewidth=1.2,
                 label="IWAE theory: mu2 / (K mu^2)")
+        plotted.extend(tv[good].tolist())
+    if plotted:  # limits from the points; long error bars are cut by the frame
+        ax.set_ylim(min(plotted) / 3.0, max(plotted) * 3.0)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("K (samples per datapoint)")
