@@ -190,6 +190,7 @@ def findings(result) -> List[str]:
     2. whether a debiased estimator moves the answer;
     3. whether the weights can be trusted (PSIS k-hat).
     """
+    from .diagnostics import mean_se
     from .sweep import _pm  # the one value ± SE formatter
 
     table, ref, k_max = result.table, result.reference, result.metadata["k_max"]
@@ -205,16 +206,21 @@ def findings(result) -> List[str]:
             text += (f" Leading-order theory from the pool's weight moments puts IWAE's remaining bias at "
                      f"{theory_last['bias'].iloc[0]:.3g} nats (valid only where k-hat < 0.5).")
         lines.append(text)
+    per = result.per_datapoint
+    at_max = per[per["k"] == k_max].pivot(index="index", columns="estimator", values="mean")
     for est in last.index:
         if est == "iwae" or "iwae" not in last.index:
             continue
-        diff = last.loc[est, "estimate"] - last.loc["iwae", "estimate"]
-        lines.append(f"{est} at K = {k_max} differs from IWAE by {diff:+.3g} nats "
-                     f"(a debiased estimator removes the O(1/K) term; a gap much larger than the theory "
-                     f"bias above points to unreliable weights).")
+        diff, diff_se = mean_se((at_max[est] - at_max["iwae"]).to_numpy())
+        text = (f"{est} - IWAE at K = {k_max}: {_pm(diff, diff_se)} nats (paired over datapoints); "
+                f"a debiased estimator removes IWAE's O(1/K) bias")
+        if not theory_last.empty:
+            text += f", which the leading-order theory puts at {-theory_last['bias'].iloc[0]:.3g} nats"
+        lines.append(text + ".")
     fits = result.fits.dropna(subset=["a"])
     if not fits.empty:
-        parts = [f"{r.estimator} {_pm(r.a, r.a_se)}" for r in fits.itertuples()]
+        parts = [f"{r.estimator} {_pm(r.a, r.a_se)} (minus the reference: "
+                 f"{_pm(r.a_minus_reference, r.a_minus_reference_se)})" for r in fits.itertuples()]
         lines.append("Extrapolated log p(x) (fit a + b/K + c/K^2 over K >= "
                      f"{result.metadata.get('fit_min_k')}): " + "; ".join(parts) + " nats.")
     w = result.weights
@@ -292,7 +298,7 @@ def _overview(result) -> str:
     m = result.metadata
     return (f"Model: {m.get('model') or 'n/a (log-weights given)'}. Data: {m.get('data')}. "
             f"N = {m['n']} datapoints, K_max = {m['k_max']} samples per datapoint drawn once "
-            f"(seed {m.get('seed')}); every K is evaluated on floor(K_max / K) disjoint groups of the same pool. "
+            f"({'seed ' + str(m['seed']) if m.get('seed') is not None else 'given as a matrix'}); every K is evaluated on floor(K_max / K) disjoint groups of the same pool. "
             f"Estimators: {', '.join(m.get('estimators', []))}.")
 
 
