@@ -2,10 +2,30 @@
 
 Public API (see README):
 
-* :func:`evalkit.load_model`, :func:`evalkit.save_model` -- checkpoints of every supported kind;
-* :func:`evalkit.log_weights` -- the seeded, memory-bounded ``[N, K]`` log-weight engine;
-* :func:`evalkit.estimate` -- log p(x) estimates with standard errors;
-* :func:`evalkit.sweep` -- bias / variance diagnostics over K from one sample pool;
-* :mod:`evalkit.estimators` -- pure estimator functions of log-weights.
+* :func:`load_model`, :func:`save_model` -- checkpoints of every supported kind;
+* :func:`log_weights` -- the seeded, memory-bounded ``[N, K]`` log-weight engine;
+* :func:`estimate` -- log p(x) estimates with standard errors (:class:`EstimateResult`);
+* :func:`sweep` -- bias / variance diagnostics over K from one sample pool (:class:`SweepResult`);
+* :mod:`evalkit.estimators` -- pure estimator functions of log-weights (``elbo``, ``iwae``,
+  ``jvi``, ``dvi``, ``ess``, ``psis_khat``) and the name registry (``get``, ``available``);
+* :mod:`evalkit.models` -- the model protocol and built-in models; :mod:`evalkit.data` -- datasets.
 """
 __version__ = "0.1.0"
+
+from . import estimators  # noqa: E402
+from .checkpoints import load_model, save_model  # noqa: E402
+from .engine import log_weights  # noqa: E402
+from .estimate import EstimateResult, estimate, estimate_from_log_weights  # noqa: E402
+from .sweep import SweepResult, sweep  # noqa: E402
+
+__all__ = [
+    "EstimateResult",
+    "SweepResult",
+    "estimate",
+    "estimate_from_log_weights",
+    "estimators",
+    "load_model",
+    "log_weights",
+    "save_model",
+    "sweep",
+]

@@ -19,6 +19,10 @@ import torch
 from . import estimators as estimator_registry
 from .errors import InputError
 from .inputs import DataLike, ModelLike, resolve_data, resolve_model
+from .psis import tail_length
+
+#: PSIS fits a generalised Pareto to at least this many of the largest weights.
+MIN_TAIL_FOR_KHAT = 5
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 
@@ -116,6 +120,11 @@ class EstimateResult:
     def diagnostics_text(self) -> str:
         """One or two lines that say whether the importance weights can be trusted."""
         d = self.diagnostics
+        if not math.isfinite(d["max_psis_khat"]):
+            return (
+                f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat not available "
+                f"(needs at least {MIN_TAIL_FOR_KHAT} tail weights, i.e. K >= 21)"
+            )
         text = (
             f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat > 0.5 for "
             f"{d['fraction_khat_above_0.5']:.1%}, > 0.7 for {d['fraction_khat_above_0.7']:.1%} of datapoints"
@@ -273,7 +282,12 @@ def estimate_from_log_weights(
             }
         )
     ess = _as_numpy(estimator_registry.ess(log_w))
-    khat = _as_numpy(estimator_registry.psis_khat(log_w)) if k >= 2 else np.full(n, np.nan)
+    if tail_length(k) >= MIN_TAIL_FOR_KHAT:
+        khat = _as_numpy(estimator_registry.psis_khat(log_w))
+    else:
+        # Too few tail weights for a Pareto fit at this K: report k-hat as unavailable (the
+        # diagnostics line says so) instead of warning about a diagnostic nobody asked for.
+        khat = np.full(n, np.nan)
     per_example["ess"] = ess
     per_example["psis_khat"] = khat
 

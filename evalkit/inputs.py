@@ -59,9 +59,13 @@ def resolve_data(
         tensor = data_module.load_data(data, split=split, binarize=binarize, seed=seed)
     else:
         if isinstance(data, np.ndarray):
-            tensor = torch.from_numpy(np.asarray(data, dtype=np.float32))
+            array = np.asarray(data)
+            tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64 if array.dtype == np.float64 else np.float32))
         elif isinstance(data, torch.Tensor):
-            tensor = data.detach().to("cpu", torch.float32)
+            # Keep float64 data float64: rounding x to float32 would change log p(x) itself.
+            tensor = data.detach().to("cpu")
+            if not tensor.is_floating_point():
+                tensor = tensor.to(torch.float32)
         else:
             raise DataError(
                 f"data must be a tensor, a numpy array, a file path or a dataset name, got {type(data).__name__}"
