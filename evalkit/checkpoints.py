@@ -200,13 +200,14 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not allow_pickle)
     except pickle.UnpicklingError as err:
-        if allow_pickle:
-            raise CheckpointError(f"cannot unpickle {path} ({err}); the file may be damaged.") from None
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        reason = f"it references {found.group(1)}" if found else str(err).strip().splitlines()[0][:120]
+        text = str(err)
+        found = re.search(r"GLOBAL ([\w.]+)|unrecognized function ([\w.]+)", text)
+        if allow_pickle or found is None:  # not a refusal of Python objects: a damaged or foreign file
+            reason = next((line.strip() for line in reversed(text.splitlines()) if line.strip() and "documentation" not in line), "")
+            raise CheckpointError(f"cannot read {path} with torch.load ({reason[:120]}); is it a complete PyTorch checkpoint?") from None
         raise CheckpointError(
-            f"{path} contains pickled Python objects that safe loading refuses ({reason}); if you trust "
-            "the file, pass allow_pickle=True (CLI: --allow-pickle), which can run code stored in it."
+            f"{path} contains pickled Python objects that safe loading refuses (it references {found.group(1) or found.group(2)}); "
+            "if you trust the file, pass allow_pickle=True (CLI: --allow-pickle), which can run code stored in it."
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"cannot read {path} with torch.load ({str(err).splitlines()[0]}); is it a PyTorch checkpoint?") from None
@@ -327,6 +328,27 @@ def _select_keys(
     return stripped
 
 
+def _mismatch_error(state_dict: Mapping[str, torch.Tensor], expected: Sequence[str], prefix: Optional[str], path: Path) -> CheckpointError:
+    """Explain missing / unexpected keys, relative to the prefix most of the model's keys carry."""
+    hint = "check that the factory builds the architecture the checkpoint was trained with"
+    if prefix is None:
+        counts = {p: sum(p + key in state_dict for key in expected)
+                  for key in expected for p in _candidate_prefixes(list(state_dict), key)}
+        if counts:
+            prefix = max(counts, key=counts.get)
+            state_dict = _strip_prefix(state_dict, prefix)
+            hint = f"the keys carry the prefix '{prefix}' (a Lightning or wrapped checkpoint; pass prefix='{prefix}'), " + hint
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in set(expected)]
+
+    def listed(keys: list) -> str:
+        return f"{keys[:6]}" + (f" (and {len(keys) - 6} more)" if len(keys) > 6 else "")
+
+    parts = ([f"is missing keys {listed(missing)}"] if missing else []) + (
+        [f"has unexpected keys {listed(unexpected)}"] if unexpected else [])
+    return CheckpointError(f"the state_dict in {path} {' and '.join(parts)}; {hint}.")
+
+
 def _load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, prefix: Optional[str], path: Path) -> nn.Module:
     """Load ``state_dict`` into ``model`` strictly, converting the model to the checkpoint's dtype."""
     expected = model.state_dict()
@@ -334,16 +356,7 @@ def _load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *, p
     missing = [key for key in expected if key not in state_dict]
     unexpected = [key for key in state_dict if key not in expected]
     if missing or unexpected:
-        hint = "check that the factory builds the architecture the checkpoint was trained with"
-        near = [p for p in _candidate_prefixes(list(state_dict), missing[0])] if missing else []
-        if near:
-            hint = f"pass prefix='{near[0]}' if the checkpoint is a Lightning checkpoint or otherwise nested"
-        parts = []
-        if missing:
-            parts.append(f"is missing keys {missing[:6]}" + (f" (and {len(missing) - 6} more)" if len(missing) > 6 else ""))
-        if unexpected:
-            parts.append(f"has unexpected keys {unexpected[:6]}" + (f" (and {len(unexpected) - 6} more)" if len(unexpected) > 6 else ""))
-        raise CheckpointError(f"the state_dict in {path} {' and '.join(parts)}; {hint}.")
+        raise _mismatch_error(state_dict, list(expected), prefix, path)
     wrong = [(key, tuple(state_dict[key].shape), tuple(value.shape)) for key, value in expected.items()
              if tuple(state_dict[key].shape) != tuple(value.shape)]
     if wrong:
@@ -532,7 +545,9 @@ def load_model(
         return _reference_model(checkpoint.state_dict, prefix, checkpoint.path)
     if checkpoint.kind == "torchscript":
         try:
-            module = torch.jit.load(str(checkpoint.path), map_location="cpu")
+            with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; such archives still load
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(str(checkpoint.path), map_location="cpu")
         except RuntimeError as err:
             raise CheckpointError(f"cannot load TorchScript archive {checkpoint.path} ({str(err).splitlines()[0]}).") from None
         return TorchScriptModel(module, noise_shape=noise_shape, data_dim=data_dim,
