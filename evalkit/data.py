@@ -7,6 +7,7 @@ source)``, so a subset binarises exactly as it does inside the full dataset.
 from __future__ import annotations
 
 import os
+import pickle
 import zipfile
 from pathlib import Path
 from typing import Optional, Union
@@ -84,29 +85,35 @@ def _read_csv(path: Path) -> np.ndarray:
 
 
 def _read_file(path: Path, split: str) -> np.ndarray:
+    """Read the array of ``split`` from a file; containers (npz, dict in .pt) choose by key."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
+            contents: object = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
-                array = _single_array({key: archive[key] for key in archive.files}, split, path)
+                contents = {key: archive[key] for key in archive.files}
         elif suffix in (".pt", ".pth"):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(obj, dict):
-                obj = _single_array({str(key): value for key, value in obj.items()}, split, path)
-            if not isinstance(obj, torch.Tensor):
-                raise DataError(f"{path} holds a {type(obj).__name__}, not a tensor; save a tensor [N, ...] or a dict of tensors.")
-            array = obj.detach().to(torch.float64).numpy() if obj.is_floating_point() else obj.numpy()
+            contents = torch.load(path, map_location="cpu", weights_only=True)
         elif suffix == ".csv":
-            array = _read_csv(path)
+            contents = _read_csv(path)
         else:
             raise DataError(f"{path} has an unsupported suffix '{suffix}'; use .npy, .npz, .pt or .csv.")
-    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError) as err:
+    except (OSError, ValueError, zipfile.BadZipFile, RuntimeError, pickle.UnpicklingError) as err:
         if isinstance(err, DataError):
             raise
-        raise DataError(f"cannot read {path} ({err}); check that the file is a valid {suffix} file.") from None
-    return np.asarray(array)
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise DataError(f"cannot read {path} ({reason}); check that the file is a valid {suffix} file.") from None
+    if isinstance(contents, dict):
+        contents = _single_array({str(key): value for key, value in contents.items()}, split, path)
+    elif split == "train":
+        raise DataError(f"{path} holds one array, a single dataset; use split='test' or 'all' (split='train' needs an "
+                        ".npz or .pt container with a 'train' array).")
+    if isinstance(contents, torch.Tensor):
+        contents = contents.detach().to(torch.float64).numpy() if contents.is_floating_point() else contents.numpy()
+    if not isinstance(contents, np.ndarray):
+        raise DataError(f"{path} holds a {type(contents).__name__}, not an array; save a tensor [N, ...] or a dict of tensors.")
+    return contents
 
 
 def load_data(
