@@ -379,8 +379,6 @@ def sweep(
     >>> result = evalkit.sweep(log_w, ks=[1, 10, 100, 1000], reference=0.0)
     >>> result.table[["estimator", "k", "bias", "bias_se"]]   # doctest: +SKIP
     """
-    from . import estimators as registry
-
     started = time.perf_counter()
     is_matrix = isinstance(model_or_log_weights, (torch.Tensor, np.ndarray))
     ks_given = None if ks is None else _check_ks(ks)
@@ -403,6 +401,7 @@ def sweep(
             raise InputError(
                 f"k = {ks_given[-1]} exceeds the {k_max} log-weights per datapoint; use ks up to {k_max}"
             )
+        user_ref = _user_reference(reference, log_w.shape[0])
         seconds_model = 0.0
     else:
         from .inputs import resolve_data, resolve_model
@@ -416,15 +415,16 @@ def sweep(
             )
         x = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
         if indices is not None:
+            if cache is not None:
+                raise InputError("a cache always covers the whole dataset; drop indices= or cache=")
             indices = _check_indices(indices, x.shape[0])
             x = x[torch.from_numpy(indices)]
+        user_ref = _user_reference(reference, x.shape[0])  # checked before the long model pass
         k_max = ks_given[-1] if ks_given is not None else DEFAULT_K_MAX
         t0 = time.perf_counter()
         if cache is not None:
             from .cache import cached_log_weights
 
-            if indices is not None:
-                raise InputError("a cache always covers the whole dataset; drop indices= or cache=")
             log_w = cached_log_weights(model_obj, x, k_max, cache_dir=cache, seed=seed,
                                        shard_size=cache_shard_size, **engine_options)
         else:
@@ -454,7 +454,7 @@ def sweep(
     # The least biased estimate at K_max (a cell already computed when K_max is among the ks):
     # the reference when there is no other, and the anchor of the paired gap column.
     best_name, best_values = _pool_best(chosen, k_max, log_w, moments, max_elements)
-    ref = _resolve_reference(reference, n, k_max, model_obj, x, (best_name, best_values))
+    ref = _resolve_reference(user_ref, n, k_max, model_obj, x, (best_name, best_values))
 
     # Pass 2: dataset-level statistics, fits and slopes.
     rows: List[Dict[str, Any]] = []
@@ -656,33 +656,41 @@ def bias_order(name: str) -> int:
     return {"iwae": 1, "dvi": 2}.get(name, 0)
 
 
-def _resolve_reference(reference, n, k_max, model, x, pool_best) -> Reference:
+def _user_reference(reference: Any, n: int) -> Optional[Reference]:
+    """A user-supplied reference (number, per-datapoint values or file) as a Reference, or None."""
+    if reference is None:
+        return None
+    if isinstance(reference, (str, os.PathLike)):
+        values = np.asarray(_as_float64(_load_array(reference, what="reference", key="reference")))
+        source = f"from {reference}"
+    elif isinstance(reference, (int, float, np.floating, np.integer)) and not isinstance(reference, bool):
+        values = np.asarray(float(reference))
+        source = f"{float(reference):.6g}"
+    else:
+        values = _as_float64(reference)
+        source = "per-datapoint values"
+    values = values.reshape(-1)
+    if values.size == 1:
+        values = np.full(n, float(values[0]))
+    if values.shape != (n,):
+        raise InputError(
+            f"reference has {values.size} values for {n} datapoints; give one number or one value per datapoint"
+        )
+    if not np.all(np.isfinite(values)):
+        raise InputError("reference values must be finite numbers (log p(x) in nats)")
+    return Reference("user", f"user-supplied log p(x) ({source})", values)
+
+
+def _resolve_reference(user_ref, n, k_max, model, x, pool_best) -> Reference:
+    """Exact log p(x) when the model has one; else the user's reference; else the pool's best."""
     if model is not None and hasattr(model, "log_marginal"):
         with torch.inference_mode():
             values = _as_float64(model.log_marginal(x))
         if values.shape != (n,):
             raise InputError(f"model.log_marginal returned shape {values.shape}, expected ({n},)")
         return Reference("exact", "exact log p(x) of the model", values)
-    if reference is not None:
-        if isinstance(reference, (str, os.PathLike)):
-            values = np.asarray(_as_float64(_load_array(reference, what="reference", key="reference")))
-            source = f"from {reference}"
-        elif isinstance(reference, (int, float, np.floating, np.integer)) and not isinstance(reference, bool):
-            values = np.asarray(float(reference))
-            source = f"{float(reference):.6g}"
-        else:
-            values = _as_float64(reference)
-            source = "per-datapoint values"
-        values = np.asarray(values, dtype=np.float64).reshape(-1) if values.ndim else values
-        if values.ndim == 0 or values.size == 1:
-            values = np.full(n, float(values.reshape(-1)[0]))
-        if values.shape != (n,):
-            raise InputError(
-                f"reference has {values.size} values for {n} datapoints; give one number or one value per datapoint"
-            )
-        if not np.all(np.isfinite(values)):
-            raise InputError("reference values must be finite numbers (log p(x) in nats)")
-        return Reference("user", f"user-supplied log p(x) ({source})", values)
+    if user_ref is not None:
+        return user_ref
     best, values = pool_best
     label = (f"{best} at K = {k_max} on the same samples (no exact log p(x); "
              f"bias is relative to this estimate)")

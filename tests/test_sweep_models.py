@@ -201,3 +201,37 @@ def test_model_input_errors(lg):
         sweep(model, ks=[1, 2], data=x, indices=[0, 400])
     with pytest.raises(InputError, match="repeats"):
         sweep(model, ks=[1, 2], data=x, indices=[1, 1])
+
+
+class NoMarginal(torch.nn.Module):
+    """The linear model without its exact log_marginal: a model like any trained VAE."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.noise_shape, self.data_dim, self.requires_binary_data = inner.noise_shape, inner.data_dim, False
+
+    def log_weights(self, x, noise):
+        return self.inner.log_weights(x, noise)
+
+
+def test_without_an_exact_marginal_the_user_or_pool_reference_is_used(lg):
+    model, _, x = lg
+    plain = NoMarginal(model)
+    pool = sweep(plain, ks=[1, 10, 50], data=x[:30], dtype=torch.float64, progress=False)
+    assert pool.reference.kind == "pool" and pool.reference.estimator == "jvi2"
+    user = sweep(plain, ks=[1, 10, 50], data=x[:30], reference=-9.0, dtype=torch.float64, progress=False)
+    assert user.reference.kind == "user" and np.all(user.reference.values == -9.0)
+    np.testing.assert_array_equal(user.table["estimate"], pool.table["estimate"])  # same pool, same seed
+
+
+def test_a_bad_reference_fails_before_the_model_pass(lg, monkeypatch):
+    import evalkit.engine
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the engine ran before the reference was checked")
+
+    monkeypatch.setattr(evalkit.engine, "log_weights", forbidden)
+    model, _, x = lg
+    with pytest.raises(InputError, match="reference has 2 values for 30 datapoints"):
+        sweep(NoMarginal(model), ks=[1, 2], data=x[:30], reference=[1.0, 2.0])
