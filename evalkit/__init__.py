@@ -12,7 +12,7 @@ Public API (see README):
 """
 __version__ = "0.1.0"
 
-from . import estimators  # noqa: E402
+from . import data, estimators, models  # noqa: E402
 from .checkpoints import load_model, save_model  # noqa: E402
 from .engine import log_weights  # noqa: E402
 from .estimate import EstimateResult, estimate, estimate_from_log_weights  # noqa: E402
