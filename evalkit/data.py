@@ -220,7 +220,8 @@ def _binarize(data: torch.Tensor, mode: str, seed: int, rows: list[int]) -> torc
     return torch.from_numpy(values.astype(np.float32))
 
 
-def _rows_text(rows: torch.Tensor) -> str:
+def rows_text(rows: torch.Tensor) -> str:
+    """Return the first five entries of ``rows`` for a message, e.g. ``'[3, 9]'`` or ``'[1, 2, 3, 4, 5] and 7 more'``."""
     shown = rows[:5].tolist()
     more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""
     return f"{shown}{more}"
@@ -255,14 +256,14 @@ def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:
         data = data.double()
     bad = (~torch.isfinite(data)).any(dim=1).nonzero().flatten()
     if len(bad):
-        raise DataError(f"the data contain NaN or infinite values in rows {_rows_text(bad)} ({len(bad)} rows); remove or fix them.")
+        raise DataError(f"the data contain NaN or infinite values in rows {rows_text(bad)} ({len(bad)} rows); remove or fix them.")
     if getattr(model, "requires_binary_data", False):
         non_binary = ((data != 0) & (data != 1)).any(dim=1).nonzero().flatten()
         if len(non_binary):
             low, high = float(data.min()), float(data.max())
             hint = " (values above 1: scale them to [0, 1] first)" if high > 1 else ""
             raise DataError(
-                f"the model has a Bernoulli decoder but rows {_rows_text(non_binary)} ({len(non_binary)} rows) are not "
+                f"the model has a Bernoulli decoder but rows {rows_text(non_binary)} ({len(non_binary)} rows) are not "
                 f"binary (range [{low:g}, {high:g}]){hint}; load the data with binarize='bernoulli' "
                 "(stochastic, fixed once by the seed) or binarize='threshold' (x > 0.5)."
             )

@@ -39,7 +39,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .data import check_data_for_model
+from .data import check_data_for_model, rows_text
 from .errors import InputError, ResourceError
 from .memory import (
     SampleCost,
@@ -196,10 +196,8 @@ def _invalid_weights_error(log_w: torch.Tensor, indices: torch.Tensor) -> Option
     for label, mask in (("NaN", torch.isnan(log_w)), ("+inf", torch.isposinf(log_w))):
         rows = mask.any(dim=1).nonzero().flatten()
         if len(rows):
-            shown = indices[rows[:5]].tolist()
-            more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""
             return InputError(
-                f"the model returned {label} log-weights for datapoints with dataset indices {shown}{more} "
+                f"the model returned {label} log-weights for datapoints with dataset indices {rows_text(indices[rows])} "
                 f"({len(rows)} datapoints in the batch that failed)"
                 + ("; an importance weight cannot be infinite, " if label == "+inf" else "; ")
                 + "check the model's parameters and these datapoints (e.g. a scale that underflows to 0)."
@@ -273,9 +271,10 @@ def model_sample_cost(model: torch.nn.Module, x_probe: torch.Tensor, dtype: torc
     Uses ``model.bytes_per_sample(dtype)`` (and ``model.bytes_per_datapoint(dtype)`` if
     present) when the model defines it; otherwise measures two small probe calls on
     ``x_probe`` (:func:`evalkit.memory.measure_sample_cost`); when measuring sees nothing or
-    fails, estimates from the parameter shapes (a model error then surfaces in the real run). Engine buffers per sample: noise in float64 and in the compute dtype
-    (twice, for the chunk being computed and the next one) and the float64 result copy; per
-    datapoint: the cached noise block and the data row.
+    fails, estimates from the parameter shapes (a model error then surfaces in the real run).
+    Engine buffers per sample: noise in float64 and in the compute dtype (twice, for the chunk
+    being computed and the next one) and the float64 result copy; per datapoint: the cached
+    noise block and the data row.
     """
     itemsize = torch.empty((), dtype=dtype).element_size()
     noise_numel = math.prod(model.noise_shape)
