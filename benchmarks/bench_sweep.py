@@ -9,6 +9,7 @@ Run from the repository root::
 
     python benchmarks/bench_sweep.py                       # bundled digits example, K_max = 5000
     python benchmarks/bench_sweep.py --k-max 1000 --repeat 1
+    python benchmarks/bench_sweep.py --mnist-sized 100   # an MNIST-sized (untrained) model instead
 
 Target: sweep / estimate <= 1.2.
 """
@@ -52,7 +53,18 @@ def main(argv=None):
     parser.add_argument("--estimators", default="iwae,jvi1,jvi2")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default=None)
+    parser.add_argument("--mnist-sized", type=int, default=None, metavar="N",
+                        help="Instead of the checkpoint: an untrained MNIST-sized MLPVAE (784-200-200-50, "
+                             "Bernoulli) on N random binary datapoints, to see the ratio for a larger model.")
     args = parser.parse_args(argv)
+    if args.mnist_sized:
+        from evalkit.models.vae import MLPVAE
+
+        torch.manual_seed(0)
+        args.checkpoint = MLPVAE(784, 50, (200, 200))
+        generator = torch.Generator().manual_seed(0)
+        args.data = (torch.rand(args.mnist_sized, 784, generator=generator) < 0.2).float()
+        args.binarize = "none"
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     estimators = args.estimators.split(",")
@@ -69,7 +81,7 @@ def main(argv=None):
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     print(f"evalkit {evalkit.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
           f"{torch.get_num_threads()} threads, device {device}")
-    print(f"checkpoint {args.checkpoint}, data {args.data} (N = {res.metadata['n']}), K_max = {args.k_max}, "
+    print(f"model {res.metadata['model']}, data {res.metadata['data']} (N = {res.metadata['n']}), K_max = {args.k_max}, "
           f"ks = {','.join(map(str, ks))}, estimators = {','.join(estimators)}, best of {args.repeat}")
     print()
     print("| run | wall s | CPU s (all threads) |")
