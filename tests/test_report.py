@@ -1,6 +1,5 @@
 """Sweep directories and self-contained reports: every file whole, nothing partial, nothing external."""
 import base64
-import io
 import json
 import re
 
