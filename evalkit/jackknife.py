@@ -421,10 +421,17 @@ def _leave_one_out(shifted: np.ndarray, total: np.ndarray) -> Tuple[np.ndarray, 
         heavy = x > 0.5
         term = np.log1p(-np.minimum(x, 0.5))
         term += x
-        for r in np.flatnonzero(heavy.any(axis=1)):
-            i = int(np.argmax(x[r]))
-            without = _lse(np.delete(s[r], i))  # log sum_{l != i} w_l, no subtraction
-            term[r, i] = (without - math.log(total[rows][r])) + math.log(k / (k - 1)) + x[r, i]
+        heavy_rows = np.flatnonzero(heavy.any(axis=1))
+        if heavy_rows.size:
+            # All heavy rows at once (small K in a sweep makes them common): the dominant weight
+            # is masked to -inf and the rest added up in log space, never as S - w_i.
+            top = np.argmax(x[heavy_rows], axis=1)
+            others = s[heavy_rows].copy()
+            others[np.arange(heavy_rows.size), top] = -math.inf
+            without = _lse(others, axis=1)  # log sum_{l != i} w_l
+            term[heavy_rows, top] = (
+                (without - np.log(total[rows][heavy_rows])) + math.log(k / (k - 1)) + x[heavy_rows, top]
+            )
         value[rows] = -((k - 1) / k) * term.sum(axis=1)
         error[rows] = _EPS * (8.0 + math.log2(k)) * ((k - 1) / k) * np.abs(term).sum(axis=1)
     return value, error
