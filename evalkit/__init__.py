@@ -16,7 +16,7 @@ from . import data, estimators, models  # noqa: E402
 from .checkpoints import load_model, save_model  # noqa: E402
 from .engine import log_weights  # noqa: E402
 from .estimate import EstimateResult, estimate, estimate_from_log_weights  # noqa: E402
-from .sweep import SweepResult, sweep  # noqa: E402
+from .sweep import SweepResult, load_log_weights, sweep  # noqa: E402
 
 __all__ = [
     "EstimateResult",
@@ -24,6 +24,7 @@ __all__ = [
     "estimate",
     "estimate_from_log_weights",
     "estimators",
+    "load_log_weights",
     "load_model",
     "log_weights",
     "save_model",
