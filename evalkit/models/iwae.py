@@ -19,10 +19,17 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Independent, Normal
+from torch.distributions import Normal
 
 from ..errors import CheckpointError, InputError
-from .base import LatentVariableModel, standard_normal_prior
+from .base import LatentVariableModel
+from .densities import (
+    Tanh,
+    bernoulli_log_likelihood,
+    normal_log_density,
+    reparameterised_normal_log_density,
+    standard_normal_log_density,
+)
 
 
 class GaussianBlock(nn.Module):
@@ -31,14 +38,19 @@ class GaussianBlock(nn.Module):
     def __init__(self, input_dim: int, hidden_dims: Sequence[int], output_dim: int) -> None:
         super().__init__()
         first, second = hidden_dims
-        self.transform = nn.Sequential(nn.Linear(input_dim, first), nn.Tanh(), nn.Linear(first, second), nn.Tanh())
+        self.transform = nn.Sequential(nn.Linear(input_dim, first), Tanh(), nn.Linear(first, second), Tanh())
         self.fc_mu = nn.Linear(second, output_dim)
         self.fc_logsigma = nn.Linear(second, output_dim)
 
     def forward(self, h: Tensor) -> Normal:
         """Return the diagonal Gaussian N(mu(h), exp(logsigma(h))^2), batch shape ``h.shape[:-1] + [out]``."""
+        mu, log_sigma = self.params(h)
+        return Normal(mu, log_sigma.exp(), validate_args=False)
+
+    def params(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(mu(h), logsigma(h))``, each of shape ``h.shape[:-1] + [out]``."""
         hidden = self.transform(h)
-        return Normal(self.fc_mu(hidden), self.fc_logsigma(hidden).exp(), validate_args=False)
+        return self.fc_mu(hidden), self.fc_logsigma(hidden)
 
 
 class IWAE(LatentVariableModel):
@@ -110,7 +122,7 @@ class IWAE(LatentVariableModel):
             self.add_module(f"decoder_h{layer + 1}", block)
         first, second = decoder_hidden_dims[-1]
         self.decoder_x = nn.Sequential(
-            nn.Linear(latent_dims[0], first), nn.Tanh(), nn.Linear(first, second), nn.Tanh(),
+            nn.Linear(latent_dims[0], first), Tanh(), nn.Linear(first, second), Tanh(),
             nn.Linear(second, self.data_dim),
         )
 
@@ -125,24 +137,29 @@ class IWAE(LatentVariableModel):
         return cls(data_dim, [100, 50], [[200, 200], [100, 100]])
 
     def log_weights(self, x: Tensor, noise: Tensor) -> Tensor:
+        """Return ``log p(x, h) - log q(h | x)`` at ``h = reparameterised(noise)``, shape ``[B, k]``.
+
+        The densities are written out (:mod:`evalkit.models.densities`): ``log q`` of a
+        reparameterised Gaussian uses the noise itself, and each layer's terms are reduced in
+        the compute dtype and added in float64.
+        """
         eps = noise.split(self.latent_dims, dim=-1)
         n_layers = len(self.latent_dims)
         # q(h_1 | x) runs once per datapoint, then broadcasts over the k samples.
-        q = self.encoder_h1(x)
-        q = Normal(q.loc.unsqueeze(1), q.scale.unsqueeze(1), validate_args=False)
-        h = [q.loc + q.scale * eps[0]]
-        log_q = q.log_prob(h[0]).sum(-1).double()
+        mu, log_sigma = self.encoder_h1.params(x)
+        mu, log_sigma = mu.unsqueeze(1), log_sigma.unsqueeze(1)
+        h = [mu + log_sigma.exp() * eps[0]]
+        log_q = reparameterised_normal_log_density(eps[0], log_sigma).double()
         for layer in range(1, n_layers):
-            q = getattr(self, f"encoder_h{layer + 1}")(h[-1])
-            h.append(q.loc + q.scale * eps[layer])
-            log_q = log_q + q.log_prob(h[-1]).sum(-1).double()
+            mu, log_sigma = getattr(self, f"encoder_h{layer + 1}").params(h[-1])
+            h.append(mu + log_sigma.exp() * eps[layer])
+            log_q = log_q + reparameterised_normal_log_density(eps[layer], log_sigma).double()
 
-        log_p = standard_normal_prior(self.latent_dims[-1], h[-1]).log_prob(h[-1]).double()
+        log_p = standard_normal_log_density(h[-1]).double()
         for layer in range(n_layers - 1):
-            p = getattr(self, f"decoder_h{layer + 1}")(h[layer + 1])
-            log_p = log_p + p.log_prob(h[layer]).sum(-1).double()
-        likelihood = Independent(Bernoulli(logits=self.decoder_x(h[0]), validate_args=False), 1)
-        log_p = log_p + likelihood.log_prob(x.unsqueeze(1)).double()
+            mu, log_sigma = getattr(self, f"decoder_h{layer + 1}").params(h[layer + 1])
+            log_p = log_p + normal_log_density(h[layer], mu, log_sigma).double()
+        log_p = log_p + bernoulli_log_likelihood(self.decoder_x(h[0]), x).double()
         return log_p - log_q
 
     def get_config(self) -> dict[str, Any]:

@@ -8,8 +8,15 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from ..errors import InputError
 from .base import EncoderDecoderModel, standard_normal_prior
+from .densities import (
+    Tanh,
+    bernoulli_log_likelihood,
+    normal_log_density,
+    reparameterised_normal_log_density,
+    standard_normal_log_density,
+)
 
-ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus}
+ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU, "softplus": nn.Softplus}
 LIKELIHOODS = ("bernoulli", "gaussian")
 
 
@@ -93,6 +100,26 @@ class MLPVAE(EncoderDecoderModel):
             return Independent(Bernoulli(logits=self.decoder_loc(hidden), validate_args=False), 1)
         scale = self.decoder_log_scale(hidden).exp()
         return Independent(Normal(self.decoder_loc(hidden), scale, validate_args=False), 1)
+
+    def log_weights(self, x: Tensor, noise: Tensor) -> Tensor:
+        """Return ``log p(x | z) + log p(z) - log q(z | x)`` at ``z = mu(x) + sigma(x) * noise``, shape ``[B, k]``.
+
+        The same densities as :meth:`proposal`, :meth:`prior` and :meth:`likelihood`, written
+        out (:mod:`evalkit.models.densities`); each term is reduced in the compute dtype and
+        the three are added in float64.
+        """
+        hidden = self.encoder(x)
+        loc = self.encoder_loc(hidden).unsqueeze(1)
+        log_scale = self.encoder_log_scale(hidden).unsqueeze(1)
+        z = loc + log_scale.exp() * noise
+        log_q = reparameterised_normal_log_density(noise, log_scale)
+        log_prior = standard_normal_log_density(z)
+        hidden = self.decoder(z)
+        if self.decoder_log_scale is None:
+            log_likelihood = bernoulli_log_likelihood(self.decoder_loc(hidden), x)
+        else:
+            log_likelihood = normal_log_density(x.unsqueeze(1), self.decoder_loc(hidden), self.decoder_log_scale(hidden))
+        return log_likelihood.double() + log_prior.double() - log_q.double()
 
     def get_config(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,141 @@
+"""Log-densities written out for the built-in models, and a tanh that is fast on CPUs.
+
+``torch.distributions`` builds broadcast shapes, validates and re-derives quantities the
+models already have; in the engine's inner loop that costs more than the decoder's matmuls
+for small networks. These functions compute the same full normalised log-densities (every
+``-0.5 log 2 pi`` kept) from what the model has at hand, reduce over the last dimension in
+the input's dtype, and are row-wise: row ``b`` of the output depends only on row ``b`` of the
+inputs, so the engine's bitwise batching invariance is kept.
+
+On the CPU, torch evaluates ``tanh``, ``exp``, ``log`` and ``softplus`` through MKL's vector
+math library (2.5, 0.8, 1.0 and 1.5 ns per float32 element measured on an AVX-512 core),
+but ``sigmoid`` through its own SIMD code (0.4 ns). The CPU paths here are written in terms of
+``sigmoid`` for that reason; on a GPU every one of these is a fast intrinsic and the plain
+formula is used.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2 * math.pi)
+
+PRODUCT_GROUP = 16
+"""Factors multiplied before one ``log`` in :func:`bernoulli_log_likelihood` (CPU): each
+factor is ``sigmoid(|l|)`` in [1/2, 1), so a group's product stays above ``2**-16``."""
+
+
+def standard_normal_log_density(value: Tensor) -> Tensor:
+    """Return ``sum_i log N(value_i; 0, 1)`` over the last dimension.
+
+    Parameters
+    ----------
+    value : Tensor, shape (..., d)
+
+    Returns
+    -------
+    Tensor, shape (...), the dtype of ``value``
+        ``-0.5 * sum_i value_i**2 - 0.5 * d * log(2 pi)``.
+    """
+    return (value * value).sum(-1) * -0.5 - 0.5 * value.shape[-1] * LOG_2PI
+
+
+def normal_log_density(value: Tensor, loc: Tensor, log_scale: Tensor) -> Tensor:
+    """Return ``sum_i log N(value_i; loc_i, exp(log_scale_i)**2)`` over the last dimension.
+
+    Parameters
+    ----------
+    value, loc, log_scale : Tensor, broadcastable, last dimension d
+        ``log_scale`` is the log standard deviation.
+
+    Returns
+    -------
+    Tensor, the broadcast shape without the last dimension
+    """
+    standardised = (value - loc) * torch.exp(-log_scale)
+    return standard_normal_log_density(standardised) - log_scale.sum(-1)
+
+
+def reparameterised_normal_log_density(noise: Tensor, log_scale: Tensor) -> Tensor:
+    """Return ``log N(z; loc, exp(log_scale)**2)`` summed over the last dimension at ``z = loc + exp(log_scale) * noise``.
+
+    Because ``(z - loc) / scale`` is ``noise`` exactly, the density needs only the noise and
+    the log-scale; it is not recomputed from a rounded ``z``.
+
+    Parameters
+    ----------
+    noise : Tensor, shape (..., d)
+    log_scale : Tensor, broadcastable to ``noise``
+
+    Returns
+    -------
+    Tensor, the broadcast shape without the last dimension
+    """
+    return standard_normal_log_density(noise) - log_scale.sum(-1)
+
+
+def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
+    """Return ``sum_j log Bernoulli(x_j; sigmoid(logits_j))`` over the last dimension.
+
+    Parameters
+    ----------
+    logits : Tensor, shape (B, k, D)
+    x : Tensor, shape (B, D), entries 0 or 1
+
+    Returns
+    -------
+    Tensor, shape (B, k), the dtype of ``logits``
+
+    Notes
+    -----
+    With ``s_j = 2 x_j - 1``, ``x_j l_j - softplus(l_j) = log sigmoid(s_j l_j)
+    = min(s_j l_j, 0) + log sigmoid(|l_j|)``. Every term is at most 0, so nothing cancels.
+    On the CPU the ``log`` is taken once per :data:`PRODUCT_GROUP` pixels, of the product of
+    their ``sigmoid(|l_j|)`` (each in [1/2, 1)): one ``sigmoid`` and a sixteenth of a ``log``
+    per pixel instead of one ``softplus`` (``exp`` and ``log1p``). The product's rounding
+    (at most 16 ulp relative) stays below the rounding of the sum itself. Under autograd,
+    or off the CPU, it is ``logsigmoid(s * l)`` summed.
+    """
+    sign = (2 * x - 1).unsqueeze(-2)
+    if logits.device.type != "cpu" or (torch.is_grad_enabled() and logits.requires_grad):
+        return F.logsigmoid(logits * sign).sum(-1)
+    factors = logits.abs().sigmoid_()
+    log_lik = (logits * sign).clamp_max_(0).sum(-1)
+    width, grouped = factors.shape[-1], 1
+    while grouped < PRODUCT_GROUP and width > 1:
+        half = width // 2
+        # Fold the upper half onto the lower; with an odd width the middle column waits a round.
+        factors[..., :half].mul_(factors[..., width - half:width])
+        width -= half
+        grouped *= 2
+    return log_lik + factors[..., :width].log().sum(-1)
+
+
+class Tanh(nn.Tanh):
+    """``nn.Tanh`` computed as ``2 sigmoid(2x) - 1`` on the CPU (3.5x faster there), ``tanh`` elsewhere.
+
+    The identity is exact; in float32 the result's absolute error is at most about 1.2e-7
+    (torch's tanh: 3e-8), below the rounding of the matmul that follows. It has no
+    parameters, so state_dict keys are those of ``nn.Tanh``.
+    """
+
+    def forward(self, input: Tensor) -> Tensor:
+        if input.device.type != "cpu":
+            return torch.tanh(input)
+        half = torch.sigmoid(input * 2)
+        if torch.is_grad_enabled() and half.requires_grad:
+            return half * 2 - 1  # sigmoid's backward needs its output untouched
+        return half.mul_(2).sub_(1)
+
+
+__all__ = [
+    "LOG_2PI",
+    "Tanh",
+    "bernoulli_log_likelihood",
+    "normal_log_density",
+    "reparameterised_normal_log_density",
+    "standard_normal_log_density",
+]
