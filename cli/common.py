@@ -29,9 +29,37 @@ def _compose(*decorators: Callable) -> Callable:
     return apply
 
 
+def _check_factory(ctx, param, value):
+    # The shape of MODULE:FUNCTION is usage; whether the module imports is for the library to say.
+    if value is None:
+        return value
+    module, sep, function = value.partition(":")
+    names_ok = all(part.isidentifier() for part in module.split(".")) and all(
+        part.isidentifier() for part in function.split(".")
+    )
+    if not sep or ":" in function or not names_ok:
+        raise click.BadParameter(
+            f"{value!r} is not MODULE:FUNCTION; write it like --model mypackage.models:build_vae"
+        )
+    return value
+
+
+def _check_memory_budget(ctx, param, value):
+    if value is None:
+        return value
+    from evalkit.errors import InputError
+    from evalkit.memory import parse_memory_budget
+
+    try:
+        parse_memory_budget(value)
+    except InputError:
+        raise click.BadParameter(f"{value!r} is not a memory size; write it like 512MB or 4GiB") from None
+    return value
+
+
 model_options = _compose(
     click.argument("checkpoint", type=click.Path(dir_okay=True, path_type=str)),
-    click.option("--model", "factory", metavar="MODULE:FUNCTION", default=None,
+    click.option("--model", "factory", metavar="MODULE:FUNCTION", default=None, callback=_check_factory,
                  help="Build the architecture with this factory; the checkpoint supplies the weights."),
     click.option("--prefix", default=None, metavar="PREFIX",
                  help="Strip this key prefix from the state_dict (e.g. 'model.' for Lightning); auto-detected if omitted."),
@@ -50,14 +78,15 @@ data_options = _compose(
 )
 
 engine_options = _compose(
-    click.option("--seed", type=int, default=0, show_default=True, help="Seed of the per-datapoint random streams."),
+    click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
+                 help="Seed of the per-datapoint random streams."),
     click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                  help="Where the model runs; auto uses a GPU when one is present."),
     click.option("--batch-size", type=click.IntRange(min=1), default=None,
                  help="Datapoints per step (default: from the memory budget). Does not change the numbers."),
     click.option("--k-chunk", type=click.IntRange(min=1), default=None,
                  help="Samples per datapoint per step (default: from the memory budget). Does not change the numbers."),
-    click.option("--memory-budget", default=None, metavar="SIZE",
+    click.option("--memory-budget", default=None, metavar="SIZE", callback=_check_memory_budget,
                  help="Memory the engine may use, e.g. 512MB or 4GiB (default: from free memory)."),
     click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
                  help="Model compute precision; reductions are always float64."),
