@@ -8,10 +8,23 @@ from .common import (FORMATS, cache_kwargs, cache_options, command_errors, data_
 from .main import main
 
 
+def _positive_k(ctx, param, value):
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"{value} is not a positive number of samples per datapoint; use e.g. -k 5000")
+    return value
+
+
+def _log_weights_suffix(ctx, param, value):
+    if value is not None and not value.endswith((".npy", ".pt")):
+        raise click.BadParameter(f"{value!r} must end in .npy or .pt (the format is chosen by the suffix)")
+    return value
+
+
 @main.command("estimate")
 @model_options
 @data_options
-@click.option("-k", "k", type=int, default=5000, show_default=True, help="Importance samples per datapoint.")
+@click.option("-k", "k", type=int, default=5000, show_default=True, callback=_positive_k,
+              help="Importance samples per datapoint.")
 @click.option("-e", "--estimator", "estimators", multiple=True, metavar="NAME",
               help="Estimator to report (repeat for several); default: elbo iwae jvi1 jvi2 dvi. "
                    "See `evalkit estimators`.")
@@ -24,6 +37,7 @@ from .main import main
 @click.option("--per-example", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write one row per datapoint (CSV, or JSON if the name ends in .json).")
 @click.option("--save-log-weights", type=click.Path(dir_okay=False, path_type=str), default=None,
+              callback=_log_weights_suffix,
               help="Also save the [N, K] float64 log-weights (.npy or .pt).")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace existing output files.")
 @run_options
@@ -45,6 +59,7 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     from evalkit.outputs import check_outputs, write_estimate_outputs
 
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
+    _check_distinct(outputs)
     # Fail before the (possibly long) run if an output cannot be written.
     check_outputs(outputs, overwrite=overwrite)
     result = estimate(
@@ -64,3 +79,17 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
         click.echo(text, nl=not text.endswith("\n"))
     else:
         echo_err(f"wrote {output}", quiet=params["quiet"])
+
+
+def _check_distinct(outputs) -> None:
+    # Two options naming one file is usage (exit 2); whether a file can be written is checked next.
+    import os
+
+    named = {flag: path for flag, path in zip(("--output", "--per-example", "--save-log-weights"), outputs.values())
+             if path is not None}
+    seen = {}
+    for flag, path in named.items():
+        key = os.path.realpath(path)
+        if key in seen:
+            raise click.UsageError(f"{seen[key]} and {flag} name the same file {path!r}; give each its own name")
+        seen[key] = flag
