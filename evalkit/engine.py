@@ -7,21 +7,39 @@
 where ``eps_ni`` comes from datapoint ``n``'s own random stream (:mod:`evalkit.noise`).
 
 Batching invariance, bit for bit (CPU). The noise of a datapoint depends only on
-``(seed, dataset index)``, and every model call sees a row count that is a multiple of
-:data:`ROW_ALIGN` (the batch is padded by repeating its last row; padded outputs are dropped).
-torch's CPU matmuls give each row bitwise the same result whatever the row count and the row's
-position once the row count is a multiple of 32, while small or unaligned row counts change the
-last bits (float32 below 8 rows; float64 even 2999 versus 3000 rows). So the result does not
-depend on ``batch_size``, ``k_chunk``, the order of the data or how it is sliced; the tests
-check this bit for bit in float32 and float64. On CUDA, results are deterministic for a fixed
-plan but may differ in the last bits between plans.
+``(seed, dataset index)``. torch's CPU kernels do not give a row bitwise the same result
+wherever it sits in a call: a matmul's row count changes the last bits unless it is a
+multiple of 32 (float32 below 8 rows; float64 even 2999 versus 3000 rows), and for narrow
+layers the row's position modulo 2 or 4 does too (MKL's kernels treat rows in pairs or
+quads: measured for Linear(6, 6) or Linear(50, 4)), as does an element's position in a SIMD
+vector for ``sigmoid``. So every model call is laid out the same way whatever the plan:
+
+* datapoint ``n`` sits in a row ``slot`` with ``slot % 32 == n % 32`` (its dataset index);
+  unused slots repeat a datapoint of the call and their outputs are dropped;
+* sample columns are cut at multiples of 32 and every call is padded (with zero noise) to a
+  multiple of 32 columns, so the decoder row of sample ``i`` of datapoint ``n`` sits at a
+  position congruent to ``i`` modulo 32 (for ``k < 32`` one call holds all ``k`` columns and
+  the position is congruent to ``(n % 32) * k + i``); every call has a multiple of 32 rows.
+
+The result then does not depend on ``batch_size``, ``k_chunk``, the number of threads, the
+order of the data or how it is sliced; the tests check this bit for bit in float32 and
+float64. The padding costs at most 31 samples per datapoint (0.6 % at K = 5000). On CUDA, and
+with ``compile=True``, results are deterministic for a fixed plan but may differ in the last
+bits between plans.
+
+Throughput. On the CPU the engine runs whole model calls on ``threads`` worker threads, each
+with one intra-op thread: torch's own OpenMP threads meet at a barrier after every operation,
+which on a machine shared with other work (load above the core count) made a run 2.5x slower
+than one thread. On CUDA one thread drives the GPU while a thread pool draws the next call's
+noise into pinned memory; inputs go up on a separate stream, so drawing noise, transfers and
+compute overlap.
 
 Layers, so that caching, sharding and retries can be added around them:
 
-* :func:`_model_call` -- one padded model call on ``[B, k_chunk]``;
-* :func:`_chunks` -- the (rows, columns) work items of a plan;
-* :func:`compute_log_weights` -- fills an output tensor for a contiguous range of datapoints
-  (a shard), given a prepared model and a :class:`ChunkPlan`;
+* :func:`_make_batches` -- the datapoints of each call and their slots;
+* :class:`_Runner` -- prepares, launches and finishes one call (one chunk of columns);
+* :func:`compute_log_weights` -- fills an output tensor for some datapoints, given a prepared
+  model and a :class:`ChunkPlan`;
 * :func:`log_weights` -- validation, device, model preparation, planning, progress.
 """
 from __future__ import annotations
@@ -30,17 +48,18 @@ import copy
 import math
 import os
 import sys
+import threading
 import warnings
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 from tqdm.auto import tqdm
 
 from .data import check_data_for_model, rows_text
-from .errors import InputError, ResourceError
+from .errors import EvalkitError, InputError, ResourceError
 from .memory import (
     SampleCost,
     default_memory_budget,
@@ -53,10 +72,10 @@ from .models.base import check_model
 from .noise import NOISE_BLOCK, NoiseBlocks, check_seed
 
 ROW_ALIGN = 32
-"""Every model call gets a multiple of this many datapoint rows (see module notes)."""
+"""Slots and sample columns of every model call come in groups of this many (see module notes)."""
 
 MAX_ROWS_PER_CALL = {"cpu": 8192, "cuda": 2**18}
-"""Largest ``batch x k_chunk`` the planner chooses: on CPU larger calls fall out of cache
+"""Largest ``slots x padded k_chunk`` the planner chooses: on CPU larger calls fall out of cache
 (measured, IWAE 784-200-200-50: 6.2 us/sample at 8192 rows, 9-13 us/sample at 16k-64k rows)."""
 
 MEMORY_MARGIN = 1.25
@@ -64,6 +83,9 @@ MEMORY_MARGIN = 1.25
 
 PROGRESS_DELAY_S = 2.0
 """With ``progress=None`` the bar appears only once a run has taken this long (and stderr is a TTY)."""
+
+NOISE_THREADS = 32
+"""Most threads drawing noise for a GPU (numpy releases the GIL while it samples)."""
 
 COMPUTE_DTYPES = (torch.float32, torch.float64)
 
@@ -75,29 +97,47 @@ class ChunkPlan:
     Attributes
     ----------
     batch_size : int
-        Datapoints per model call (the call itself is padded to a multiple of ROW_ALIGN rows).
+        Datapoints per model call; the call has ``round_up(batch_size, 32)`` slots or fewer.
     k_chunk : int
-        Samples per datapoint per model call.
+        Samples per datapoint per model call, before the call's columns are padded (see
+        :func:`call_columns`).
     memory_budget : int
-        Bytes the plan was fitted to.
+        Bytes the plan was fitted to (per worker thread on the CPU).
     cost : SampleCost
         Working memory per datapoint and per sample, engine buffers and margin included.
+    k : int, optional
+        Samples per datapoint of the run (fixes the column padding); default ``k_chunk``.
     """
 
     batch_size: int
     k_chunk: int
     memory_budget: int
     cost: SampleCost
+    k: Optional[int] = None
+
+    @property
+    def columns(self) -> int:
+        """Sample columns of a model call, padding included."""
+        return call_columns(self.k_chunk, self.k or self.k_chunk)
 
     @property
     def call_bytes(self) -> int:
         """Estimated working memory of one model call."""
         rows = _round_up(self.batch_size, ROW_ALIGN)
-        return rows * (self.cost.bytes_per_datapoint + self.k_chunk * self.cost.bytes_per_sample)
+        return rows * (self.cost.bytes_per_datapoint + self.columns * self.cost.bytes_per_sample)
 
 
 def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
+
+
+def call_columns(k_chunk: int, k: int) -> int:
+    """Return the sample columns of a call for chunks of ``k_chunk`` of ``k`` samples, padding included.
+
+    ``k`` itself when ``k < 32`` (one call covers every column); otherwise ``k_chunk`` (at
+    most ``k``) rounded up to a multiple of 32.
+    """
+    return k if k < ROW_ALIGN else _round_up(min(k_chunk, k), ROW_ALIGN)
 
 
 def resolve_device(device: Union[None, str, torch.device]) -> torch.device:
@@ -159,38 +199,6 @@ def _pad_rows(tensor: torch.Tensor, n_pad: int) -> torch.Tensor:
     return torch.cat([tensor, tensor[-1:].expand(n_pad, *tensor.shape[1:])])
 
 
-def _model_call(model: torch.nn.Module, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Return ``model.log_weights`` for one chunk, padded to a multiple of ROW_ALIGN rows.
-
-    Parameters
-    ----------
-    x : Tensor, shape (B, D), compute dtype, on the device
-    noise : Tensor, shape (B, k_chunk, *noise_shape), compute dtype, on the device
-
-    Returns
-    -------
-    Tensor, shape (B, k_chunk), float64, on the device
-    """
-    n_rows, n_samples = noise.shape[0], noise.shape[1]
-    n_pad = _round_up(n_rows, ROW_ALIGN) - n_rows
-    out = model.log_weights(_pad_rows(x, n_pad), _pad_rows(noise, n_pad))
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_rows + n_pad, n_samples):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(
-            f"{type(model).__name__}.log_weights(x, noise) returned {shape} for x of shape {(n_rows + n_pad, x.shape[1])} "
-            f"and noise of shape {(n_rows + n_pad, *noise.shape[1:])}; it must return a tensor "
-            f"[{n_rows + n_pad}, {n_samples}] (one log-weight per datapoint and sample)."
-        )
-    return out[:n_rows].to(torch.float64)
-
-
-def _chunks(n_rows: int, batch_size: int, k: int, k_chunk: int) -> Iterator[tuple[int, int, int, int]]:
-    """Yield ``(row_start, row_stop, k0, k1)`` work items, columns fastest."""
-    for row_start in range(0, n_rows, batch_size):
-        for k0 in range(0, k, k_chunk):
-            yield row_start, min(row_start + batch_size, n_rows), k0, min(k0 + k_chunk, k)
-
-
 def _invalid_weights_error(log_w: torch.Tensor, indices: torch.Tensor) -> Optional[InputError]:
     """Return an error naming the datapoints with NaN or +inf log-weights, or None."""
     for label, mask in (("NaN", torch.isnan(log_w)), ("+inf", torch.isposinf(log_w))):
@@ -205,6 +213,168 @@ def _invalid_weights_error(log_w: torch.Tensor, indices: torch.Tensor) -> Option
     return None
 
 
+@dataclass
+class _Batch:
+    """The datapoints of one model call and where they sit in it.
+
+    Attributes
+    ----------
+    rows : LongTensor, shape (B,)
+        Rows of the data (and of the output) in this call, ascending dataset index.
+    indices : list of int
+        Their dataset indices (their random streams).
+    slots : LongTensor, shape (B,)
+        Their rows in the call; ``slots[b] % 32 == indices[b] % 32``.
+    n_slots : int
+        Rows of the call, a multiple of 32.
+    """
+
+    rows: torch.Tensor
+    indices: List[int]
+    slots: torch.Tensor
+    n_slots: int
+
+    def __post_init__(self) -> None:
+        n = len(self.indices)
+        self.index_tensor = torch.tensor(self.indices)
+        # The common case (consecutive indices starting at a multiple of 32, in data order)
+        # needs no gather or scatter: plain slices.
+        self.slots_are_prefix = bool(torch.equal(self.slots, torch.arange(n)))
+        first = int(self.rows[0])
+        self.rows_are_range = bool(torch.equal(self.rows, torch.arange(first, first + n)))
+        self.row_range = slice(first, first + n)
+        # Every slot's data row: unused slots repeat the first datapoint.
+        self.slot_rows = torch.full((self.n_slots,), first, dtype=torch.long)
+        self.slot_rows[self.slots] = self.rows
+
+
+def _make_batches(indices: torch.Tensor, batch_size: int) -> List[_Batch]:
+    """Cut the datapoints into calls of at most ``batch_size`` and lay each call out.
+
+    Datapoints are taken in ascending dataset index (so any permutation of the same data
+    makes the same calls); datapoint ``n`` goes to slot ``32 * r + n % 32``, where ``r``
+    counts the call's earlier datapoints with the same residue. A call has
+    ``32 * max(r + 1)`` slots, at most ``round_up(batch_size, 32)``.
+    """
+    order = torch.argsort(indices, stable=True)
+    max_slots = _round_up(batch_size, ROW_ALIGN)
+    batches: List[_Batch] = []
+    rows: List[int] = []
+    members: List[int] = []
+    slots: List[int] = []
+    counts = [0] * ROW_ALIGN
+
+    def flush() -> None:
+        batches.append(_Batch(torch.tensor(rows), list(members), torch.tensor(slots), ROW_ALIGN * max(counts)))
+
+    for row, index in zip(order.tolist(), indices[order].tolist()):
+        residue = index % ROW_ALIGN
+        if rows and (len(rows) == batch_size or (counts[residue] + 1) * ROW_ALIGN > max_slots):
+            flush()
+            rows, members, slots, counts = [], [], [], [0] * ROW_ALIGN
+        rows.append(row)
+        members.append(index)
+        slots.append(ROW_ALIGN * counts[residue] + residue)
+        counts[residue] += 1
+    if rows:
+        flush()
+    return batches
+
+
+class _Runner:
+    """Prepares, launches and finishes the model calls of one run.
+
+    ``prepare`` builds a call's inputs on the host (pinned memory when computing on CUDA),
+    ``launch`` runs the model (asynchronously on CUDA) and starts copying the result back,
+    ``finish`` waits for it, writes the real rows and columns into ``out`` and checks them.
+    """
+
+    def __init__(self, model: torch.nn.Module, call: Callable, data: torch.Tensor, indices: torch.Tensor, k: int,
+                 plan: ChunkPlan, *, seed: int, device: torch.device, dtype: torch.dtype, out: torch.Tensor,
+                 noise_executor: Optional[Executor] = None) -> None:
+        self.model, self.call, self.data, self.indices, self.k = model, call, data, indices, k
+        self.seed, self.device, self.dtype, self.out = seed, device, dtype, out
+        self.noise_shape = tuple(model.noise_shape)
+        self.noise_executor = noise_executor
+        self.cuda = device.type == "cuda"
+        self.pin = self.cuda and data.device.type == "cpu"
+        self.columns = call_columns(plan.k_chunk, k)
+        self.batches = _make_batches(indices, plan.batch_size)
+        if self.cuda:
+            self.copy_stream = torch.cuda.Stream(device)
+
+    def tasks(self, batch_number: int) -> List[tuple]:
+        """The calls of one batch: ``(batch_number, k0, k1)``, columns cut at multiples of the call width."""
+        return [(batch_number, k0, min(k0 + self.columns, self.k)) for k0 in range(0, self.k, self.columns)]
+
+    def noise_blocks(self, batch: _Batch) -> NoiseBlocks:
+        return NoiseBlocks(self.seed, batch.indices, self.noise_shape, executor=self.noise_executor)
+
+    def prepare(self, task: tuple, noise_blocks: NoiseBlocks) -> tuple:
+        batch_number, k0, k1 = task
+        batch = self.batches[batch_number]
+        width = call_columns(k1 - k0, self.k)
+        x = self.data[batch.slot_rows]
+        if self.pin:
+            x = x.to(self.dtype).pin_memory()
+        padded = not batch.slots_are_prefix or len(batch.indices) < batch.n_slots or width > k1 - k0
+        make = torch.zeros if padded else torch.empty
+        noise = make((batch.n_slots, width, *self.noise_shape), dtype=self.dtype, pin_memory=self.pin)
+        noise_blocks.write_columns(k0, k1, noise, None if batch.slots_are_prefix else batch.slots)
+        return task, x, noise
+
+    def launch(self, prepared: tuple) -> tuple:
+        task, x, noise = prepared
+        if self.cuda:
+            # Inputs go up on their own stream, so the copy of call i + 1 overlaps call i.
+            with torch.cuda.stream(self.copy_stream):
+                x = x.to(self.device, self.dtype, non_blocking=True)
+                noise = noise.to(self.device, non_blocking=True)
+            compute_stream = torch.cuda.current_stream(self.device)
+            compute_stream.wait_stream(self.copy_stream)
+            x.record_stream(compute_stream)
+            noise.record_stream(compute_stream)
+        else:
+            x = x.to(self.dtype)
+        log_w = self.model_call(x, noise)
+        if self.cuda:
+            host = torch.empty(log_w.shape, dtype=torch.float64, pin_memory=True)
+            host.copy_(log_w, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+            return task, host, done
+        return task, log_w, None
+
+    def model_call(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        n_slots, width = noise.shape[0], noise.shape[1]
+        out = self.call(x, noise)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_slots, width):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise InputError(
+                f"{type(self.model).__name__}.log_weights(x, noise) returned {shape} for x of shape {tuple(x.shape)} "
+                f"and noise of shape {tuple(noise.shape)}; it must return a tensor "
+                f"[{n_slots}, {width}] (one log-weight per datapoint and sample)."
+            )
+        return out.to(torch.float64)
+
+    def finish(self, launched: tuple) -> int:
+        """Write a call's result into ``out``; return the number of log-weights written."""
+        (batch_number, k0, k1), log_w, done = launched
+        if done is not None:
+            done.synchronize()
+        batch = self.batches[batch_number]
+        real = log_w[: len(batch.indices)] if batch.slots_are_prefix else log_w[batch.slots]
+        real = real[:, : k1 - k0]
+        if batch.rows_are_range:
+            self.out[batch.row_range, k0:k1].copy_(real)
+        else:
+            self.out[batch.rows, k0:k1] = real
+        error = _invalid_weights_error(real, batch.index_tensor)
+        if error is not None:
+            raise error
+        return len(batch.indices) * (k1 - k0)
+
+
 def compute_log_weights(
     model: torch.nn.Module,
     data: torch.Tensor,
@@ -216,53 +386,127 @@ def compute_log_weights(
     device: torch.device,
     dtype: torch.dtype,
     out: torch.Tensor,
-    executor: Optional[Executor] = None,
+    threads: int = 1,
+    call: Optional[Callable] = None,
     progress: Optional[tqdm] = None,
 ) -> torch.Tensor:
-    """Fill ``out`` with the log-weights of a contiguous range of datapoints (a shard).
+    """Fill ``out`` with the log-weights of some datapoints (a shard).
 
     Parameters
     ----------
     model : prepared model (on ``device``, in ``dtype``, eval mode)
     data : Tensor, shape (n, D)
     indices : LongTensor, shape (n,)
-        Dataset index of each row: its random stream.
+        Dataset index of each row: its random stream and its slot in a call.
     k : int
     plan : ChunkPlan
     out : Tensor, shape (n, k), float64, CPU
         Written in place and returned.
+    threads : int, default 1
+        CPU: worker threads, each running whole calls with one intra-op thread (1: the calling
+        thread, with torch's intra-op threads). CUDA: threads drawing noise.
+    call : callable, optional
+        ``call(x, noise)`` instead of ``model.log_weights`` (a compiled version of it).
+    progress : tqdm, optional
 
     Notes
     -----
-    The noise of the next chunk is drawn on the CPU before the current chunk's result is
-    copied back, so on CUDA noise generation overlaps the GPU's work.
+    On CUDA the noise of the next call is drawn (in ``threads`` threads, into pinned memory)
+    while the GPU works on the current one, and results come back one call later.
     """
-    noise_shape = tuple(model.noise_shape)
-    index_list = indices.tolist()
-
-    def prepared_chunks():
-        noise_blocks, x = None, None
-        for row_start, row_stop, k0, k1 in _chunks(len(data), plan.batch_size, k, plan.k_chunk):
-            if k0 == 0:
-                noise_blocks = NoiseBlocks(seed, index_list[row_start:row_stop], noise_shape, executor=executor)
-                x = data[row_start:row_stop].to(device=device, dtype=dtype)
-            noise = noise_blocks.columns(k0, k1).to(dtype)
-            yield row_start, row_stop, k0, k1, x, noise
-
-    chunks = prepared_chunks()
-    item = next(chunks, None)
-    while item is not None:
-        row_start, row_stop, k0, k1, x, noise = item
-        log_w = _model_call(model, x, noise.to(device))
-        item = next(chunks, None)
-        block = out[row_start:row_stop, k0:k1]
-        block.copy_(log_w)
-        error = _invalid_weights_error(block, indices[row_start:row_stop])
-        if error is not None:
-            raise error
-        if progress is not None:
-            progress.update((row_stop - row_start) * (k1 - k0))
+    call = call or model.log_weights
+    if device.type == "cuda":
+        with ThreadPoolExecutor(min(max(threads, 1), NOISE_THREADS)) as executor:
+            runner = _Runner(model, call, data, indices, k, plan, seed=seed, device=device, dtype=dtype, out=out,
+                             noise_executor=executor)
+            _run_pipelined(runner, progress)
+        return out
+    runner = _Runner(model, call, data, indices, k, plan, seed=seed, device=device, dtype=dtype, out=out)
+    if threads <= 1:
+        _run_pipelined(runner, progress)
+    else:
+        _run_workers(runner, threads, progress)
     return out
+
+
+def _run_pipelined(runner: _Runner, progress: Optional[tqdm]) -> None:
+    """Run every call from this thread; the next call is prepared before the previous one is finished."""
+    in_flight = None
+    for batch_number in range(len(runner.batches)):
+        noise_blocks = runner.noise_blocks(runner.batches[batch_number])
+        for task in runner.tasks(batch_number):
+            launched = runner.launch(runner.prepare(task, noise_blocks))
+            # On CUDA the launch returned at once: finishing the previous call (and preparing
+            # the next one) overlaps this call's GPU work.
+            if in_flight is not None:
+                written = runner.finish(in_flight)
+                if progress is not None:
+                    progress.update(written)
+            in_flight = launched
+    if in_flight is not None:
+        written = runner.finish(in_flight)
+        if progress is not None:
+            progress.update(written)
+
+
+def _run_workers(runner: _Runner, threads: int, progress: Optional[tqdm]) -> None:
+    """Run the calls on ``threads`` worker threads, each with one intra-op thread.
+
+    A work item is a batch with all its columns (its noise blocks are reused across its
+    calls) when there are enough batches to keep every worker busy; otherwise a single call.
+    After an error no new item starts; the error of the earliest failed item is raised.
+    """
+    if len(runner.batches) >= 2 * threads:
+        items = [(b, None) for b in range(len(runner.batches))]
+    else:
+        items = [(b, task) for b in range(len(runner.batches)) for task in runner.tasks(b)]
+    threads = min(threads, len(items))
+    lock = threading.Lock()
+    position = iter(enumerate(items))
+    failures: List[tuple] = []
+    stop = threading.Event()
+
+    def work(item: tuple) -> None:
+        batch_number, task = item
+        noise_blocks = runner.noise_blocks(runner.batches[batch_number])
+        for one in runner.tasks(batch_number) if task is None else [task]:
+            written = runner.finish(runner.launch(runner.prepare(one, noise_blocks)))
+            if progress is not None:
+                with lock:
+                    progress.update(written)
+
+    def worker() -> None:
+        # Thread-local settings: one intra-op thread (also MKL's), no autograd.
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            while not stop.is_set():
+                with lock:
+                    number, item = next(position, (None, None))
+                if item is None:
+                    return
+                try:
+                    work(item)
+                except BaseException as error:  # re-raised in the calling thread
+                    with lock:
+                        failures.append((number, error))
+                    stop.set()
+                    return
+
+    previous = torch.get_num_threads()
+    pool = [threading.Thread(target=worker, name=f"evalkit-worker-{i}", daemon=True) for i in range(threads)]
+    try:
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    finally:
+        stop.set()
+        for thread in pool:
+            thread.join()
+        # A worker's set_num_threads also changed the default for threads created later.
+        torch.set_num_threads(previous)
+    if failures:
+        raise min(failures, key=lambda failure: failure[0])[1]
 
 
 def model_sample_cost(model: torch.nn.Module, x_probe: torch.Tensor, dtype: torch.dtype) -> SampleCost:
@@ -313,13 +557,15 @@ def plan_chunks(
 ) -> ChunkPlan:
     """Choose ``batch_size`` and ``k_chunk`` so that one model call fits ``memory_budget``.
 
-    A call on ``B`` datapoints pads to ``Bp = ceil(B / 32) * 32`` rows and needs
-    ``Bp * (cost.bytes_per_datapoint + k_chunk * cost.bytes_per_sample)`` bytes. With neither
-    given, ``k_chunk`` is the largest that fits with 32 rows (capped at ``k`` and at
-    MAX_ROWS_PER_CALL / 32, and rounded down to a multiple of NOISE_BLOCK when below ``k``),
-    then ``batch_size`` the largest multiple of 32 that fits (capped at MAX_ROWS_PER_CALL /
-    k_chunk and at ``n_rows`` rounded up). A value given by the caller is kept and the other
-    fitted around it; with both given, they are checked against an explicit budget only.
+    A call on ``B`` datapoints has at most ``Bp = ceil(B / 32) * 32`` slots and ``c`` padded
+    sample columns (:func:`call_columns`), and needs
+    ``Bp * (cost.bytes_per_datapoint + c * cost.bytes_per_sample)`` bytes. With neither given,
+    ``k_chunk`` is the largest that fits with 32 rows (capped at ``k`` and at
+    MAX_ROWS_PER_CALL / 32, and rounded down to a multiple of NOISE_BLOCK, or else of 32,
+    when below ``k``), then ``batch_size`` the largest multiple of 32 that fits (capped at
+    MAX_ROWS_PER_CALL / c and at ``n_rows`` rounded up). A value given by the caller is kept
+    and the other fitted around it; with both given, they are checked against an explicit
+    budget only.
 
     Raises
     ------
@@ -329,9 +575,10 @@ def plan_chunks(
     """
     per_datapoint, per_sample = cost.bytes_per_datapoint, cost.bytes_per_sample
     rows_cap = MAX_ROWS_PER_CALL[device.type]
+    align = min(k, ROW_ALIGN)
 
     def need(n_batch: int, n_samples: int) -> int:
-        return _round_up(n_batch, ROW_ALIGN) * (per_datapoint + n_samples * per_sample)
+        return _round_up(n_batch, ROW_ALIGN) * (per_datapoint + call_columns(n_samples, k) * per_sample)
 
     def too_small(what: str, minimum: int) -> ResourceError:
         return ResourceError(
@@ -339,6 +586,15 @@ def plan_chunks(
             f"raise memory_budget to at least {format_bytes(minimum)}"
             + (" or lower batch_size / k_chunk." if what != "one sample per datapoint" else ".")
         )
+
+    def round_down(n_samples: int) -> int:
+        # Below k, chunks end on noise blocks (no block is drawn twice) or at least on 32 columns.
+        if n_samples >= k:
+            return k
+        for multiple in (NOISE_BLOCK, align):
+            if n_samples >= multiple:
+                return n_samples - n_samples % multiple
+        return n_samples
 
     if batch_size is not None and k_chunk is not None:
         batch_size, k_chunk = min(batch_size, n_rows), min(k_chunk, k)
@@ -348,26 +604,23 @@ def plan_chunks(
         batch_size = min(batch_size, n_rows)
         rows = _round_up(batch_size, ROW_ALIGN)
         fit = (memory_budget // rows - per_datapoint) // per_sample
-        if fit < 1:
+        if fit < align:
             raise too_small(f"batch_size={batch_size} with one sample per datapoint", need(batch_size, 1))
-        k_chunk = max(1, min(k, fit, rows_cap // rows))
-        if NOISE_BLOCK <= k_chunk < k:
-            k_chunk -= k_chunk % NOISE_BLOCK
+        k_chunk = round_down(max(1, min(k, fit, rows_cap // rows)))
     else:
         if k_chunk is None:
             fit = (memory_budget // ROW_ALIGN - per_datapoint) // per_sample
-            if fit < 1:
+            if fit < align:
                 raise too_small("one sample per datapoint", need(ROW_ALIGN, 1))
-            k_chunk = min(k, fit, rows_cap // ROW_ALIGN)
-            if NOISE_BLOCK <= k_chunk < k:
-                k_chunk -= k_chunk % NOISE_BLOCK
+            k_chunk = round_down(min(k, fit, rows_cap // ROW_ALIGN))
         k_chunk = min(k_chunk, k)
-        rows = min(memory_budget // (per_datapoint + k_chunk * per_sample), max(rows_cap // k_chunk, ROW_ALIGN))
+        columns = call_columns(k_chunk, k)
+        rows = min(memory_budget // (per_datapoint + columns * per_sample), max(rows_cap // columns, ROW_ALIGN))
         rows -= rows % ROW_ALIGN
         if rows < ROW_ALIGN:
             raise too_small(f"k_chunk={k_chunk}", need(ROW_ALIGN, k_chunk))
         batch_size = min(rows, _round_up(n_rows, ROW_ALIGN))
-    return ChunkPlan(int(batch_size), int(k_chunk), int(memory_budget), cost)
+    return ChunkPlan(int(batch_size), int(k_chunk), int(memory_budget), cost, int(k))
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -411,6 +664,9 @@ def log_weights(
     memory_budget: Optional[Union[int, str]] = None,
     device: Optional[Union[str, torch.device]] = None,
     dtype: torch.dtype = torch.float32,
+    threads: Optional[int] = None,
+    compile: bool = False,
+    tf32: bool = False,
     progress: Optional[bool] = None,
 ) -> torch.Tensor:
     """Compute ``k`` importance log-weights for every datapoint.
@@ -420,7 +676,9 @@ def log_weights(
     model : torch.nn.Module
         Follows the protocol (``log_weights(x, noise)``, ``noise_shape``, ``data_dim``,
         ``requires_binary_data``; see docs/model-protocol.md). Never modified: it is copied
-        when its device or dtype differs from the computation's.
+        when its device or dtype differs from the computation's. With ``threads > 1`` on the
+        CPU, ``log_weights`` is called from several threads at once, so it must not write to
+        the module (none of evalkit's models do; pass ``threads=1`` for one that does).
     data : Tensor, shape (N, D)
     k : int
         Importance samples per datapoint.
@@ -433,19 +691,33 @@ def log_weights(
         and slices, shards and resumed runs reproduce the full run.
     batch_size : int, optional
         Datapoints per model call; default from the memory budget. A memory knob only: the
-        result does not depend on it (each call is padded to a multiple of 32 rows).
+        result does not depend on it (see the module notes).
     k_chunk : int, optional
         Samples per datapoint per model call; default from the memory budget (a multiple of
-        256 when below ``k``, which avoids redrawing noise blocks). Result does not depend on it.
+        256 when below ``k``, which avoids redrawing noise blocks). Calls are padded to a
+        multiple of 32 samples. The result does not depend on it.
     memory_budget : int or str, optional
         Working memory for the computation: bytes or a string like ``"512MB"``, ``"2GiB"``.
         Default: 70 % of free CUDA memory, or 50 % of available RAM on CPU. Excludes the
-        model, the data and the returned matrix.
+        model, the data and the returned matrix. On the CPU it is shared by the worker threads.
     device : str or torch.device, optional
         Default CUDA when available, else CPU.
     dtype : torch.float32 or torch.float64, default float32
         Compute dtype of the model and the noise. Log-density terms are combined and returned
         in float64 either way.
+    threads : int, optional
+        CPU: worker threads, each running whole model calls on one core (default
+        ``torch.get_num_threads()``; 1 runs in the calling thread with torch's intra-op
+        threads). CUDA: threads drawing noise (default the CPU count, at most 32). The result
+        does not depend on it.
+    compile : bool, default False
+        Run ``model.log_weights`` through ``torch.compile`` (the first calls compile, which
+        takes seconds to a minute; needs a C++ compiler on the CPU). If compiling fails, the
+        run continues eagerly with a warning. Compiled kernels may round differently, so the
+        bits may then depend on the plan; CPU runs use one worker thread.
+    tf32 : bool, default False
+        On CUDA, allow TensorFloat-32 matmuls (10-bit mantissa products, several times faster
+        on Ampere and later GPUs; log-weights change by about 1e-3 relative). No effect on CPU.
     progress : bool, optional
         None: a tqdm bar on stderr when stderr is a terminal and the run takes over 2 s;
         True: always; False: never.
@@ -468,9 +740,9 @@ def log_weights(
 
     Notes
     -----
-    Peak working memory is one model call, ``[B, k_chunk]`` samples; the ``[B, K, D]``
-    decoder outputs of a whole datapoint batch are never held at once. Cost: ``N * k``
-    decoder passes and ``N * ceil(k / k_chunk)`` encoder passes.
+    Peak working memory is one model call per worker, ``[slots, k_chunk]`` samples; the
+    ``[B, K, D]`` decoder outputs of a whole datapoint batch are never held at once. Cost:
+    ``N * k`` decoder passes (plus column padding) and ``N * ceil(k / k_chunk)`` encoder passes.
 
     Examples
     --------
@@ -488,32 +760,105 @@ def log_weights(
         batch_size = _positive_int(batch_size, "batch_size")
     if k_chunk is not None:
         k_chunk = _positive_int(k_chunk, "k_chunk")
+    if threads is not None:
+        threads = _positive_int(threads, "threads")
     if dtype not in COMPUTE_DTYPES:
         raise InputError(f"Expected argument `dtype` to be torch.float32 or torch.float64, got {dtype!r}.")
+    for name, flag in (("compile", compile), ("tf32", tf32)):
+        if not isinstance(flag, bool):
+            raise InputError(f"Expected argument `{name}` to be True or False, got {flag!r}.")
     check_data_for_model(data, model)
     indices = _check_indices(indices, data.shape[0])
     device = resolve_device(device)
     budget_is_explicit = memory_budget is not None
     budget = parse_memory_budget(memory_budget) if budget_is_explicit else default_memory_budget(device)
+    if threads is None:
+        threads = torch.get_num_threads() if device.type == "cpu" else (os.cpu_count() or 1)
+    if compile and device.type == "cpu":
+        threads = 1  # compiled code is not called from several threads at once
 
     out = torch.empty(data.shape[0], k, dtype=torch.float64)
-    with prepared_model(model, device, dtype) as run_model, torch.inference_mode():
+    with prepared_model(model, device, dtype) as run_model, torch.inference_mode(), _tf32(device, tf32), \
+            (torch.cuda.device(device) if device.type == "cuda" else nullcontext()):
         x_probe = _pad_rows(data[:ROW_ALIGN].to(device=device, dtype=dtype), max(0, ROW_ALIGN - len(data)))
         cost = model_sample_cost(run_model, x_probe, dtype)
-        plan = plan_chunks(data.shape[0], k, cost, budget, device=device, batch_size=batch_size,
-                           k_chunk=k_chunk, budget_is_explicit=budget_is_explicit)
-        n_threads = min(8, os.cpu_count() or 1)
-        with ThreadPoolExecutor(n_threads) if n_threads > 1 else _no_executor() as executor, \
-                _progress_bar(progress, data.shape[0] * k) as bar:
+        plan, workers = _plan_for_workers(data.shape[0], k, cost, budget, device=device, batch_size=batch_size,
+                                          k_chunk=k_chunk, budget_is_explicit=budget_is_explicit, threads=threads)
+        call = _CompiledCall(run_model) if compile else run_model.log_weights
+        with _progress_bar(progress, data.shape[0] * k) as bar:
             compute_log_weights(run_model, data, indices, k, plan, seed=seed, device=device, dtype=dtype,
-                                out=out, executor=executor, progress=bar)
+                                out=out, threads=workers, call=call, progress=bar)
     return out
 
 
+def _plan_for_workers(n_rows: int, k: int, cost: SampleCost, budget: int, *, device: torch.device,
+                      batch_size: Optional[int], k_chunk: Optional[int], budget_is_explicit: bool,
+                      threads: int) -> tuple[ChunkPlan, int]:
+    """Plan calls for ``threads`` CPU workers sharing ``budget``; fewer workers if one call per worker does not fit.
+
+    On CUDA the budget is the GPU's and ``threads`` draw noise only: the plan gets all of it.
+    """
+    if device.type != "cpu" or threads == 1:
+        return plan_chunks(n_rows, k, cost, budget, device=device, batch_size=batch_size, k_chunk=k_chunk,
+                           budget_is_explicit=budget_is_explicit), threads
+    for workers in range(threads, 0, -1):
+        try:
+            plan = plan_chunks(n_rows, k, cost, budget // workers, device=device, batch_size=batch_size,
+                               k_chunk=k_chunk, budget_is_explicit=budget_is_explicit)
+        except ResourceError:
+            if workers == 1:
+                raise
+            continue
+        return plan, workers
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 @contextmanager
-def _no_executor() -> Iterator[None]:
-    yield None
+def _tf32(device: torch.device, enabled: bool) -> Iterator[None]:
+    """Allow TF32 matmuls and convolutions on CUDA for the duration of a run, then restore the settings."""
+    if device.type != "cuda" or not enabled:
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+class _CompiledCall:
+    """``model.log_weights`` through ``torch.compile``, falling back to eager mode if compiling fails.
+
+    A failure of the compiled call is retried eagerly: if that works, compiling was the
+    problem (no C++ compiler, an unsupported operation) and the run continues eagerly with
+    one warning; if it fails too, the model's own error is raised.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.eager = model.log_weights
+        try:
+            self.compiled: Optional[Callable] = torch.compile(model.log_weights)
+        except Exception as error:  # torch.compile itself refused (unsupported Python or platform)
+            self._give_up(error)
+
+    def _give_up(self, error: BaseException) -> None:
+        warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
+                      "continuing without compile=True.", RuntimeWarning, stacklevel=4)
+        self.compiled = None
+
+    def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        if self.compiled is not None:
+            try:
+                return self.compiled(x, noise)
+            except EvalkitError:
+                raise
+            except Exception as error:
+                result = self.eager(x, noise)
+                self._give_up(error)
+                return result
+        return self.eager(x, noise)
 
 
 __all__ = ["log_weights", "compute_log_weights", "plan_chunks", "model_sample_cost", "prepared_model",
-           "resolve_device", "ChunkPlan", "ROW_ALIGN"]
+           "resolve_device", "ChunkPlan", "ROW_ALIGN", "call_columns"]
