@@ -16,7 +16,7 @@ deterministic function of ``(x, noise)`` and evalkit can make them independent o
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -171,6 +171,19 @@ class EncoderDecoderModel(LatentVariableModel):
                     "batch shape [B] and the prior batch shape [] with the latent as event shape."
                 )
         return log_likelihood.double() + log_prior.double() - log_q.double()
+
+
+def working_bytes(per_point: Sequence[nn.Module], dtype: torch.dtype, *, extra_floats: int = 0) -> int:
+    """Return a conservative working-memory size for one row through some MLP modules.
+
+    Counts twice the output width of every ``Linear`` (an output and the activation made
+    from it), once more the widest (the likelihood's temporaries over the logits), plus
+    ``extra_floats``, in ``dtype``. Built-in models state their memory with it
+    (``bytes_per_sample``) so that the engine need not measure it with probe calls.
+    """
+    widths = [layer.out_features for module in per_point for layer in module.modules() if isinstance(layer, nn.Linear)]
+    floats = 2 * sum(widths) + max(widths, default=0) + extra_floats
+    return floats * torch.empty((), dtype=dtype).element_size()
 
 
 def standard_normal_prior(latent_dim: int, like: Tensor) -> Independent:

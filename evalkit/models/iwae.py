@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Normal
 
 from ..errors import CheckpointError, InputError
-from .base import LatentVariableModel
+from .base import LatentVariableModel, working_bytes
 from .densities import (
     Tanh,
     bernoulli_log_likelihood,
@@ -161,6 +162,18 @@ class IWAE(LatentVariableModel):
             log_p = log_p + normal_log_density(h[layer], mu, log_sigma).double()
         log_p = log_p + bernoulli_log_likelihood(self.decoder_x(h[0]), x).double()
         return log_p - log_q
+
+    def bytes_per_sample(self, dtype: torch.dtype) -> int:
+        """Working memory per importance sample (the engine's planning hook): the per-sample networks' activations."""
+        n_layers = len(self.latent_dims)
+        per_sample = [getattr(self, f"encoder_h{layer + 1}") for layer in range(1, n_layers)]
+        per_sample += [getattr(self, f"decoder_h{layer + 1}") for layer in range(n_layers - 1)] + [self.decoder_x]
+        # Noise, samples and their squares; the float64 terms of the result.
+        return working_bytes(per_sample, dtype, extra_floats=4 * sum(self.latent_dims)) + 32
+
+    def bytes_per_datapoint(self, dtype: torch.dtype) -> int:
+        """Working memory per datapoint: the data row and ``q(h_1 | x)``'s activations."""
+        return working_bytes([self.encoder_h1], dtype, extra_floats=2 * self.data_dim)
 
     def get_config(self) -> dict[str, Any]:
         return {

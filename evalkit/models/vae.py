@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from ..errors import InputError
-from .base import EncoderDecoderModel, standard_normal_prior
+from .base import EncoderDecoderModel, standard_normal_prior, working_bytes
 from .densities import (
     Tanh,
     bernoulli_log_likelihood,
@@ -120,6 +121,16 @@ class MLPVAE(EncoderDecoderModel):
         else:
             log_likelihood = normal_log_density(x.unsqueeze(1), self.decoder_loc(hidden), self.decoder_log_scale(hidden))
         return log_likelihood.double() + log_prior.double() - log_q.double()
+
+    def bytes_per_sample(self, dtype: torch.dtype) -> int:
+        """Working memory per importance sample (the engine's planning hook): the decoder's activations."""
+        heads = [self.decoder_loc] + ([self.decoder_log_scale] if self.decoder_log_scale is not None else [])
+        return working_bytes([self.decoder, *heads], dtype, extra_floats=4 * self.latent_dim) + 32
+
+    def bytes_per_datapoint(self, dtype: torch.dtype) -> int:
+        """Working memory per datapoint: the data row and the encoder's activations."""
+        return working_bytes([self.encoder, self.encoder_loc, self.encoder_log_scale], dtype,
+                             extra_floats=2 * self.data_dim)
 
     def get_config(self) -> dict[str, Any]:
         return {
