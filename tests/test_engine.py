@@ -10,7 +10,7 @@ import torch
 
 from evalkit.engine import ROW_ALIGN, log_weights, model_sample_cost, plan_chunks
 from evalkit.errors import DataError, InputError, ResourceError
-from evalkit.memory import SampleCost, parse_memory_budget
+from evalkit.memory import SampleCost, measure_sample_cost, parse_memory_budget
 from evalkit.models import IWAE, MLPVAE, LinearGaussianModel
 from evalkit.noise import NOISE_BLOCK
 
@@ -221,11 +221,28 @@ def test_model_memory_hook_and_measurement():
         def bytes_per_sample(self, dtype):
             return 123_456
 
+    class Unhooked(MLPVAE):
+        bytes_per_sample = None  # not callable: the engine measures
+
     x = binary_data(32, 64)
     assert model_sample_cost(Hooked(64, 4, (8,)), x, torch.float32).source == "model"
-    measured = model_sample_cost(MLPVAE(64, 4, (32, 32)), x, torch.float32)
+    measured = model_sample_cost(Unhooked(64, 4, (32, 32)), x, torch.float32)
     # Per sample the decoder holds at least its 64 logits and 32-wide hidden layers in float32.
     assert measured.source == "measured" and measured.bytes_per_sample >= 4 * (64 + 32)
+    assert model_sample_cost(MLPVAE(64, 4, (32, 32)), x, torch.float32).source == "model"  # built-ins state it
+
+
+@pytest.mark.parametrize("model", [IWAE.burda_one_layer(), IWAE.burda_two_layer(), MLPVAE(784, 20, (400, 200))],
+                         ids=["burda1", "burda2", "mlpvae"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_builtin_memory_statements_cover_the_measured_working_memory(model, dtype):
+    x = binary_data(32, 784).to(dtype)
+    model = model.to(dtype)
+    measured = measure_sample_cost(
+        lambda k: model.log_weights(x, torch.zeros(32, k, *model.noise_shape, dtype=dtype)), 32, torch.device("cpu"),
+        k_small=32, k_large=64)
+    assert model.bytes_per_sample(dtype) >= measured.bytes_per_sample
+    assert model.bytes_per_datapoint(dtype) + model.bytes_per_sample(dtype) >= measured.bytes_per_datapoint
 
 
 def test_progress_bar_only_when_asked(vae, capsys):
