@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_path, atomic_write_text
-from .errors import DataError, InputError, OutputError, ResourceError
+from .errors import DataError, EvalkitError, InputError, OutputError, ResourceError
 
 PathLike = Union[str, os.PathLike]
 
@@ -156,12 +156,23 @@ def cached_log_weights(
     components = fingerprint_components(model, data, k, seed=seed, dtype=dtype, device=engine_options.get("device"))
     fingerprint = _combine(components)
     directory = Path(cache_dir)
+    if directory.is_dir():
+        _refuse_foreign(directory)  # before the lock file, so a refused directory is left untouched
     created = _make_directory(directory)
+    manifest: Dict[str, Any] = {}
     try:
         with _locked(directory):
             manifest = _open_manifest(directory, fingerprint, components, n, k, shard_size)
             result = _fill(directory, manifest, model, data, k, seed, engine_options)
+    except EvalkitError:
+        # A bad input (NaN log-weights, a memory budget below one sample...) makes a new cache
+        # useless: fixing it changes the fingerprint. Leave no output behind, as for any bad input.
+        if manifest.get("_new"):
+            _remove_written(directory, manifest)
+        _remove_if_unused(directory, created)
+        raise
     except BaseException:
+        # Interrupted (Ctrl-C, a crash): keep every finished shard, that is what the cache is for.
         _remove_if_unused(directory, created)
         raise
     return result
@@ -378,13 +389,7 @@ def _open_manifest(
         _check_shards_cover(manifest, n, manifest_path)
         manifest["_written"] = True
         return manifest
-    foreign = sorted(p.name for p in directory.iterdir() if p.name != LOCK_NAME and not p.name.endswith(".tmp"))
-    if foreign:
-        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
-        raise InputError(
-            f"cache directory {str(directory)!r} is not empty ({shown}) and has no {MANIFEST_NAME}; "
-            "give an empty or new directory for --cache"
-        )
+    _refuse_foreign(directory)
     size = int(shard_size) if shard_size is not None else default_shard_size(n, k)
     return {
         "format": _FORMAT_TAG,
@@ -395,7 +400,29 @@ def _open_manifest(
         "k": k,
         "shards": [list(r) for r in shard_ranges(n, size)],
         "_written": False,
+        "_new": True,
+        "_files": [],
     }
+
+
+def _refuse_foreign(directory: Path) -> None:
+    """Refuse a non-empty directory without a manifest: never write a cache into someone's files."""
+    if (directory / MANIFEST_NAME).exists():
+        return
+    foreign = sorted(p.name for p in directory.iterdir() if p.name != LOCK_NAME and not p.name.endswith(".tmp"))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise InputError(
+            f"cache directory {str(directory)!r} is not empty ({shown}) and has no {MANIFEST_NAME}; "
+            "give an empty or new directory for --cache"
+        )
+
+
+def _remove_written(directory: Path, manifest: Dict[str, Any]) -> None:
+    # Only the files this run wrote into the cache it created; nothing else is touched.
+    for name in [*manifest.get("_files", []), MANIFEST_NAME]:
+        with contextlib.suppress(FileNotFoundError):
+            (directory / name).unlink()
 
 
 def _read_manifest(path: Path) -> Dict[str, Any]:
@@ -498,7 +525,7 @@ def _fill(
             if not manifest["_written"]:
                 # Written with the first result, so that a run that fails at once leaves nothing.
                 _write_manifest(directory, manifest)
-            _store_shard(directory, start, stop, values)
+            manifest["_files"] = manifest.get("_files", []) + _store_shard(directory, start, stop, values)
             out[start:stop] = torch.from_numpy(values)
             bar.update((stop - start) * k)
     return out
@@ -527,7 +554,8 @@ def _engine_log_weights(*args: Any, **kwargs: Any) -> torch.Tensor:
     return log_weights(*args, **kwargs)
 
 
-def _store_shard(directory: Path, start: int, stop: int, values: np.ndarray) -> None:
+def _store_shard(directory: Path, start: int, stop: int, values: np.ndarray) -> List[str]:
+    """Write one shard and its checksum file, each atomically; return their names."""
     name = shard_name(start, stop)
     buffer = io.BytesIO()
     np.save(buffer, values, allow_pickle=False)
@@ -537,6 +565,7 @@ def _store_shard(directory: Path, start: int, stop: int, values: np.ndarray) -> 
     # The checksum goes last: a shard without one (killed in between) is simply recomputed.
     digest = hashlib.sha256(payload).hexdigest()
     atomic_write_text(directory / _checksum_name(name), f"{digest}  {name}\n", overwrite=True)
+    return [name, _checksum_name(name)]
 
 
 def _checksum_name(name: str) -> str:

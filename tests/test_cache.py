@@ -334,3 +334,33 @@ def test_default_shards_cover_the_data_in_bounded_pieces(n, k):
     assert all(prev[1] == nxt[0] for prev, nxt in zip(ranges, ranges[1:]))
     assert size * k <= max(k, cache_module.DEFAULT_SHARD_VALUES)
     assert len(ranges) >= min(n, cache_module.DEFAULT_MIN_SHARDS)
+
+
+def test_bad_input_found_mid_run_leaves_no_new_cache_behind(tmp_path, monkeypatch, data):
+    # NaN log-weights at datapoint 12 (say): the finished shards are useless, since fixing the
+    # model or the data changes the fingerprint; a bad input leaves no output, cache included.
+    monkeypatch.setattr(cache_module, "_engine_log_weights", FakeEngine(fail_at_row=12, exception=InputError))
+    target = tmp_path / "cache"
+    with pytest.raises(InputError, match="simulated failure"):
+        cached_log_weights(TinyModel(), data, 3, cache_dir=target, shard_size=4)
+    assert not target.exists()
+
+
+def test_bad_input_while_resuming_keeps_the_shards_of_earlier_runs(tmp_path, monkeypatch, data):
+    monkeypatch.setattr(cache_module, "_engine_log_weights", FakeEngine(fail_at_row=12, exception=KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        cached_log_weights(TinyModel(), data, 3, cache_dir=tmp_path, shard_size=4)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert "shard-8-12.npy" in kept
+    monkeypatch.setattr(cache_module, "_engine_log_weights", FakeEngine(fail_at_row=16, exception=InputError))
+    with pytest.raises(InputError):
+        cached_log_weights(TinyModel(), data, 3, cache_dir=tmp_path, shard_size=4)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(kept + ["shard-12-16.npy", "shard-12-16.sha256"])
+
+
+def test_refused_directory_is_left_untouched(tmp_path, engine, data):
+    (tmp_path / "notes.txt").write_text("mine")
+    before = tmp_path.stat().st_mtime_ns
+    with pytest.raises(InputError, match="has no manifest.json"):
+        cached_log_weights(TinyModel(), data, 3, cache_dir=tmp_path)
+    assert tmp_path.stat().st_mtime_ns == before
