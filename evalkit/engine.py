@@ -74,9 +74,11 @@ from .noise import NOISE_BLOCK, NoiseBlocks, check_seed
 ROW_ALIGN = 32
 """Slots and sample columns of every model call come in groups of this many (see module notes)."""
 
-MAX_ROWS_PER_CALL = {"cpu": 8192, "cuda": 2**18}
-"""Largest ``slots x padded k_chunk`` the planner chooses: on CPU larger calls fall out of cache
-(measured, IWAE 784-200-200-50: 6.2 us/sample at 8192 rows, 9-13 us/sample at 16k-64k rows)."""
+MAX_ROWS_PER_CALL = {"cpu": 2048, "cuda": 2**18}
+"""Largest ``slots x padded k_chunk`` the planner chooses. On CPU larger calls fall out of cache
+(measured on one AVX-512 core, us per sample at 1024 / 2048 / 4096 / 8192 rows: the bundled
+digits model 1.1 / 1.0 / 1.3 / 1.7, IWAE 784-200-200-50 7.0 / 7.0 / 11.9 / 12.1, the two-layer
+IWAE 11.0 / 10.5 / 13.6 / 15.9)."""
 
 MEMORY_MARGIN = 1.25
 """Factor on measured working memory (allocator rounding, workspaces the probe cannot see)."""
@@ -452,14 +454,22 @@ def _run_pipelined(runner: _Runner, progress: Optional[tqdm]) -> None:
 def _run_workers(runner: _Runner, threads: int, progress: Optional[tqdm]) -> None:
     """Run the calls on ``threads`` worker threads, each with one intra-op thread.
 
-    A work item is a batch with all its columns (its noise blocks are reused across its
-    calls) when there are enough batches to keep every worker busy; otherwise a single call.
-    After an error no new item starts; the error of the earliest failed item is raised.
+    A work item is a batch with all its columns when there are enough batches to keep every
+    worker busy; otherwise the calls of a batch that share a noise block (or a single call).
+    An item's calls run in order, reusing its noise blocks. After an error no new item
+    starts; the error of the earliest failed item is raised.
     """
-    if len(runner.batches) >= 2 * threads:
-        items = [(b, None) for b in range(len(runner.batches))]
-    else:
-        items = [(b, task) for b in range(len(runner.batches)) for task in runner.tasks(b)]
+    items: List[tuple] = []
+    for b in range(len(runner.batches)):
+        tasks = runner.tasks(b)
+        if len(runner.batches) >= 2 * threads:
+            items.append((b, tasks))
+            continue
+        span = max(NOISE_BLOCK, runner.columns)
+        for first in range(0, runner.k, span):
+            group = [task for task in tasks if first <= task[1] < first + span]
+            if group:
+                items.append((b, group))
     threads = min(threads, len(items))
     lock = threading.Lock()
     position = iter(enumerate(items))
@@ -467,9 +477,9 @@ def _run_workers(runner: _Runner, threads: int, progress: Optional[tqdm]) -> Non
     stop = threading.Event()
 
     def work(item: tuple) -> None:
-        batch_number, task = item
+        batch_number, tasks = item
         noise_blocks = runner.noise_blocks(runner.batches[batch_number])
-        for one in runner.tasks(batch_number) if task is None else [task]:
+        for one in tasks:
             written = runner.finish(runner.launch(runner.prepare(one, noise_blocks)))
             if progress is not None:
                 with lock:
@@ -562,7 +572,7 @@ def plan_chunks(
     ``Bp * (cost.bytes_per_datapoint + c * cost.bytes_per_sample)`` bytes. With neither given,
     ``k_chunk`` is the largest that fits with 32 rows (capped at ``k`` and at
     MAX_ROWS_PER_CALL / 32, and rounded down to a multiple of NOISE_BLOCK, or else of 32,
-    when below ``k``), then ``batch_size`` the largest multiple of 32 that fits (capped at
+    when below ``k``: consecutive calls reuse a noise block), then ``batch_size`` the largest multiple of 32 that fits (capped at
     MAX_ROWS_PER_CALL / c and at ``n_rows`` rounded up). A value given by the caller is kept
     and the other fitted around it; with both given, they are checked against an explicit
     budget only.
@@ -693,8 +703,8 @@ def log_weights(
         Datapoints per model call; default from the memory budget. A memory knob only: the
         result does not depend on it (see the module notes).
     k_chunk : int, optional
-        Samples per datapoint per model call; default from the memory budget (a multiple of
-        256 when below ``k``, which avoids redrawing noise blocks). Calls are padded to a
+        Samples per datapoint per model call; default from the memory budget and the
+        cache-friendly call size (a multiple of 32 when below ``k``). Calls are padded to a
         multiple of 32 samples. The result does not depend on it.
     memory_budget : int or str, optional
         Working memory for the computation: bytes or a string like ``"512MB"``, ``"2GiB"``.
