@@ -210,7 +210,12 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
             "if you trust the file, pass allow_pickle=True (CLI: --allow-pickle), which can run code stored in it."
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile) as err:
-        raise CheckpointError(f"cannot read {path} with torch.load ({str(err).splitlines()[0]}); is it a PyTorch checkpoint?") from None
+        reason = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise CheckpointError(f"cannot read {path} with torch.load ({reason}); is it a PyTorch checkpoint?") from None
+    except Exception as err:  # a text or foreign file trips the unpickler anywhere (KeyError, IndexError...)
+        raise CheckpointError(
+            f"cannot read {path} with torch.load (not a PyTorch file: {type(err).__name__}); is it a PyTorch checkpoint?"
+        ) from None
 
 
 def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoint:
