@@ -163,6 +163,8 @@ def load_data(
             raise DataError(f"{path} holds {array.dtype} values; evalkit needs numbers.")
         if array.ndim == 0:
             raise DataError(f"{path} holds a single number; save an array [N, D] of datapoints.")
+        if array.shape[0] == 0 or array.size == 0:
+            raise DataError(f"{path} holds no datapoints (shape {tuple(array.shape)}); check the file.")
         array = array.reshape(array.shape[0], -1) if array.ndim > 1 else array.reshape(-1, 1)
         rows = np.arange(array.shape[0])
     return _binarize(torch.from_numpy(np.asarray(array, dtype=np.float32)), binarize, check_seed(seed), rows.tolist())
