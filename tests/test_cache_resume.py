@@ -94,3 +94,120 @@ def test_a_killed_library_run_resumes_bitwise(tmp_path, binary_data, monkeypatch
         warnings.simplefilter("error")
         resumed = cached_log_weights(model, binary_data, 50, cache_dir=tmp_path, seed=2, shard_size=8, progress=False)
     assert torch.equal(resumed, expected)
+
+
+# --- the CLI in real processes: SIGKILL mid-run, resume, compare bit for bit -----------------
+
+SHARD = 8
+N_CLI = 96
+
+
+def _cli(args, cwd, **popen):
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "evalkit", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)
+
+
+def _estimate_args(cache, tag):
+    return ["estimate", "model.pt", "--data", "data.npy", "-k", "3000", "--seed", "3", "--cache", cache,
+            "--cache-shard-size", str(SHARD), "--format", "json", "-o", f"summary_{tag}.json",
+            "--per-example", f"per_example_{tag}.csv", "--save-log-weights", f"log_w_{tag}.npy"]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A checkpoint, data and one uninterrupted `evalkit estimate --cache` run (the reference)."""
+    import evalkit
+
+    d = tmp_path_factory.mktemp("cli_cache")
+    torch.manual_seed(0)
+    evalkit.save_model(MLPVAE(64, 8, (256, 256)), d / "model.pt")
+    rng = np.random.default_rng(0)
+    np.save(d / "data.npy", (rng.random((N_CLI, 64)) < 0.3).astype(np.float32))
+    proc = _cli(_estimate_args("cache_full", "full"), d)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return d
+
+
+def _shards(cache):
+    return sorted(p.name for p in cache.glob("shard-*.npy"))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_is_bitwise_identical(cli_run):
+    d = cli_run
+    cache = d / "cache_killed"
+    proc = _cli(_estimate_args("cache_killed", "resumed"), d)
+    deadline = time.monotonic() + 300
+    while not list(cache.glob("shard-*.sha256")):  # at least one shard complete (its checksum is written last)
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "no shard after 300 s"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    done = _shards(cache)
+    total = N_CLI // SHARD
+    assert 1 <= len(done) < total, f"the kill came too late ({len(done)} of {total} shards)"
+    # Killed before the end: no output file exists, and every stored shard is whole.
+    for tag_file in ("summary_resumed.json", "per_example_resumed.csv", "log_w_resumed.npy"):
+        assert not (d / tag_file).exists()
+    for name in done:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a damaged shard would warn
+            start, stop = map(int, name[len("shard-"):-len(".npy")].split("-"))
+            assert cache_module._load_shard(cache, start, stop, 3000) is not None
+
+    resumed = _cli(_estimate_args("cache_killed", "resumed"), d)
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    assert f"resuming from cache cache_killed: {len(done)} of {total} shards already computed" in err
+    assert "warning" not in err
+    assert len(_shards(cache)) == total and not list(cache.glob(".*.tmp"))
+
+    full = d / "log_w_full.npy"
+    assert (d / "log_w_resumed.npy").read_bytes() == full.read_bytes()
+    assert (d / "per_example_resumed.csv").read_bytes() == (d / "per_example_full.csv").read_bytes()
+    summary = [json.loads((d / f"summary_{tag}.json").read_text()) for tag in ("full", "resumed")]
+    assert summary[0]["estimates"] == summary[1]["estimates"]
+    assert summary[0]["diagnostics"] == summary[1]["diagnostics"]
+    # ... and the cache holds the same bits as the uninterrupted run's cache, shard by shard.
+    for name in _shards(cache):
+        assert (cache / name).read_bytes() == (d / "cache_full" / name).read_bytes()
+
+
+@pytest.mark.slow
+def test_truncated_shard_is_detected_and_recomputed_by_the_cli(cli_run, tmp_path):
+    import shutil
+
+    d = cli_run
+    cache = tmp_path / "cache"
+    shutil.copytree(d / "cache_full", cache)
+    victim = cache / "shard-16-24.npy"
+    victim.write_bytes(victim.read_bytes()[:1000])
+    args = _estimate_args(str(cache), "repaired")
+    args[args.index("--save-log-weights") + 1] = str(tmp_path / "log_w.npy")
+    for option in ("-o", "--per-example"):
+        args[args.index(option) + 1] = str(tmp_path / args[args.index(option) + 1])
+    proc = _cli(args, d)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert (f"warning: cache shard {str(victim)!r} is damaged (its checksum does not match (truncated or "
+            "corrupted)); recomputing it") in err.splitlines()
+    assert err.count("warning:") == 1
+    assert (tmp_path / "log_w.npy").read_bytes() == (d / "log_w_full.npy").read_bytes()
+    assert victim.read_bytes() == (d / "cache_full" / "shard-16-24.npy").read_bytes()
+
+
+@pytest.mark.slow
+def test_cli_refuses_a_cache_from_another_seed(cli_run, tmp_path):
+    d = cli_run
+    args = _estimate_args("cache_full", "other")
+    args[args.index("--seed") + 1] = "4"
+    proc = _cli(args, d)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 1
+    assert err == ("Error: cache directory 'cache_full' was made for a different seed (cached seed=3; now seed=4); "
+                   "use another --cache directory or delete it\n")
+    assert not (d / "summary_other.json").exists()
