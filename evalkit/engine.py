@@ -302,6 +302,10 @@ class _Runner:
         self.pin = self.cuda and data.device.type == "cpu"
         self.columns = call_columns(plan.k_chunk, k)
         self.batches = _make_batches(indices, plan.batch_size)
+        # After a device out-of-memory error, calls are cut into pieces at most this wide / tall.
+        self.max_width = self.max_slots = sys.maxsize
+        self.oom_lock = threading.Lock()
+        self.oom_reported = False
         if self.cuda:
             self.copy_stream = torch.cuda.Stream(device)
 
@@ -348,6 +352,58 @@ class _Runner:
         return task, log_w, None
 
     def model_call(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Run one call; after a device out-of-memory error, run it again in halves.
+
+        Columns are halved first (kept at multiples of 32, so every sample keeps its position
+        modulo 32 and the bits do not change), then slots (in multiples of 32). Later calls
+        start at the reduced size. The first reduction of a run is reported with one warning.
+        """
+        if noise.shape[1] > self.max_width or noise.shape[0] > self.max_slots:
+            return self._pieces(x, noise)
+        try:
+            return self._checked_call(x, noise)
+        except torch.OutOfMemoryError:
+            pass  # retried below, outside the handler, so the failed call's memory is freed first
+        if self.cuda:
+            torch.cuda.empty_cache()
+        self._shrink(noise.shape[0], noise.shape[1])
+        return self._pieces(x, noise)
+
+    def _shrink(self, n_slots: int, width: int) -> None:
+        with self.oom_lock:
+            before = (min(n_slots, self.max_slots), min(width, self.max_width))
+            if width > ROW_ALIGN and width % ROW_ALIGN == 0:
+                self.max_width = min(self.max_width, _round_up(-(-width // 2), ROW_ALIGN))
+            elif n_slots > ROW_ALIGN:
+                self.max_slots = min(self.max_slots, _round_up(-(-n_slots // 2), ROW_ALIGN))
+            else:
+                raise ResourceError(
+                    f"out of {self.device.type} memory even for one call of {n_slots} datapoint slots x {width} samples, "
+                    "the smallest evalkit makes; free device memory or run on another device (CLI: --device cpu)."
+                )
+            first, self.oom_reported = not self.oom_reported, True
+            after = (min(n_slots, self.max_slots), min(width, self.max_width))
+        if first:
+            warnings.warn(
+                f"out of {self.device.type} memory in a call of {before[0]} datapoint slots x {before[1]} samples; "
+                f"continuing with calls of at most {after[0]} x {after[1]} (same results; a lower memory_budget "
+                "starts there)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+    def _pieces(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        n_slots, width = noise.shape[0], noise.shape[1]
+        rows_step, cols_step = min(n_slots, self.max_slots), min(width, self.max_width)
+        rows = []
+        for r0 in range(0, n_slots, rows_step):
+            r1 = min(r0 + rows_step, n_slots)
+            cols = [self.model_call(x[r0:r1], noise[r0:r1, c0:c0 + cols_step].contiguous())
+                    for c0 in range(0, width, cols_step)]
+            rows.append(torch.cat(cols, dim=1))
+        return torch.cat(rows, dim=0)
+
+    def _checked_call(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         n_slots, width = noise.shape[0], noise.shape[1]
         out = self.call(x, noise)
         if not isinstance(out, torch.Tensor) or tuple(out.shape) != (n_slots, width):
