@@ -1,10 +1,12 @@
 """Atomic outputs: every file evalkit writes appears whole or not at all (evalkit/atomic.py)."""
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -118,9 +120,6 @@ def test_check_writable_messages(tmp_path, monkeypatch):
 
 
 # --- every writer in the package goes through atomic_path -------------------------------------
-
-import ast
-from pathlib import Path
 
 WRITERS = {"write_text", "write_bytes", "savefig", "save", "save_file", "to_csv", "to_json", "to_parquet"}
 
