@@ -19,7 +19,8 @@ error) is recomputed with a one-line :class:`CacheWarning`.
 
 The **fingerprint** is a sha256 over what determines the numbers: the model (class, config,
 and every parameter and buffer: name, dtype, shape, bytes), the data (dtype, shape, bytes),
-K, the seed, the compute dtype, the device type, the evalkit version and the cache format.
+K, the seed, the compute dtype, the device type, ``compile`` and (on CUDA) ``tf32``, the
+evalkit version and the cache format.
 Options that do not change the numbers (batch size, chunk size, memory budget, progress,
 shard size) are left out, so a run may resume with different ones. A cache made for other
 inputs is refused with an error that names what differs; it is never mixed.
@@ -70,6 +71,8 @@ _COMPONENT_WORDS = {
     "seed": "seed",
     "dtype": "dtype",
     "device": "device",
+    "compile": "compile setting",
+    "tf32": "tf32 setting",
 }
 
 logger = logging.getLogger(__name__)
@@ -153,7 +156,10 @@ def cached_log_weights(
         raise InputError(f"shard_size must be a positive number of datapoints, got {shard_size!r}")
 
     dtype = engine_options.get("dtype") or torch.float32
-    components = fingerprint_components(model, data, k, seed=seed, dtype=dtype, device=engine_options.get("device"))
+    components = fingerprint_components(
+        model, data, k, seed=seed, dtype=dtype, device=engine_options.get("device"),
+        compile=bool(engine_options.get("compile", False)), tf32=bool(engine_options.get("tf32", False)),
+    )
     fingerprint = _combine(components)
     directory = Path(cache_dir)
     if directory.is_dir():
@@ -186,17 +192,21 @@ def fingerprint_components(
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: Any = None,
+    compile: bool = False,
+    tf32: bool = False,
 ) -> Dict[str, Any]:
     """The parts of a cache fingerprint: what determines the log-weights, nothing else.
 
     Returns
     -------
     dict
-        ``format``, ``evalkit``, ``k``, ``seed``, ``dtype``, ``device`` as plain values;
-        ``model`` and ``data`` as sha256 hex digests.
+        ``format``, ``evalkit``, ``k``, ``seed``, ``dtype``, ``device``, ``compile``, ``tf32``
+        as plain values; ``model`` and ``data`` as sha256 hex digests. ``tf32`` only counts on
+        CUDA (it changes nothing on the CPU).
     """
     from . import __version__
 
+    device_type = _device_type(device)
     return {
         "format": CACHE_FORMAT_VERSION,
         "evalkit": __version__,
@@ -205,7 +215,9 @@ def fingerprint_components(
         "k": int(k),
         "seed": int(seed),
         "dtype": str(dtype).replace("torch.", ""),
-        "device": _device_type(device),
+        "device": device_type,
+        "compile": bool(compile),
+        "tf32": bool(tf32) and device_type == "cuda",
     }
 
 
@@ -461,7 +473,7 @@ def _check_shards_cover(manifest: Dict[str, Any], n: int, path: Path) -> None:
 def _mismatch_message(directory: Path, cached: Dict[str, Any], now: Dict[str, Any]) -> str:
     keys = [key for key in _COMPONENT_WORDS if cached.get(key) != now.get(key)] or ["inputs"]
     what = "/".join(_COMPONENT_WORDS.get(key, key) for key in keys)
-    shown = [key for key in keys if key in ("k", "seed", "dtype", "device", "evalkit", "format")]
+    shown = [key for key in keys if key not in ("model", "data")]
     detail = ""
     if shown:
         detail = " (cached " + ", ".join(f"{key}={cached.get(key)!r}" for key in shown)

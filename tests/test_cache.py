@@ -364,3 +364,12 @@ def test_refused_directory_is_left_untouched(tmp_path, engine, data):
     with pytest.raises(InputError, match="has no manifest.json"):
         cached_log_weights(TinyModel(), data, 3, cache_dir=tmp_path)
     assert tmp_path.stat().st_mtime_ns == before
+
+
+def test_compile_setting_is_part_of_the_fingerprint_and_tf32_only_on_cuda(tmp_path, engine, data):
+    cached_log_weights(TinyModel(), data, 3, cache_dir=tmp_path, shard_size=10)
+    with pytest.raises(InputError, match=r"different compile setting \(cached compile=False; now compile=True\)"):
+        cached_log_weights(TinyModel(), data, 3, cache_dir=tmp_path, compile=True)
+    engine.calls.clear()
+    cached_log_weights(TinyModel(), data, 3, cache_dir=tmp_path, tf32=True, device="cpu")  # no effect on CPU
+    assert engine.calls == []
