@@ -77,13 +77,17 @@ def reparameterised_normal_log_density(noise: Tensor, log_scale: Tensor) -> Tens
     return standard_normal_log_density(noise) - log_scale.sum(-1)
 
 
-def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
+def bernoulli_log_likelihood(logits: Tensor, x: Tensor, *, overwrite: bool = False) -> Tensor:
     """Return ``sum_j log Bernoulli(x_j; sigmoid(logits_j))`` over the last dimension.
 
     Parameters
     ----------
     logits : Tensor, shape (B, k, D)
     x : Tensor, shape (B, D), entries 0 or 1
+    overwrite : bool, default False
+        Allow the function to work in ``logits`` (pass a temporary): one buffer of
+        ``logits``' size fewer, which on the CPU is a fresh, page-faulted allocation per call.
+        Ignored when autograd records ``logits``.
 
     Returns
     -------
@@ -103,7 +107,9 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor) -> Tensor:
     if logits.device.type != "cpu" or (torch.is_grad_enabled() and logits.requires_grad):
         return F.logsigmoid(logits * sign).sum(-1)
     factors = logits.abs().sigmoid_()
-    log_lik = (logits * sign).clamp_max_(0).sum(-1)
+    signed = logits.mul_(sign) if overwrite else logits * sign
+    log_lik = signed.clamp_max_(0).sum(-1)
+    del signed
     width, grouped = factors.shape[-1], 1
     while grouped < PRODUCT_GROUP and width > 1:
         half = width // 2
@@ -125,10 +131,9 @@ class Tanh(nn.Tanh):
     def forward(self, input: Tensor) -> Tensor:
         if input.device.type != "cpu":
             return torch.tanh(input)
-        half = torch.sigmoid(input * 2)
-        if torch.is_grad_enabled() and half.requires_grad:
-            return half * 2 - 1  # sigmoid's backward needs its output untouched
-        return half.mul_(2).sub_(1)
+        if torch.is_grad_enabled() and input.requires_grad:
+            return torch.sigmoid(input * 2) * 2 - 1  # sigmoid's backward needs its output untouched
+        return (input * 2).sigmoid_().mul_(2).sub_(1)  # one allocation
 
 
 __all__ = [

@@ -160,7 +160,7 @@ class IWAE(LatentVariableModel):
         for layer in range(n_layers - 1):
             mu, log_sigma = getattr(self, f"decoder_h{layer + 1}").params(h[layer + 1])
             log_p = log_p + normal_log_density(h[layer], mu, log_sigma).double()
-        log_p = log_p + bernoulli_log_likelihood(self.decoder_x(h[0]), x).double()
+        log_p = log_p + bernoulli_log_likelihood(self.decoder_x(h[0]), x, overwrite=True).double()
         return log_p - log_q
 
     def bytes_per_sample(self, dtype: torch.dtype) -> int:

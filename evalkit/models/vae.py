@@ -117,7 +117,7 @@ class MLPVAE(EncoderDecoderModel):
         log_prior = standard_normal_log_density(z)
         hidden = self.decoder(z)
         if self.decoder_log_scale is None:
-            log_likelihood = bernoulli_log_likelihood(self.decoder_loc(hidden), x)
+            log_likelihood = bernoulli_log_likelihood(self.decoder_loc(hidden), x, overwrite=True)
         else:
             log_likelihood = normal_log_density(x.unsqueeze(1), self.decoder_loc(hidden), self.decoder_log_scale(hidden))
         return log_likelihood.double() + log_prior.double() - log_q.double()
