@@ -90,6 +90,13 @@ engine_options = _compose(
                  help="Memory the engine may use, e.g. 512MB or 4GiB (default: from free memory)."),
     click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
                  help="Model compute precision; reductions are always float64."),
+    click.option("--threads", type=click.IntRange(min=1), default=None,
+                 help="CPU worker threads, one core each (default: torch's thread count); on a GPU, threads "
+                      "drawing noise. Does not change the numbers."),
+    click.option("--compile", "compile_model", is_flag=True, default=False,
+                 help="Run the model through torch.compile (slow first calls; may change the last bits)."),
+    click.option("--tf32", is_flag=True, default=False,
+                 help="GPU only: TensorFloat-32 matmuls, faster on Ampere and later, ~1e-3 relative error."),
 )
 
 cache_options = _compose(
@@ -118,6 +125,9 @@ def engine_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         "memory_budget": params.get("memory_budget"),
         "device": None if device in (None, "auto") else device,
         "dtype": torch.float64 if params.get("dtype") == "float64" else torch.float32,
+        "threads": params.get("threads"),
+        "compile": bool(params.get("compile_model", False)),
+        "tf32": bool(params.get("tf32", False)),
         "progress": False if params.get("quiet") else None,
     }
 

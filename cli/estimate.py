@@ -54,25 +54,36 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
         evalkit estimate examples/digits_iwae.pt --data digits --binarize bernoulli -k 1000
 
     With --cache DIR a long run can be killed and re-run: it continues where it stopped.
+
+    Several processes or GPUs: `torchrun --nproc_per_node N -m evalkit estimate ...` splits
+    the datapoints between them; rank 0 prints and writes the same result as one process.
     """
+    from evalkit import distributed
     from evalkit.estimate import DEFAULT_ESTIMATORS, estimate
     from evalkit.outputs import check_outputs, write_estimate_outputs
 
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
     _check_distinct(outputs)
-    # Fail before the (possibly long) run if an output cannot be written.
-    check_outputs(outputs, overwrite=overwrite)
-    result = estimate(
-        checkpoint,
-        params["data"],
-        k=k,
-        estimators=estimators or DEFAULT_ESTIMATORS,
-        seed=params["seed"],
-        keep_log_weights=save_log_weights is not None,
-        **input_kwargs(params),
-        **engine_kwargs(params),
-        **cache_kwargs(params),
-    )
+    # Fail before the (possibly long) run if an output cannot be written. Under torchrun only
+    # rank 0 writes; if it fails here, torchrun stops the other processes.
+    if distributed.rank() == 0:
+        check_outputs(outputs, overwrite=overwrite)
+    try:
+        result = estimate(
+            checkpoint,
+            params["data"],
+            k=k,
+            estimators=estimators or DEFAULT_ESTIMATORS,
+            seed=params["seed"],
+            keep_log_weights=save_log_weights is not None,
+            **input_kwargs(params),
+            **engine_kwargs(params),
+            **cache_kwargs(params),
+        )
+    finally:
+        distributed.finish()
+    if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
+        return
     text = result.format(fmt)
     write_estimate_outputs(result, outputs, text=text, overwrite=overwrite)
     if output is None:

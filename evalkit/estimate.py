@@ -176,7 +176,7 @@ def estimate(
     cache: Optional[Any] = None,
     cache_shard_size: Optional[int] = None,
     **engine_options: Any,
-) -> EstimateResult:
+) -> Optional[EstimateResult]:
     """Estimate mean log p(x) over ``data`` with K importance samples per datapoint.
 
     Parameters
@@ -211,6 +211,9 @@ def estimate(
     Returns
     -------
     EstimateResult
+        Under ``torchrun`` (:mod:`evalkit.distributed`) every process computes a share of the
+        datapoints; rank 0 returns the result, equal to a single-process run's, and the other
+        ranks return None.
 
     Examples
     --------
@@ -225,12 +228,21 @@ def estimate(
     model_obj = resolve_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
     data_tensor = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
 
+    from . import distributed
+
+    if cache is not None and distributed.launched_by_torchrun():
+        raise InputError("a cache cannot be shared by torchrun's processes; run one process with the cache, "
+                         "or drop the cache under torchrun.")
     if cache is not None:
         from .cache import cached_log_weights
 
         log_w = cached_log_weights(
             model_obj, data_tensor, int(k), cache_dir=cache, seed=seed, shard_size=cache_shard_size, **engine_options
         )
+    elif distributed.launched_by_torchrun():
+        log_w = distributed.log_weights(model_obj, data_tensor, int(k), seed=seed, **engine_options)
+        if log_w is None:  # not rank 0: its rows went to rank 0
+            return None
     else:
         from .engine import log_weights as compute_log_weights
 
