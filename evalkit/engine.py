@@ -248,6 +248,9 @@ class _Batch:
         # Every slot's data row: unused slots repeat the first datapoint.
         self.slot_rows = torch.full((self.n_slots,), first, dtype=torch.long)
         self.slot_rows[self.slots] = self.rows
+        unused = torch.ones(self.n_slots, dtype=torch.bool)
+        unused[self.slots] = False
+        self.unused_slots = unused if n < self.n_slots else None
 
 
 def _make_batches(indices: torch.Tensor, batch_size: int) -> List[_Batch]:
@@ -323,9 +326,11 @@ class _Runner:
         x = self.data[batch.slot_rows]
         if self.pin:
             x = x.to(self.dtype).pin_memory()
-        padded = not batch.slots_are_prefix or len(batch.indices) < batch.n_slots or width > k1 - k0
-        make = torch.zeros if padded else torch.empty
-        noise = make((batch.n_slots, width, *self.noise_shape), dtype=self.dtype, pin_memory=self.pin)
+        noise = torch.empty((batch.n_slots, width, *self.noise_shape), dtype=self.dtype, pin_memory=self.pin)
+        # Padding (columns past k1, unused slots) gets zero noise; only it is written twice.
+        noise[:, k1 - k0:].zero_()
+        if batch.unused_slots is not None:
+            noise[batch.unused_slots] = 0
         noise_blocks.write_columns(k0, k1, noise, None if batch.slots_are_prefix else batch.slots)
         return task, x, noise
 
