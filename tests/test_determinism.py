@@ -132,8 +132,32 @@ def test_different_seeds_give_different_numbers():
     assert not torch.equal(a, b)
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                    "evalkit", "distributed.py")),
-                    reason="1 vs 2 processes: evalkit/distributed.py (torchrun sharding) does not exist yet")
-def test_one_versus_two_processes():
-    pytest.fail("evalkit/distributed.py exists now: write the 1-vs-2-process comparison here")
+def test_one_versus_two_processes(tmp_path):
+    """Two torchrun processes (gloo, CPU) gather bitwise the single-process log-weights.
+
+    More cases (the CLI, result files) are in tests/test_distributed.py.
+    """
+    import subprocess
+    import sys
+    import textwrap
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        sys.path.insert(0, {repo!r})
+        sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+        from evalkit import distributed
+        from test_determinism import MODELS, K, _data
+        log_w = distributed.log_weights(MODELS["iwae"], _data("iwae"), K, seed=11, progress=False)
+        if log_w is not None:
+            torch.save(log_w, "two.pt")
+        distributed.finish()
+        """
+    )
+    (tmp_path / "job.py").write_text(script)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                            env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": repo})
+    assert result.returncode == 0, result.stderr
+    assert torch.equal(torch.load(tmp_path / "two.pt"), REFERENCE[("iwae", torch.float32)])
