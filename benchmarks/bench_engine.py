@@ -1,0 +1,213 @@
+"""Engine throughput against a bare batched forward pass of the same networks (the roofline proxy).
+
+For each model the script times, interleaved in one process and best of ``--repeats``:
+
+* **engine** -- ``evalkit.log_weights(model, x, K)``: per-datapoint Philox noise, the call
+  layout that makes results batching-invariant, every log-density, float64 output;
+* **bare** -- the least a sampler must do with the same networks: the encoder once per
+  datapoint, ``torch.randn`` noise, the reparameterised samples and every per-sample network
+  (for two stochastic layers also ``q(h2 | h1)`` and ``p(h1 | h2)``'s networks) up to the
+  decoder's logits; float32, no likelihood, no log-density, nothing kept. It is run at
+  several call sizes (rows = datapoints x samples per call) and the fastest counts;
+* **bare, torch.tanh** -- the same with ``torch.tanh`` (``nn.Tanh``), as a plain PyTorch
+  module would compute its activations; evalkit's built-in models compute tanh as
+  ``2 sigmoid(2x) - 1`` on the CPU (see :mod:`evalkit.models.densities`).
+
+and prints log-weight samples per second and the ratios engine / bare. Both sides run with
+the same threads: ``--threads 1`` pins everything to one core (the cleanest measure of the
+engine's own overhead); with more threads the engine uses its worker threads and the bare
+pass the same scheme (one intra-op thread per worker).
+
+Models: the bundled example (``examples/digits_iwae.pt``, the digits test split binarised
+with ``bernoulli``, seed 0) and the IWAE paper's MNIST-size architectures with random
+weights on 784-dimensional Bernoulli(0.13) data (``IWAE.burda_one_layer()``,
+``IWAE.burda_two_layer()``).
+
+Run from the repository root::
+
+    python benchmarks/bench_engine.py                  # K = 1000, threads 1 and 2
+    python benchmarks/bench_engine.py --device cuda --n 10000 --k 5000 --threads 16
+
+With ``--device cuda`` (when a GPU is present) the bare pass runs on the GPU too and the
+script also reports the seconds for the full run.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import evalkit  # noqa: E402
+from evalkit.data import load_data  # noqa: E402
+from evalkit.models import IWAE  # noqa: E402
+from evalkit.models.densities import Tanh  # noqa: E402
+
+BARE_ROWS = (1024, 2048, 4096, 8192)
+"""Call sizes (datapoints x samples) tried for the bare pass on the CPU; the fastest counts."""
+
+
+def machine() -> str:
+    """One line: CPU model, cores, torch and Python versions."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+
+
+def load_average() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def models(n_mnist: int):
+    """Yield (name, model, data) for the three benchmark models."""
+    digits = evalkit.load_model(REPO / "examples" / "digits_iwae.pt")
+    yield "digits example (64-100-100-8)", digits, load_data("digits", split="test", binarize="bernoulli", seed=0)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((n_mnist, 784), 0.13), generator=generator)
+    torch.manual_seed(0)
+    yield "IWAE 1 layer (784-200-200-50)", IWAE.burda_one_layer(), x
+    torch.manual_seed(1)
+    yield "IWAE 2 layers (784-200-200-100-100-100-50)", IWAE.burda_two_layer(), x
+
+
+def with_torch_tanh(model: nn.Module) -> nn.Module:
+    """A copy whose activations are ``nn.Tanh`` (torch.tanh) instead of evalkit's CPU tanh."""
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        for name, child in module.named_children():
+            if isinstance(child, Tanh):
+                setattr(module, name, nn.Tanh())
+    return clone
+
+
+def bare_call(model: IWAE, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> None:
+    """The bare forward pass of one call: encoder once per datapoint, noise, per-sample networks."""
+    mu, log_sigma = model.encoder_h1.params(x)
+    eps = torch.randn(x.shape[0], n_samples, mu.shape[-1], generator=generator, device=x.device)
+    h = mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
+    top = h
+    for layer in range(1, len(model.latent_dims)):
+        mu, log_sigma = getattr(model, f"encoder_h{layer + 1}").params(top)
+        eps = torch.randn(mu.shape, generator=generator, device=x.device)
+        top = mu + log_sigma.exp() * eps
+    for layer in reversed(range(len(model.latent_dims) - 1)):
+        getattr(model, f"decoder_h{layer + 1}").params(top)  # p(h_l | h_{l+1})'s network
+    model.decoder_x(h)
+
+
+def bare_pass(model: IWAE, x: torch.Tensor, k: int, rows: int, threads: int) -> None:
+    """Run the bare pass over all datapoints and samples in calls of about ``rows`` rows."""
+    n_samples = min(k, rows)
+    batch = max(1, rows // n_samples)
+    calls = [(start, k0) for start in range(0, len(x), batch) for k0 in range(0, k, n_samples)]
+
+    def run(my_calls, seed):
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        with torch.inference_mode():
+            for start, k0 in my_calls:
+                bare_call(model, x[start:start + batch], min(n_samples, k - k0), generator)
+
+    if threads == 1 or x.device.type == "cuda":
+        run(calls, 0)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        return
+
+    def worker(i):
+        torch.set_num_threads(1)
+        run(calls[i::threads], i)
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    torch.set_num_threads(threads)
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--k", type=int, default=1000, help="samples per datapoint (default 1000)")
+    parser.add_argument("--n", type=int, default=128, help="datapoints of the MNIST-size models (default 128)")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="best of this many interleaved runs (default 5)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--compile", action="store_true", help="also time the engine with compile=True")
+    parser.add_argument("--tf32", action="store_true", help="CUDA: also time the engine with tf32=True")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+
+    print(f"# bench_engine  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# machine: {machine()}")
+    print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}")
+    print(f"# {load_average()} (start)")
+    header = (f"| model | N x K | threads | engine samples/s | bare samples/s (best rows) | engine / bare "
+              f"| bare torch.tanh samples/s | engine / bare torch.tanh |")
+    print(header)
+    print("|" + "---|" * 8)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        for name, model, x in models(args.n):
+            model = model.eval().to(device)
+            x = x.to(device)
+            plain = with_torch_tanh(model)
+            n_samples = len(x) * args.k
+            rows = BARE_ROWS if device.type == "cpu" else (2**17,)
+            variants = {"engine": lambda: evalkit.log_weights(model, x, args.k, seed=0, threads=threads,
+                                                              device=device, progress=False)}
+            if args.compile:
+                variants["engine compile"] = lambda: evalkit.log_weights(
+                    model, x, args.k, seed=0, threads=threads, device=device, compile=True, progress=False)
+            if args.tf32 and device.type == "cuda":
+                variants["engine tf32"] = lambda: evalkit.log_weights(
+                    model, x, args.k, seed=0, threads=threads, device=device, tf32=True, progress=False)
+            for r in rows:
+                variants[f"bare {r}"] = lambda r=r: bare_pass(model, x, args.k, r, threads)
+                variants[f"plain {r}"] = lambda r=r: bare_pass(plain, x, args.k, r, threads)
+            for fn in variants.values():  # warm-up (and compilation)
+                fn()
+            best = {key: float("inf") for key in variants}
+            for _ in range(args.repeats):
+                for key, fn in variants.items():
+                    best[key] = min(best[key], timed(fn))
+            rate = {key: n_samples / seconds for key, seconds in best.items()}
+            bare_key = max((key for key in rate if key.startswith("bare")), key=rate.get)
+            plain_key = max((key for key in rate if key.startswith("plain")), key=rate.get)
+            engine = rate["engine"]
+            print(f"| {name} | {len(x)} x {args.k} | {threads} | {engine:,.0f} | {rate[bare_key]:,.0f} "
+                  f"({bare_key.split()[1]}) | **{engine / rate[bare_key]:.2f}** | {rate[plain_key]:,.0f} "
+                  f"| {engine / rate[plain_key]:.2f} |")
+            for key in variants:
+                if key.startswith("engine "):
+                    print(f"|   {key} | | {threads} | {rate[key]:,.0f} | | {rate[key] / rate[bare_key]:.2f} | | |")
+            if device.type == "cuda":
+                print(f"# {name}: engine {best['engine']:.2f} s for {len(x)} x {args.k} on {device}")
+            sys.stdout.flush()
+    print(f"# {load_average()} (end)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Peak memory of a run at K = 5000 and K = 50 000: the engine's working memory does not grow with K.
+
+Each measurement runs in a fresh Python process (peak RSS is a high-water mark): it imports
+evalkit, builds the model and data, makes one small warm-up call (K = 64, so libraries and
+allocator pools are in place), then runs once at the K being measured. Reported per K:
+
+* peak RSS of the process (``ru_maxrss``) and its growth over the warm-up;
+* the size of the returned ``[N, K]`` float64 matrix, which necessarily grows with K, and the
+  peak RSS without it;
+* on CUDA, ``torch.cuda.max_memory_allocated`` of the run.
+
+Two workloads: ``engine`` (``evalkit.log_weights`` on the IWAE paper's one-layer model, N = 32)
+and ``estimate`` (``evalkit.estimate`` on the bundled digits example, all 359 test images, the
+default estimators: the ``[N, K]`` matrix and the estimators' float64 temporaries come on top).
+
+Run from the repository root::
+
+    python benchmarks/bench_memory.py
+    python benchmarks/bench_memory.py --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import textwrap
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_engine import load_average, machine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = textwrap.dedent(
+    """
+    import json, resource, sys, time
+    sys.path.insert(0, {repo!r})
+    import torch
+    import evalkit
+    from evalkit.models import IWAE
+
+    workload, k, device = {workload!r}, {k}, {device!r}
+    def rss():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if workload == "engine":
+        torch.manual_seed(0)
+        model = IWAE.burda_one_layer()
+        x = torch.bernoulli(torch.full((32, 784), 0.13), generator=torch.Generator().manual_seed(0))
+        run = lambda kk: evalkit.log_weights(model, x, kk, seed=0, device=device, progress=False)
+    else:
+        model = evalkit.load_model({repo!r} + "/examples/digits_iwae.pt")
+        x = evalkit.data.load_data("digits", split="test", binarize="bernoulli", seed=0)
+        run = lambda kk: evalkit.estimate(model, x, k=kk, seed=0, device=device, progress=False)
+    run(64)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = rss()
+    start = time.perf_counter()
+    result = run(k)
+    seconds = time.perf_counter() - start
+    cuda_peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
+    print(json.dumps({{"before": before, "peak": rss(), "out": len(x) * k * 8, "n": len(x), "seconds": seconds,
+                      "cuda_peak": cuda_peak}}))
+    """
+)
+
+
+def measure(workload: str, k: int, device: str) -> dict:
+    script = CHILD.format(repo=str(REPO), workload=workload, k=k, device=device)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def mib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**20:,.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--ks", type=int, nargs="+", default=[5000, 50000])
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--workloads", nargs="+", default=["engine", "estimate"], choices=["engine", "estimate"])
+    args = parser.parse_args()
+    print(f"# bench_memory  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# machine: {machine()}")
+    print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}")
+    print(f"# {load_average()} (start)")
+    print("| workload | N x K | peak RSS MiB | growth over warm-up MiB | [N, K] result MiB | peak RSS - result MiB "
+          "| CUDA peak MiB | seconds |")
+    print("|" + "---|" * 8)
+    for workload in args.workloads:
+        peaks = {}
+        for k in args.ks:
+            r = measure(workload, k, args.device)
+            peaks[k] = r
+            cuda = mib(r["cuda_peak"]) if r["cuda_peak"] is not None else "-"
+            print(f"| {workload} | {r['n']} x {k} | {mib(r['peak'])} | {mib(r['peak'] - r['before'])} | {mib(r['out'])} "
+                  f"| {mib(r['peak'] - r['out'])} | {cuda} | {r['seconds']:.1f} |")
+            sys.stdout.flush()
+        low, high = peaks[min(args.ks)], peaks[max(args.ks)]
+        print(f"# {workload}: peak RSS at K = {max(args.ks)} is {high['peak'] / low['peak']:.3f}x that at K = {min(args.ks)}"
+              f"; without the result matrix {(high['peak'] - high['out']) / (low['peak'] - low['out']):.3f}x")
+    print(f"# {load_average()} (end)")
+
+
+if __name__ == "__main__":
+    main()
