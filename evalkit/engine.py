@@ -74,11 +74,15 @@ from .noise import NOISE_BLOCK, NoiseBlocks, check_seed
 ROW_ALIGN = 32
 """Slots and sample columns of every model call come in groups of this many (see module notes)."""
 
-MAX_ROWS_PER_CALL = {"cpu": 2048, "cuda": 2**18}
-"""Largest ``slots x padded k_chunk`` the planner chooses. On CPU larger calls fall out of cache
-(measured on one AVX-512 core, us per sample at 1024 / 2048 / 4096 / 8192 rows: the bundled
-digits model 1.1 / 1.0 / 1.3 / 1.7, IWAE 784-200-200-50 7.0 / 7.0 / 11.9 / 12.1, the two-layer
-IWAE 11.0 / 10.5 / 13.6 / 15.9)."""
+MAX_ROWS_PER_CALL = {"cpu": 8192, "cuda": 2**18}
+"""Largest ``slots x padded k_chunk`` the planner chooses."""
+
+CPU_CALL_BYTES = 64 * 2**20
+"""On the CPU, calls are also capped at this much working memory (but at least 1024 rows):
+larger calls fall out of cache. Measured on one AVX-512 core with a 32 MiB L3, us per sample
+at 1024 / 2048 / 4096 / 8192 / 16384 rows: the bundled digits model 1.05 / 0.93 / 0.90 / 0.86
+/ 0.91, IWAE 784-200-200-50 7.0 / 6.7 / 6.7 / 6.9 / 8.4, the two-layer IWAE 11.0 / 10.4 / 10.6
+/ 10.8 / 13.7; this cap picks 8192, 3072 and 2048 rows for them."""
 
 MEMORY_MARGIN = 1.25
 """Factor on measured working memory (allocator rounding, workspaces the probe cannot see)."""
@@ -703,6 +707,8 @@ def plan_chunks(
     """
     per_datapoint, per_sample = cost.bytes_per_datapoint, cost.bytes_per_sample
     rows_cap = MAX_ROWS_PER_CALL[device.type]
+    if device.type == "cpu":
+        rows_cap = min(rows_cap, max(1024, CPU_CALL_BYTES // max(per_sample, 1)))
     align = min(k, ROW_ALIGN)
 
     def need(n_batch: int, n_samples: int) -> int:
