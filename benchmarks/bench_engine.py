@@ -53,6 +53,7 @@ import evalkit  # noqa: E402
 from evalkit.data import load_data  # noqa: E402
 from evalkit.models import IWAE  # noqa: E402
 from evalkit.models.densities import Tanh  # noqa: E402
+from evalkit.noise import NoiseBlocks  # noqa: E402
 
 BARE_ROWS = (1024, 2048, 4096, 8192)
 """Call sizes (datapoints x samples) tried for the bare pass on the CPU; the fastest counts."""
@@ -142,6 +143,24 @@ def bare_pass(model: IWAE, x: torch.Tensor, k: int, rows: int, threads: int) -> 
     torch.set_num_threads(threads)
 
 
+def noise_costs(model, n_rows: int, k: int, repeats: int) -> tuple[float, float]:
+    """Seconds per sample to draw the noise: evalkit's per-datapoint Philox streams, and torch.randn."""
+    shape = tuple(model.noise_shape)
+    buffer = torch.empty(32, k, *shape)
+
+    def evalkit_noise():
+        for start in range(0, n_rows, 32):
+            NoiseBlocks(0, range(start, start + 32), shape).write_columns(0, k, buffer)
+
+    def torch_noise():
+        for _ in range(0, n_rows, 32):
+            torch.randn(32, k, *shape)
+
+    samples = -(-n_rows // 32) * 32 * k
+    return (min(timed(evalkit_noise) for _ in range(repeats)) / samples,
+            min(timed(torch_noise) for _ in range(repeats)) / samples)
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()
@@ -205,6 +224,11 @@ def main() -> None:
                     print(f"|   {key} | | {threads} | {rate[key]:,.0f} | | {rate[key] / rate[bare_key]:.2f} | | |")
             if device.type == "cuda":
                 print(f"# {name}: engine {best['engine']:.2f} s for {len(x)} x {args.k} on {device}")
+            elif threads == 1:
+                philox, randn = noise_costs(model, len(x), args.k, args.repeats)
+                print(f"|   noise alone: evalkit (Philox, float64 -> float32) {philox * 1e6:.2f} us/sample, "
+                      f"torch.randn {randn * 1e6:.2f} us/sample; engine {1e6 / engine:.2f}, bare "
+                      f"{1e6 / rate[bare_key]:.2f} us/sample | | | | | | | |")
             sys.stdout.flush()
     print(f"# {load_average()} (end)")
 
