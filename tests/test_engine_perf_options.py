@@ -191,3 +191,21 @@ def test_default_device_falls_back_to_the_cpu_without_a_gpu(narrow):
         pytest.skip("a GPU is present")
     assert evalkit.engine.resolve_device(None).type == "cpu"
     assert log_weights(narrow, binary(3, 10), 4, progress=False).shape == (3, 4)
+
+
+def test_parallel_noise_writer_of_the_gpu_path_draws_the_same_noise():
+    """The GPU path draws each datapoint's blocks in a thread pool straight into the (pinned) call buffer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from evalkit.noise import NoiseBlocks
+
+    indices = [3, 70, 5, 1000, 9, 33]
+    serial = NoiseBlocks(4, indices, (3,)).columns(200, 700)
+    slots = torch.tensor([3, 6, 5, 8, 9, 1])
+    out = torch.zeros(12, 500, 3, dtype=torch.float32)
+    with ThreadPoolExecutor(3) as executor:
+        NoiseBlocks(4, indices, (3,), executor=executor).write_columns(200, 700, out, slots)
+    assert torch.equal(out[slots], serial.float())
+    unused = torch.ones(12, dtype=torch.bool)
+    unused[slots] = False
+    assert (out[unused] == 0).all()
