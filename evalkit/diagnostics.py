@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .psis import khat_defined
 from .errors import InputError
 
 #: Elements of one ``[rows, G, k]`` slice handed to an estimator at once (float64: 32 MiB).
@@ -595,7 +596,8 @@ def weight_diagnostics(log_w: torch.Tensor, *, index: Optional[Sequence[int]] = 
     n, k = lw.shape
     idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
     ess = _to_numpy(estimators.ess(lw)) / k
-    khat = _to_numpy(estimators.psis_khat(lw)) if k >= 2 else np.full(n, np.nan)
+    # Below K = 21 the tail is too short for a Pareto fit: k-hat is NaN, without psis_khat's warning.
+    khat = _to_numpy(estimators.psis_khat(lw)) if khat_defined(k) else np.full(n, np.nan)
     good, bad = float(estimators.KHAT_GOOD), float(estimators.KHAT_BAD)
     finite = np.isfinite(khat)
     count = max(int(finite.sum()), 1)

@@ -19,10 +19,8 @@ import torch
 from . import estimators as estimator_registry
 from .errors import InputError
 from .inputs import DataLike, ModelLike, resolve_data, resolve_model
-from .psis import tail_length
-
-#: PSIS fits a generalised Pareto to at least this many of the largest weights.
-MIN_TAIL_FOR_KHAT = 5
+from .diagnostics import weight_diagnostics
+from .psis import MIN_TAIL_LENGTH
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 
@@ -123,7 +121,7 @@ class EstimateResult:
         if not math.isfinite(d["max_psis_khat"]):
             return (
                 f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat not available "
-                f"(needs at least {MIN_TAIL_FOR_KHAT} tail weights, i.e. K >= 21)"
+                f"(needs at least {MIN_TAIL_LENGTH} tail weights, i.e. K >= 21)"
             )
         text = (
             f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat > 0.5 for "
@@ -293,18 +291,19 @@ def estimate_from_log_weights(
                 "n": n,
             }
         )
-    ess = _as_numpy(estimator_registry.ess(log_w))
-    if tail_length(k) >= MIN_TAIL_FOR_KHAT:
-        khat = _as_numpy(estimator_registry.psis_khat(log_w))
-    else:
-        # Too few tail weights for a Pareto fit at this K: report k-hat as unavailable (the
-        # diagnostics line says so) instead of warning about a diagnostic nobody asked for.
-        khat = np.full(n, np.nan)
-    per_example["ess"] = ess
-    per_example["psis_khat"] = khat
+    weights = weight_diagnostics(log_w)
+    per_example["ess"] = weights.ess_fraction * k
+    per_example["psis_khat"] = weights.khat
 
     summary = pd.DataFrame(rows, columns=["estimator", "k", "estimate", "se_data", "se_mc", "n"])
-    diagnostics = _weight_diagnostics(ess / k, khat)
+    finite_khat = np.isfinite(weights.khat)
+    diagnostics = {
+        "mean_ess_fraction": _mean(weights.ess_fraction),
+        "fraction_khat_above_0.5": weights.fraction_above_good,
+        "fraction_khat_above_0.7": weights.fraction_above_bad,
+        "indices_khat_above_0.7": [int(i) for i in weights.above_bad],
+        "max_psis_khat": float(np.nanmax(weights.khat)) if finite_khat.any() else float("nan"),
+    }
     metadata = {
         "k": k,
         "n": n,
@@ -325,38 +324,14 @@ def estimate_from_log_weights(
 
 
 def _check_estimators(names: Sequence[str], k: int) -> list:
-    if isinstance(names, str):
-        names = [names]
-    if not names:
-        raise InputError("no estimator chosen; name at least one, e.g. 'iwae' (see evalkit.estimators.available())")
-    chosen = [estimator_registry.get(name) for name in names]
+    chosen = estimator_registry.get_many(names)
     for est in chosen:
         if k < est.min_k:
             raise InputError(
                 f"estimator {est.name!r} needs k >= {est.min_k} samples per datapoint, got k = {k}; "
                 f"raise k or choose a lower order"
             )
-    seen = set()
-    unique = []
-    for est in chosen:
-        if est.name not in seen:
-            seen.add(est.name)
-            unique.append(est)
-    return unique
-
-
-def _weight_diagnostics(ess_fraction: np.ndarray, khat: np.ndarray) -> Dict[str, Any]:
-    thresholds = (estimator_registry.KHAT_GOOD, estimator_registry.KHAT_BAD)
-    finite = np.isfinite(khat)
-    count = max(int(finite.sum()), 1)
-    above_bad = np.flatnonzero(finite & (khat > thresholds[1]))
-    return {
-        "mean_ess_fraction": _mean(ess_fraction),
-        "fraction_khat_above_0.5": float((finite & (khat > thresholds[0])).sum() / count),
-        "fraction_khat_above_0.7": float(len(above_bad) / count),
-        "indices_khat_above_0.7": [int(i) for i in above_bad],
-        "max_psis_khat": float(np.nanmax(khat)) if finite.any() else float("nan"),
-    }
+    return chosen
 
 
 def _as_numpy(values: Any) -> np.ndarray:

@@ -39,7 +39,7 @@ import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -64,6 +64,7 @@ __all__ = [
     "iwae_mc_variance",
     "Estimator",
     "get",
+    "get_many",
     "available",
     "AccuracyWarning",
     "ACCURACY_RTOL",
@@ -424,3 +425,20 @@ def get(name: str) -> Estimator:
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]!r}?" if close else "."
     raise InputError(f"unknown estimator {name!r}{hint} Known names: {', '.join(known)}, and any 'jviM' with M >= 1")
+
+
+def get_many(names: Union[str, Sequence[str]]) -> List[Estimator]:
+    """Resolve estimator names (one string or a sequence) with :func:`get`, dropping repeats.
+
+    Raises :class:`InputError` when no name is given or a name is unknown.
+    """
+    if isinstance(names, str):
+        names = [names]
+    if not names:
+        raise InputError("no estimator chosen; name at least one, e.g. 'iwae' (see evalkit.estimators.available())")
+    chosen: List[Estimator] = []
+    for name in names:
+        estimator = get(name)
+        if all(estimator.name != other.name for other in chosen):
+            chosen.append(estimator)
+    return chosen

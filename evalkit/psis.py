@@ -44,7 +44,7 @@ KHAT_GOOD = 0.5
 KHAT_BAD = 0.7
 
 # The smallest tail the generalised Pareto fit accepts (as in PSIS).
-_MIN_TAIL = 5
+MIN_TAIL_LENGTH = 5
 # Prior of Vehtari et al. on k: a weak pull towards 0.5 worth 10 observations; and the prior
 # scale of the Zhang-Stephens grid over b.
 _PRIOR_K_WEIGHT = 10.0
@@ -74,6 +74,11 @@ def khat_threshold(num_samples: int) -> float:
 def tail_length(num_samples: int) -> int:
     """Number of largest weights PSIS fits: ``ceil(min(S/5, 3 sqrt(S)))``."""
     return int(math.ceil(min(0.2 * num_samples, 3.0 * math.sqrt(num_samples))))
+
+
+def khat_defined(num_samples: int) -> bool:
+    """Whether K samples give a tail long enough (``MIN_TAIL_LENGTH``) for a k-hat fit (K >= 21)."""
+    return tail_length(num_samples) >= MIN_TAIL_LENGTH
 
 
 def gpd_fit(exceedances: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -124,7 +129,7 @@ def _khat_rows(rows: np.ndarray) -> np.ndarray:
     n_rows, s = rows.shape
     out = np.full(n_rows, math.nan)
     m = tail_length(s)
-    if m < _MIN_TAIL or n_rows == 0:
+    if m < MIN_TAIL_LENGTH or n_rows == 0:
         return out
     finite_any = np.isfinite(rows).any(axis=1)
     shifted = rows - np.where(finite_any, rows.max(axis=1, initial=-math.inf), 0.0)[:, None]
@@ -140,7 +145,7 @@ def _khat_rows(rows: np.ndarray) -> np.ndarray:
     # Ties at the threshold (or -inf entries) shorten the tail: such rows are fitted one by one.
     for r in np.flatnonzero(finite_any & ~regular):
         yr = y[r][y[r] > 0]
-        if yr.size >= _MIN_TAIL:
+        if yr.size >= MIN_TAIL_LENGTH:
             out[r] = gpd_fit(yr[None, :])[0][0]
     return out
 
@@ -182,7 +187,7 @@ def psis_khat(log_w: Any) -> Any:
     bad = np.isnan(out)
     if rows.shape[0] and bad.any():
         warnings.warn(
-            f"PSIS k-hat is nan in {format_positions(bad, kind.batch_shape)}: fewer than {_MIN_TAIL} distinct positive "
+            f"PSIS k-hat is nan in {format_positions(bad, kind.batch_shape)}: fewer than {MIN_TAIL_LENGTH} distinct positive "
             f"tail weights among K = {rows.shape[1]} (the tail is the ceil(min(K/5, 3 sqrt(K))) largest); "
             f"use K >= 21 samples with distinct weights to get a k-hat",
             UserWarning,

@@ -635,17 +635,7 @@ def _check_ks(ks: Sequence[int]) -> List[int]:
 def _check_estimators(names: Sequence[str]) -> list:
     from . import estimators as registry
 
-    if isinstance(names, str):
-        names = [names]
-    if not names:
-        raise InputError("no estimator chosen; name at least one, e.g. 'iwae' (see evalkit.estimators.available())")
-    chosen, seen = [], set()
-    for name in names:
-        est = registry.get(name)
-        if est.name not in seen:
-            seen.add(est.name)
-            chosen.append(est)
-    return chosen
+    return registry.get_many(names)
 
 
 def bias_order(name: str) -> int:
