@@ -106,7 +106,9 @@ def as_rows(log_w: Any, *, name: str = "log_w") -> Tuple[np.ndarray, Kind]:
         raise InputError(f"{name} has K = 0 samples on its last axis (shape {tuple(shape)}); pass at least one log-weight per row")
     rows = np.ascontiguousarray(arr.reshape(-1, k), dtype=np.float64)
     kind = Kind(is_torch=is_torch, device=device, batch_shape=batch_shape)
-    if rows.size:
+    # One whole-array maximum first (NaN and +inf both make it non-finite): the per-row masks,
+    # slow for many short rows, only when it is.
+    if rows.size and not np.isfinite(rows.max()):
         nan_rows = np.isnan(rows).any(axis=1)
         if nan_rows.any():
             raise InputError(

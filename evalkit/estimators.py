@@ -48,6 +48,7 @@ from .errors import InputError
 from .jackknife import ACCURACY_RTOL, AccuracyWarning, jackknife_coefficients
 from .jackknife import _jvi, jvi_with_error
 from .psis import KHAT_BAD, KHAT_GOOD, khat_threshold, psis_khat
+from .rowreduce import row_any, row_max, row_sum
 
 __all__ = [
     "elbo",
@@ -78,11 +79,11 @@ def _normalised(rows: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray, n
     After the shift every weight is in [0, 1] and the largest is 1, so sums neither overflow
     nor underflow to zero.
     """
-    empty = ~np.isfinite(rows).any(axis=1)
-    row_max = np.where(empty, 0.0, rows.max(axis=1, initial=-math.inf))
-    shifted = rows - row_max[:, None]
-    total = np.exp(shifted).sum(axis=1)
-    return shifted, row_max, total, empty
+    empty = ~row_any(np.isfinite(rows))
+    top = np.where(empty, 0.0, row_max(rows))
+    shifted = rows - top[:, None]
+    total = row_sum(np.exp(shifted))
+    return shifted, top, total, empty
 
 
 def _iwae_rows(rows: np.ndarray) -> np.ndarray:

@@ -310,6 +310,7 @@ def sweep(
     fit_min_k: int = DEFAULT_FIT_MIN_K,
     keep_log_weights: bool = False,
     max_elements: int = dg.DEFAULT_MAX_ELEMENTS,
+    threads: Optional[int] = None,
     **engine_options: Any,
 ) -> SweepResult:
     """Measure bias, variance and RMSE of estimators over K from one pool of samples.
@@ -354,8 +355,12 @@ def sweep(
     keep_log_weights : bool
         Keep the ``[N, K_max]`` pool on the result.
     max_elements : int
-        Memory bound of the statistical half (log-weights per estimator call); no effect on
-        the numbers.
+        Memory bound of the statistical half (log-weights per estimator call and thread); no
+        effect on the numbers.
+    threads : int, optional
+        CPU threads for the statistical half (one (estimator, k) cell per thread at a time)
+        and, for a model, the engine's ``threads``. Default: torch's thread count for the
+        statistics and the engine's own default. No effect on the numbers.
     **engine_options
         Passed to :func:`evalkit.log_weights`: ``batch_size``, ``k_chunk``, ``memory_budget``,
         ``device``, ``dtype``, ``progress``. Not allowed with a matrix.
@@ -421,6 +426,8 @@ def sweep(
             x = x[torch.from_numpy(indices)]
         user_ref = _user_reference(reference, x.shape[0])  # checked before the long model pass
         k_max = ks_given[-1] if ks_given is not None else DEFAULT_K_MAX
+        if threads is not None:
+            engine_options["threads"] = threads
         t0 = time.perf_counter()
         if cache is not None:
             from .cache import cached_log_weights
@@ -441,15 +448,13 @@ def sweep(
 
     # Pass 1: per-datapoint sufficient statistics (mean, variance over groups) of every cell.
     notes: List[str] = []
-    moments: Dict[tuple, tuple] = {}
+    cells = []
     for est in chosen:
         skipped = [k for k in ks_used if k < est.min_k]
         if skipped:
             notes.append(f"{est.name} needs k >= {est.min_k}: skipped k = {', '.join(map(str, skipped))}")
-        for k in ks_used:
-            if k >= est.min_k:
-                values = dg.evaluate_groups(log_w, k, est.fn, max_elements=max_elements)
-                moments[est.name, k] = dg.group_moments(values) + (values.shape[1],)
+        cells += [(est, k) for k in ks_used if k >= est.min_k]
+    moments = _cell_moments(log_w, cells, max_elements, threads)
 
     # The least biased estimate at K_max (a cell already computed when K_max is among the ks):
     # the reference when there is no other, and the anchor of the paired gap column.
@@ -530,6 +535,31 @@ def sweep(
         warnings=issued,
         log_weights=log_w if keep_log_weights else None,
     )
+
+
+def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: Optional[int]) -> Dict[tuple, tuple]:
+    """``{(name, k): (mean, var, groups)}`` for every (estimator, k) cell, on ``threads`` threads.
+
+    The cells are independent and numpy releases the GIL inside its loops, so on a CPU with
+    spare cores they run side by side (default: torch's thread count, like the engine); each
+    cell is computed by one thread alone, so the numbers do not depend on the thread count.
+    Small k first: there the estimators see the most rows and cost the most.
+    """
+    def run(cell):
+        est, k = cell
+        values = dg.evaluate_groups(log_w, k, est.fn, max_elements=max_elements)
+        return dg.group_moments(values) + (values.shape[1],)
+
+    order = sorted(cells, key=lambda cell: cell[1])
+    workers = max(1, min(int(threads or torch.get_num_threads()), len(order)))
+    if workers == 1:
+        results = [run(cell) for cell in order]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep") as pool:
+            results = list(pool.map(run, order))
+    return {(est.name, k): result for (est, k), result in zip(order, results)}
 
 
 # ----------------------------------------------------------------------------------------------

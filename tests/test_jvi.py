@@ -418,3 +418,14 @@ def test_light_and_heavy_routes_agree_on_continuous_weights(kind):
         # and the public function agrees with them
         public = float(E.jvi(lw, m) - E.iwae(lw))
         assert abs(public - results[0][0]) <= 1e-9
+
+
+def test_vectorised_series_length_matches_the_per_row_rule():
+    from evalkit import jackknife as J
+
+    taus = np.concatenate([[0.0, -1.0, 1.0, 1.5, 1e-300, 0.999999], np.random.default_rng(3).uniform(0, 1, 2000)])
+    for k, m in [(5, 2), (100, 2), (5000, 3), (5000, 5)]:
+        expected = [J._bucket(r) if (r := J._terms_needed(t, k, m)) is not None else 0 for t in taus]
+        np.testing.assert_array_equal(J._buckets_needed(taus, k, m), expected)
+        bounds = J._truncation_bounds(taus[taus < 1], np.full((taus < 1).sum(), 16), k, m)
+        np.testing.assert_allclose(bounds, [J._truncation_bound(t, 16, k, m) for t in taus[taus < 1]], rtol=1e-14)

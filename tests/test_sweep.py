@@ -367,3 +367,12 @@ def test_load_log_weights_errors(tmp_path):
     corrupt.write_bytes(b"not a numpy file")
     with pytest.raises(DataError, match="cannot read log-weights"):
         load_log_weights(corrupt)
+
+
+def test_statistics_do_not_depend_on_the_thread_count(gamma_log_w):
+    one = sweep(gamma_log_w[:40, :500], ks=[1, 2, 5, 50, 500], estimators=("iwae", "jvi1", "jvi2"),
+                reference=0.0, threads=1)
+    two = sweep(gamma_log_w[:40, :500], ks=[1, 2, 5, 50, 500], estimators=("iwae", "jvi1", "jvi2"),
+                reference=0.0, threads=3)
+    assert one.table.drop(columns=["note"]).equals(two.table.drop(columns=["note"]))
+    assert one.per_datapoint.equals(two.per_datapoint)
