@@ -552,55 +552,76 @@ def _logsumexp(values: np.ndarray) -> float:
     return float(_lse(values)) if np.size(values) else -math.inf
 
 
-def _plan_row(ls: np.ndarray, k: int, order: int, n_pos: int, tau0: float) -> List[Tuple[float, int, int]]:
-    """Series candidates ``(tau, h, r)`` for one row, best first (h = 0: light route).
+def _plan_rows(ls: np.ndarray, k: int, order: int, n_pos: np.ndarray, tau0: np.ndarray):
+    """Series candidates for many rows at once, best first: ``(tau, h, r)`` arrays of shape (P, 3).
 
-    ``ls`` are the row's log-weights sorted in descending order. For each size h of the heavy
-    set, tau bounds ``|(j + E)/z|`` over all removed sets (j <= m):
+    ``ls`` (P, K) holds each row's log-weights sorted in descending order, ``tau0`` the bound of
+    the light route (h = 0). For each size h of the heavy set, tau bounds ``|(j + E)/z|`` over
+    all removed sets (j <= m):
     ``max_a (a mu_L + top_{m-a}(L)) / ((K_L + a) mu_L + bottom_{h-a}(H))``; r is the series
-    length that makes the truncation negligible. The first candidate is the smallest h with
-    ``tau <= 1/4`` if there is one (cheap and accurate), the others follow by increasing tau.
-    All masses are handled in log space: a row may span far more than the ~745 nats that
-    float64 weights can hold at once.
+    length (a bucket of :data:`_BUCKETS`) that makes the truncation negligible. A row's first
+    candidate is the smallest h with ``tau <= 1/4`` if there is one (cheap and accurate), the
+    others follow by increasing tau; the scan over h stops at ``tau <= 1/16`` or three sizes
+    past the first. Missing candidates have ``r = 0``. All masses are handled in log space:
+    a row may span far more than the ~745 nats that float64 weights can hold at once. The
+    loop runs over h and a; every step is vectorised over the rows.
     """
-    candidates = []
-    r0 = _terms_needed(tau0, k, order)
-    if r0 is not None:
-        candidates.append((tau0, 0, r0))
-    # log_suffix[h] = log sum_{i >= h} w_i, added from the smallest up.
-    log_suffix = np.append(np.logaddexp.accumulate(ls[::-1])[::-1], -math.inf)
-    h_lim = min(n_pos, k - 1, _H_SCAN)
-    middle = -math.inf  # log sum_{i = order}^{h-1} w_i, grown one term per h
-    first = None
-    for h in range(1, h_lim + 1):
+    n_rows = ls.shape[0]
+    h_cap = 0
+    for h in range(1, min(k - 1, _H_SCAN) + 1):
         if sum(math.comb(h, a) for a in range(min(h, order) + 1)) > _SUBSET_CAP:
             break
-        if h - 1 >= order:
-            middle = float(np.logaddexp(middle, ls[h - 1]))
+        h_cap = h
+    # log_suffix[:, h] = log sum_{i >= h} w_i, added from the smallest up.
+    log_suffix = np.logaddexp.accumulate(ls[:, ::-1], axis=1)[:, ::-1]
+    # middle[:, t] = log sum_{i = order}^{order + t} w_i (the heavy weights that no a reaches).
+    middle_acc = np.logaddexp.accumulate(ls[:, order:], axis=1) if k > order else np.zeros((n_rows, 0))
+    h_lim = np.minimum(np.minimum(n_pos, k - 1), h_cap)
+    taus = np.full((n_rows, h_cap + 1), math.inf)
+    buckets = np.zeros((n_rows, h_cap + 1), dtype=np.int64)
+    taus[:, 0] = tau0
+    buckets[:, 0] = _buckets_needed(tau0, k, order)
+    taus[buckets[:, 0] == 0, 0] = math.inf
+    first = np.zeros(n_rows, dtype=np.int64)  # 0: none yet
+    active = h_lim >= 1
+    for h in range(1, h_cap + 1):
+        rows = np.flatnonzero(active & (h <= h_lim))
+        if rows.size == 0:
+            break
+        lr = ls[rows]
+        middle = middle_acc[rows, h - 1 - order] if h - 1 >= order else np.full(rows.size, -math.inf)
         k_light = k - h
-        log_mu = float(log_suffix[h]) - math.log(k_light)
-        tau = 0.0
+        log_mu = log_suffix[rows, h] - math.log(k_light)
+        tau = np.zeros(rows.size)
         for a in range(0, min(h, order) + 1):
             b = min(order - a, k_light)
-            log_top = _logsumexp(ls[h : h + b])
-            # sum of the h - a smallest heavy weights: indices a..h-1
-            log_bottom = float(np.logaddexp(middle, _logsumexp(ls[a : min(h, order)]))) if a < h else -math.inf
-            log_num = float(np.logaddexp(math.log(a) + log_mu if a else -math.inf, log_top))
-            log_den = float(np.logaddexp(math.log(k_light + a) + log_mu, log_bottom))
-            if log_num > -math.inf:
-                tau = max(tau, math.exp(min(log_num - log_den, 50.0)))
-        r = _terms_needed(tau, k, order)
-        if r is not None:
-            candidates.append((tau, h, r))
-            if first is None and tau <= _RHO_TARGET:
-                first = (tau, h, r)
-            if tau <= _RHO_TARGET / 4 or (first is not None and h >= first[1] + 3):
-                break
-    candidates.sort()
-    if first is not None:
-        candidates.remove(first)
-        candidates.insert(0, first)
-    return candidates[:3]
+            log_top = _lse(lr[:, h : h + b], axis=1) if b else np.full(rows.size, -math.inf)
+            if a < h:
+                head = _lse(lr[:, a : min(h, order)], axis=1) if a < min(h, order) else np.full(rows.size, -math.inf)
+                log_bottom = np.logaddexp(middle, head)
+            else:
+                log_bottom = np.full(rows.size, -math.inf)
+            log_num = np.logaddexp(math.log(a) + log_mu, log_top) if a else log_top
+            log_den = np.logaddexp(math.log(k_light + a) + log_mu, log_bottom)
+            with np.errstate(invalid="ignore"):
+                ratio = np.exp(np.minimum(log_num - log_den, 50.0))
+            tau = np.where(log_num > -math.inf, np.maximum(tau, ratio), tau)
+        bucket = _buckets_needed(tau, k, order)
+        ok = bucket > 0
+        taus[rows[ok], h] = tau[ok]
+        buckets[rows[ok], h] = bucket[ok]
+        new_first = ok & (first[rows] == 0) & (tau <= _RHO_TARGET)
+        first[rows[new_first]] = h
+        stop = ok & ((tau <= _RHO_TARGET / 4) | ((first[rows] > 0) & (h >= first[rows] + 3)))
+        active[rows[stop]] = False
+    # Order: the first candidate, then the others by increasing tau (ties: smaller h first).
+    key = taus.copy()
+    has_first = first > 0
+    key[np.flatnonzero(has_first), first[has_first]] = -1.0
+    best = np.argsort(key, axis=1, kind="stable")[:, :3]
+    tau_out = np.take_along_axis(taus, best, axis=1)
+    r_out = np.where(np.isfinite(tau_out), np.take_along_axis(buckets, best, axis=1), 0)
+    return tau_out, best, r_out
 
 
 def _enumeration_size(k: int, order: int) -> int:
@@ -622,46 +643,72 @@ def _heavy_light_part(ls: np.ndarray, h: int) -> Tuple[float, np.ndarray]:
     return log_s_light, np.exp(ls[h:] - log_s_light) - 1.0 / (len(ls) - h)
 
 
-def _heavy_row(
-    ls: np.ndarray, k: int, order: int, h: int, r_max: int, tau: float, q: np.ndarray, q_abs: np.ndarray
-) -> Tuple[float, float]:
-    r"""Heavy/light route for one row (log-weights ``ls`` sorted descending): JVI - IWAE and an error estimate.
+def _heavy_rows(
+    ls: np.ndarray, k: int, order: int, h: int, r_max: int, tau: np.ndarray, q: np.ndarray, q_abs: np.ndarray
+) -> Tuple[np.ndarray, np.ndarray]:
+    r"""Heavy/light route for rows sharing h and r (log-weights ``ls`` (G, K) sorted descending).
 
-    For a removed set ``R = R_H + R_L`` (``|R_H| = a``, ``|R_L| = b``, ``j = a + b``):
+    Returns JVI - IWAE and an error estimate per row, shape (G,). For a removed set
+    ``R = R_H + R_L`` (``|R_H| = a``, ``|R_L| = b``, ``j = a + b``):
     ``log(1 - D_R/(K-j)) = log zeta(R_H) + log(1 - (j + E)/z(R_H)) - log(1 - j/K)`` with
     ``zeta = (S_L + W_{H\R_H} + a mu_L)/S``, ``z = K_L + a + W_{H\R_H}/mu_L`` and E the sum of
     the centred light weights ``w_i/mu_L - 1`` over R_L; the logarithm is expanded in
     ``(j + E)/z``, whose moments over R_L are polynomials in b with coefficients ``q``
-    (:func:`_tuple_sums` of the light weights, computed by the caller for many rows at once).
+    (:func:`_tuple_sums` of the light weights, shape (G, r_max+1, m+1)). The polynomial in
+    ``rho = K_L / z`` is evaluated by Horner's rule, on the coefficients and (for the error
+    estimate) on their absolute values.
     """
     l0, poly, light = _heavy_table(k, order, h, r_max)
+    n_rows = ls.shape[0]
     k_light = k - h
-    l_heavy = ls[:h]
-    log_s_light = _logsumexp(ls[h:])
-    log_total = float(np.logaddexp(log_s_light, _logsumexp(l_heavy)))
-    value = _log_ratio_constant(k, order)
-    magnitude = abs(value)
+    l_heavy = ls[:, :h]
+    log_s_light = _lse(ls[:, h:], axis=1)
+    log_total = np.logaddexp(log_s_light, _lse(l_heavy, axis=1))
+    light_mass = log_s_light > -math.inf
+    value = np.full(n_rows, _log_ratio_constant(k, order))
+    magnitude = np.abs(value)
     for a in range(min(h, order) + 1):
         n_sets = math.comb(h, a)
         chosen = np.array(list(itertools.combinations(range(h), a)), dtype=np.int64).reshape(n_sets, a)
-        kept = np.broadcast_to(l_heavy, (n_sets, h)).copy()
-        np.put_along_axis(kept, chosen, -math.inf, axis=1)
-        log_rest = _lse(kept, axis=1) if h > a else np.full(n_sets, -math.inf)
-        if a > 0:
-            log_zeta = np.logaddexp(log_s_light + math.log1p(a / k_light), log_rest) - log_total
-            value += l0[a] * float(np.sum(log_zeta))
-            magnitude += abs(l0[a]) * float(np.sum(np.abs(log_zeta)))
-        if log_s_light > -math.inf:
-            with np.errstate(over="ignore"):
-                rho = 1.0 / (1.0 + a / k_light + np.exp(log_rest - log_s_light))
-        else:
-            rho = np.zeros(n_sets)
-        coef = poly[a] + np.einsum("rkd,kd->r", light[a], q)
-        coef_abs = np.abs(poly[a]) + np.einsum("rkd,kd->r", np.abs(light[a]), q_abs)
-        powers = rho[:, None] ** np.arange(r_max + 1)[None, :]
-        value += float(np.sum(powers @ coef))
-        magnitude += float(np.sum(powers @ coef_abs))
-    return value, magnitude * _rounding_factor(r_max, order, k) + _truncation_bound(tau, r_max, k, order)
+        removed = np.zeros((n_sets, h), dtype=bool)
+        np.put_along_axis(removed, chosen, True, axis=1)
+        coef = poly[a][None, :] + np.einsum("rkd,gkd->gr", light[a], q)
+        coef_abs = np.abs(poly[a])[None, :] + np.einsum("rkd,gkd->gr", np.abs(light[a]), q_abs)
+        for rows in _row_chunks(n_rows, n_sets * max(h, r_max), _CACHE_ELEMS):
+            g = rows.stop - rows.start
+            if h > a:
+                kept = np.where(removed[None, :, :], -math.inf, l_heavy[rows, None, :])
+                log_rest = _lse(kept.reshape(g * n_sets, h), axis=1).reshape(g, n_sets)
+            else:
+                log_rest = np.full((g, n_sets), -math.inf)
+            lsl = log_s_light[rows, None]
+            if a > 0:
+                log_zeta = np.logaddexp(lsl + math.log1p(a / k_light), log_rest) - log_total[rows, None]
+                value[rows] += l0[a] * log_zeta.sum(axis=1)
+                magnitude[rows] += abs(l0[a]) * np.abs(log_zeta).sum(axis=1)
+            with np.errstate(over="ignore", invalid="ignore"):
+                rho = 1.0 / (1.0 + a / k_light + np.exp(log_rest - lsl))
+            rho = np.where(light_mass[rows, None], rho, 0.0)
+            c, c_abs = coef[rows], coef_abs[rows]
+            acc = np.broadcast_to(c[:, r_max, None], rho.shape).copy()
+            acc_abs = np.broadcast_to(c_abs[:, r_max, None], rho.shape).copy()
+            for p in range(r_max - 1, -1, -1):
+                acc *= rho
+                acc += c[:, p, None]
+                acc_abs *= rho
+                acc_abs += c_abs[:, p, None]
+            value[rows] += acc.sum(axis=1)
+            magnitude[rows] += acc_abs.sum(axis=1)
+    error = magnitude * _rounding_factor(r_max, order, k) + _truncation_bounds(tau, np.full(n_rows, r_max), k, order)
+    return value, error
+
+
+def _heavy_row(
+    ls: np.ndarray, k: int, order: int, h: int, r_max: int, tau: float, q: np.ndarray, q_abs: np.ndarray
+) -> Tuple[float, float]:
+    """:func:`_heavy_rows` for one row (``ls`` (K,), ``q`` (r_max+1, m+1)): JVI - IWAE and an error estimate."""
+    value, error = _heavy_rows(ls[None, :], k, order, h, r_max, np.array([tau]), q[None], q_abs[None])
+    return float(value[0]), float(error[0])
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,7 +799,7 @@ def _series_and_enumeration(shifted, total, iwae, n_pos, idx, order, correction,
         # 0. Short rows (a sweep at small k): enumerating all subsets is the cheapest route.
         _run_enumeration(shifted, total, pending, order, correction, corr_err)
         pending = pending[~(corr_err[pending] <= _ACCEPT * ACCURACY_RTOL * scale_of(pending))]
-    tau_of = {}
+    tau_of = np.full(shifted.shape[0], math.nan)  # bound of the light route, per row
     if series_ok and pending.size:
         wn = np.exp(shifted[pending]) / total[pending, None]  # normalised weights
         top, bottom = _extremes(k * wn - 1.0, order)
@@ -766,7 +813,7 @@ def _series_and_enumeration(shifted, total, iwae, n_pos, idx, order, correction,
         buckets = _buckets_needed(tau0, k, order)
         fast = (buckets > 0) & ((tau0 <= _RHO_TARGET) | (buckets <= longest))
         _run_light_arrays(shifted, total, pending[fast], tau0[fast], buckets[fast], k, order, correction, corr_err)
-        tau_of = dict(zip(pending.tolist(), tau0.tolist()))
+        tau_of[pending] = tau0
         pending = pending[~(corr_err[pending] <= _ACCEPT * ACCURACY_RTOL * scale_of(pending))]
     # 2. Small K: enumerate all subsets, vectorised.
     if pending.size and not enumerated and _enumeration_size(k, order) <= _ENUM_PENDING:
@@ -775,21 +822,18 @@ def _series_and_enumeration(shifted, total, iwae, n_pos, idx, order, correction,
     # 3. Per-row plans (dominant weights, slowly converging series), tried in rounds: each
     #    row's next candidate runs only if the previous one missed the accuracy target.
     if pending.size and series_ok:
-        plans = {}
-        for row in pending.tolist():
-            ls = np.sort(shifted[row])[::-1].copy()
-            plans[row] = (ls, _plan_row(ls, k, order, int(n_pos[row]), tau_of[row]))
+        plan_rows = pending
+        ls_sorted = -np.sort(-shifted[plan_rows], axis=1)
+        tau_c, h_c, r_c = _plan_rows(ls_sorted, k, order, n_pos[plan_rows], tau_of[plan_rows])
         for attempt in range(3):
-            light, heavy = [], []
-            for row in pending.tolist():
-                ls, cands = plans[row]
-                if attempt < len(cands):
-                    tau, h, r = cands[attempt]
-                    (light if h == 0 else heavy).append((row, tau, r) if h == 0 else (row, ls, h, tau, r))
-            if not light and not heavy:
+            live = np.flatnonzero(np.isin(plan_rows, pending) & (r_c[:, attempt] > 0))
+            if live.size == 0:
                 break
-            _run_light(shifted, total, light, k, order, correction, corr_err)
-            _run_heavy(heavy, k, order, correction, corr_err)
+            light, heavy = live[h_c[live, attempt] == 0], live[h_c[live, attempt] > 0]
+            _run_light_arrays(shifted, total, plan_rows[light], tau_c[light, attempt], r_c[light, attempt], k,
+                              order, correction, corr_err)
+            _run_heavy_arrays(ls_sorted[heavy], plan_rows[heavy], h_c[heavy, attempt], tau_c[heavy, attempt],
+                              r_c[heavy, attempt], k, order, correction, corr_err)
             pending = pending[~(corr_err[pending] <= _ACCEPT * ACCURACY_RTOL * scale_of(pending))]
     # 4. Enumeration as a last resort where affordable; otherwise the best value stands (a
     #    warning reports its accuracy) or the row fails.
@@ -812,16 +856,6 @@ def _keep(rows_idx, value, error, correction, corr_err) -> None:
     corr_err[rows_idx] = np.where(better, error, corr_err[rows_idx])
 
 
-def _run_light(shifted, total, members, k, order, correction, corr_err) -> None:
-    """Light route for ``members = [(row, tau, r), ...]``, batched by series length."""
-    if not members:
-        return
-    rows = np.array([row for row, _, _ in members], dtype=np.int64)
-    taus = np.array([tau for _, tau, _ in members], dtype=np.float64)
-    buckets = np.array([_bucket(r) for _, _, r in members], dtype=np.int64)
-    _run_light_arrays(shifted, total, rows, taus, buckets, k, order, correction, corr_err)
-
-
 def _run_light_arrays(shifted, total, rows, taus, buckets, k, order, correction, corr_err) -> None:
     """Light route for rows ``rows`` with bounds ``taus`` and series lengths ``buckets``, batched by length."""
     for r_max in np.unique(buckets).tolist():
@@ -833,20 +867,20 @@ def _run_light_arrays(shifted, total, rows, taus, buckets, k, order, correction,
         _keep(sel, v, e, correction, corr_err)
 
 
-def _run_heavy(members, k, order, correction, corr_err) -> None:
-    """Heavy/light route for ``members = [(row, ls, h, tau, r), ...]``; light power sums batched by series length."""
-    groups = {}
-    for row, ls, h, tau, r in members:
-        groups.setdefault(_bucket(r), []).append((row, ls, h, tau))
-    for r_max, group in sorted(groups.items()):
-        parts = [_heavy_light_part(ls, h)[1] for _, ls, h, _ in group]
-        x = np.zeros((len(parts), max(len(p) for p in parts)))  # zero padding adds nothing to power sums
-        for i, p in enumerate(parts):
-            x[i, : len(p)] = p
+def _run_heavy_arrays(ls_sorted, rows, hs, taus, buckets, k, order, correction, corr_err) -> None:
+    """Heavy/light route for ``rows`` (log-weights ``ls_sorted`` sorted descending), batched by (h, r)."""
+    if rows.size == 0:
+        return
+    for h, r_max in sorted(set(zip(hs.tolist(), buckets.tolist()))):
+        members = (hs == h) & (buckets == r_max)
+        ls = ls_sorted[members]
+        log_s_light = _lse(ls[:, h:], axis=1)
+        with np.errstate(invalid="ignore"):
+            x = np.exp(ls[:, h:] - log_s_light[:, None]) - 1.0 / (k - h)
+        x[log_s_light == -math.inf] = 0.0  # no light mass: nothing to expand
         q, q_abs = _tuple_sums(x, order, r_max)
-        for i, (row, ls, h, tau) in enumerate(group):
-            v, e = _heavy_row(ls, k, order, h, r_max, tau, q[i], q_abs[i])
-            _keep(np.array([row]), np.array([v]), np.array([e]), correction, corr_err)
+        v, e = _heavy_rows(ls, k, order, h, r_max, taus[members], q, q_abs)
+        _keep(rows[members], v, e, correction, corr_err)
 
 
 def _run_enumeration(shifted, total, rows_idx, order, correction, corr_err) -> None:

@@ -35,3 +35,10 @@ def test_nan_propagates_and_results_are_fresh_arrays():
     out[0] = 99.0
     assert b[0, 0] == 0.0  # not a view of the input
 
+
+
+def test_a_rows_sum_does_not_depend_on_the_other_rows():
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(300, 13)) * 1e3
+    whole = row_sum(a)
+    assert all(row_sum(a[i : i + 1])[0] == whole[i] for i in range(0, 300, 17))
