@@ -50,7 +50,13 @@ moderate size. Four routes, chosen per row:
   obtained as ``S - W``). Hypergeometric probabilities of ``|R_H|`` given j and the powers of j
   are combined with ``c_j`` exactly.
 * **enumeration** (small K, where no series converges) -- all subsets, each term as
-  ``log1p(-t) + t`` (t = D_R/(K-j)), exact remaining mass for dominant removals.
+  ``log1p(-t) + t`` (t = D_R/(K-j)), exact remaining mass for dominant removals. For very
+  short rows (``sum_{j<=m} C(K, j) <= 256``, e.g. a sweep's k = 5..20 at order 2) it is the
+  first route for every row: cheaper than any series there.
+
+Every route is vectorised over rows (the heavy/light route over rows that share the heavy-set
+size h and the series length r), and a row's value and error estimate do not depend on which
+other rows are evaluated with it, so callers may split rows into blocks freely.
 
 Each route returns an error estimate: the truncation of the series is bounded rigorously by
 ``sum_j |c_j| tau^(r+1) / ((r+1)(1-tau))`` (tau bounds |y| over all subsets); rounding errors
