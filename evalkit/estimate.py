@@ -1,31 +1,53 @@
 """``evalkit.estimate``: log p(x) estimates with standard errors for one K.
 
-The model half (the engine) produces one ``[N, K]`` log-weight matrix; every estimator is then a
-pure function of it. :class:`EstimateResult` holds the tables and writes them in every format.
+The model half (the engine) produces ``[N, K]`` log-weights; every estimator is then a pure
+function of them, row by row. :class:`EstimateResult` holds the tables and writes them in every
+format.
+
+Streaming. Every statistic here is a function of one datapoint's row (estimate, Monte Carlo
+variance, ESS, PSIS k-hat), and the dataset summaries are means and sums over the per-datapoint
+results. So :func:`estimate` computes the log-weights of a block of datapoints at a time
+(``indices=`` their dataset indices, which key the noise: the engine's rows are bitwise those of
+a whole run), reduces the block to its per-datapoint results and frees it. Memory then does not
+grow with N and, up to K of about 75 000, not with K either (:func:`block_rows`); the numbers
+are bitwise those of the whole matrix. The whole matrix is computed only where it is itself
+needed: ``keep_log_weights=True``, a ``cache``, torchrun, or explicit ``indices``.
 """
 from __future__ import annotations
 
 import json
 import math
 import platform
+import re
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import estimators as estimator_registry
+from .arraykind import _MAX_POSITIONS_SHOWN, as_rows
+from .diagnostics import weight_diagnostics
+from .engine import ROW_ALIGN
 from .errors import InputError
 from .inputs import DataLike, ModelLike, resolve_data, resolve_model
-from .diagnostics import weight_diagnostics
 from .psis import MIN_TAIL_LENGTH
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
 JSON_SCHEMA_VERSION = 1
+
+STATISTICS_BUDGET = 128 * 2**20
+"""Bytes for one block of log-weights and the statistics' temporaries over it (:func:`block_rows`)."""
+
+BLOCK_COPIES = 7
+"""float64 copies of a block alive at the statistics' peak: the block itself plus the largest
+temporaries of one estimator (measured with tracemalloc on a [256, 5000] digits block: jvi1 5.25
+copies, the weight diagnostics 5.23, jvi2 4.1, dvi 3.4, iwae 2), rounded up."""
 
 
 @dataclass
@@ -173,6 +195,7 @@ def estimate(
     binarize: str = "none",
     cache: Optional[Any] = None,
     cache_shard_size: Optional[int] = None,
+    block_size: Optional[int] = None,
     **engine_options: Any,
 ) -> Optional[EstimateResult]:
     """Estimate mean log p(x) over ``data`` with K importance samples per datapoint.
@@ -194,7 +217,7 @@ def estimate(
         Seed of the per-datapoint random streams; the same seed gives the same numbers whatever
         the batching, device count or data order.
     keep_log_weights : bool
-        Keep the ``[N, k]`` log-weights on the result.
+        Keep the ``[N, k]`` log-weights on the result (the whole matrix is then computed at once).
     cache : str or path, optional
         A directory where the log-weights are stored shard by shard as they are computed (see
         :func:`evalkit.cache.cached_log_weights`). Calling again with the same arguments
@@ -202,9 +225,16 @@ def estimate(
         checkpoint, data, k, seed or dtype is refused.
     cache_shard_size : int, optional
         Datapoints per shard of a new cache (default: at most 16 MiB and 1/8 of the data).
+    block_size : int, optional
+        Datapoints whose log-weights are computed and reduced at a time (default
+        :func:`block_rows`: the block and the statistics' temporaries within
+        :data:`STATISTICS_BUDGET`). The result does not depend on it, bit for bit. Where the
+        whole matrix is computed anyway (``keep_log_weights``, ``cache``, torchrun), the
+        statistics still run over row blocks of it.
     **engine_options
         Passed to :func:`evalkit.log_weights` (``batch_size``, ``k_chunk``, ``memory_budget``,
-        ``device``, ``dtype``, ``progress``, ...).
+        ``device``, ``dtype``, ``progress``, ...). ``memory_budget`` is the engine's working
+        memory; the block of log-weights and the statistics over it come on top.
 
     Returns
     -------
@@ -212,6 +242,12 @@ def estimate(
         Under ``torchrun`` (:mod:`evalkit.distributed`) every process computes a share of the
         datapoints; rank 0 returns the result, equal to a single-process run's, and the other
         ranks return None.
+
+    Notes
+    -----
+    Peak memory beyond the engine's: ``min(N, block) * K * 8 * BLOCK_COPIES`` bytes, at most
+    :data:`STATISTICS_BUDGET` up to K of about 75 000 (then blocks of 32 datapoints), plus a few
+    floats per datapoint for the results.
 
     Examples
     --------
@@ -221,7 +257,9 @@ def estimate(
     """
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
         raise InputError(f"k must be a positive integer number of samples per datapoint, got {k!r}")
-    chosen = _check_estimators(estimators, int(k))
+    k = int(k)
+    chosen = _check_estimators(estimators, k)
+    _check_block_size(block_size)
     started = time.perf_counter()
     model_obj = resolve_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
     data_tensor = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
@@ -231,21 +269,32 @@ def estimate(
     if cache is not None and distributed.launched_by_torchrun():
         raise InputError("a cache cannot be shared by torchrun's processes; run one process with the cache, "
                          "or drop the cache under torchrun.")
+    names = [e.name for e in chosen]
     if cache is not None:
         from .cache import cached_log_weights
 
         log_w = cached_log_weights(
-            model_obj, data_tensor, int(k), cache_dir=cache, seed=seed, shard_size=cache_shard_size, **engine_options
+            model_obj, data_tensor, k, cache_dir=cache, seed=seed, shard_size=cache_shard_size, **engine_options
         )
     elif distributed.launched_by_torchrun():
-        log_w = distributed.log_weights(model_obj, data_tensor, int(k), seed=seed, **engine_options)
+        log_w = distributed.log_weights(model_obj, data_tensor, k, seed=seed, **engine_options)
         if log_w is None:  # not rank 0: its rows went to rank 0
             return None
-    else:
+    elif keep_log_weights or "indices" in engine_options:
+        # The result holds the whole matrix, or the caller chose each row's random stream.
         from .engine import log_weights as compute_log_weights
 
-        log_w = compute_log_weights(model_obj, data_tensor, int(k), seed=seed, **engine_options)
-    result = estimate_from_log_weights(log_w, estimators=[e.name for e in chosen], keep_log_weights=keep_log_weights)
+        log_w = compute_log_weights(model_obj, data_tensor, k, seed=seed, **engine_options)
+    else:
+        log_w = None
+    if log_w is not None:
+        result = estimate_from_log_weights(log_w, estimators=names, keep_log_weights=keep_log_weights,
+                                           block_size=block_size)
+    else:
+        n = data_tensor.shape[0]
+        rows = int(block_size) if block_size else block_rows(n, k)
+        blocks = _engine_blocks(model_obj, data_tensor, k, seed=seed, rows=rows, engine_options=engine_options)
+        result = _result(_stream_statistics(blocks, chosen), chosen, n, k)
     result.metadata.update(
         seed=seed,
         model=_describe(model, model_obj),
@@ -260,49 +309,216 @@ def estimate_from_log_weights(
     estimators: Sequence[str] = DEFAULT_ESTIMATORS,
     *,
     keep_log_weights: bool = False,
+    block_size: Optional[int] = None,
 ) -> EstimateResult:
     """Build an :class:`EstimateResult` from a precomputed ``[N, K]`` log-weight matrix.
 
     Use it on log-weights from any other tool. No randomness is involved: ``seed`` in the
-    metadata is ``None``.
+    metadata is ``None``. The statistics run over blocks of ``block_size`` rows (default
+    :func:`block_rows`), so their temporaries stay within :data:`STATISTICS_BUDGET` whatever N;
+    the result does not depend on the block size, bit for bit.
     """
     log_w = torch.as_tensor(log_w)
     if log_w.ndim != 2 or log_w.shape[1] == 0 or log_w.shape[0] == 0:
         raise InputError(
             f"log-weights must be a non-empty [N, K] matrix (one row per datapoint), got shape {tuple(log_w.shape)}"
         )
-    log_w = log_w.to("cpu", torch.float64)
+    # Contiguous, so that row blocks are views and the check below reads the matrix in place.
+    log_w = log_w.to("cpu", torch.float64).contiguous()
     n, k = log_w.shape
     chosen = _check_estimators(estimators, k)
+    _check_block_size(block_size)
+    # NaN / +inf are refused here, naming rows of the whole matrix (a block would name its own rows).
+    as_rows(log_w)
+    rows = int(block_size) if block_size else block_rows(n, k)
+    blocks = ((start, log_w[start:start + rows]) for start in range(0, n, rows))
+    return _result(_stream_statistics(blocks, chosen), chosen, n, k, log_w if keep_log_weights else None)
 
-    per_example = {"index": np.arange(n)}
+
+def block_rows(n: int, k: int, budget: int = STATISTICS_BUDGET) -> int:
+    """Datapoints per block: as many as fit ``budget`` with the statistics' temporaries.
+
+    ``B = budget // (BLOCK_COPIES * 8 * k)`` rounded down to a multiple of 32, at least 32 and
+    at most ``n``. Multiples of 32 keep the engine's calls whole: a call lays datapoints out by
+    dataset index modulo 32 (see :mod:`evalkit.engine`), so a block of fewer than 32
+    datapoints would still cost a call of 32 rows. Hence above ``k = budget / (BLOCK_COPIES *
+    8 * 32)`` (about 75 000 with the default budget) a block of 32 exceeds ``budget``; memory
+    then grows as ``32 k`` but never beyond the whole-matrix evaluation's.
+
+    Examples
+    --------
+    >>> block_rows(10_000, 5000), block_rows(10_000, 50_000), block_rows(100, 1000)
+    (448, 32, 100)
+    """
+    rows = budget // (BLOCK_COPIES * 8 * k)
+    return min(n, max(ROW_ALIGN, rows - rows % ROW_ALIGN))
+
+
+def _check_block_size(block_size: Any) -> None:
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
+                                   or block_size < 1):
+        raise InputError(f"block_size must be a positive number of datapoints or None (automatic), got {block_size!r}")
+
+
+def _engine_blocks(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    k: int,
+    *,
+    seed: int,
+    rows: int,
+    engine_options: Dict[str, Any],
+) -> Iterator[Tuple[int, torch.Tensor]]:
+    """Yield ``(start, log_w[start:start + rows])`` of the engine's ``[N, k]`` matrix, one block at a time.
+
+    Each block is computed with ``indices=arange(start, stop)``: its noise, and so its rows,
+    are bitwise those of a whole run. The caller drops a block before asking for the next.
+    """
+    from .engine import _progress_bar, log_weights
+
+    n = data.shape[0]
+    if rows >= n:  # one block: the engine's own progress bar, exactly as before streaming
+        yield 0, log_weights(model, data, k, seed=seed, **engine_options)
+        return
+    # One bar over the run (the engine's bar lives for one call), advanced block by block.
+    options = {**engine_options, "progress": False}
+    with _progress_bar(engine_options.get("progress"), n * k) as bar:
+        for start in range(0, n, rows):
+            stop = min(start + rows, n)
+            block = log_weights(model, data[start:stop], k, seed=seed, indices=torch.arange(start, stop), **options)
+            bar.update((stop - start) * k)
+            yield start, block
+            del block  # freed before the next block is computed
+
+
+@dataclass
+class _RowStatistics:
+    """Per-datapoint results for some rows; estimator columns in the order of the chosen estimators.
+
+    ``values[name]``, ``mc_variance[name]`` (None where the estimator defines none),
+    ``ess_fraction`` and ``khat`` all have shape ``(rows,)``.
+    """
+
+    values: Dict[str, np.ndarray]
+    mc_variance: Dict[str, Optional[np.ndarray]]
+    ess_fraction: np.ndarray
+    khat: np.ndarray
+
+
+def _row_statistics(log_w: torch.Tensor, chosen: Sequence[Any]) -> _RowStatistics:
+    """Every per-datapoint statistic of ``log_w`` ``[rows, K]`` (float64, CPU): each row's alone."""
+    values: Dict[str, np.ndarray] = {}
+    mc_variance: Dict[str, Optional[np.ndarray]] = {}
+    for est in chosen:
+        values[est.name] = _as_numpy(est(log_w))
+        mc_variance[est.name] = _as_numpy(est.mc_variance(log_w)) if est.mc_variance is not None else None
+    weights = weight_diagnostics(log_w)
+    return _RowStatistics(values, mc_variance, weights.ess_fraction, weights.khat)
+
+
+def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Sequence[Any]) -> _RowStatistics:
+    """Run :func:`_row_statistics` on each ``(start, block)`` and concatenate the results in row order.
+
+    Only the per-datapoint results outlive a block. Warnings the estimators raise on a block
+    are re-issued once at the end, naming rows of the whole matrix (:func:`_reissue_warnings`).
+    """
+    parts: List[_RowStatistics] = []
+    caught: List[Tuple[int, warnings.WarningMessage]] = []
+    for start, block in blocks:
+        with warnings.catch_warnings(record=True) as records:
+            warnings.simplefilter("always")  # the caller's filters apply when they are re-issued
+            parts.append(_row_statistics(block, chosen))
+        del block
+        caught += [(start, record) for record in records]
+    _reissue_warnings(caught)
+    first = parts[0]
+    return _RowStatistics(
+        values={name: np.concatenate([p.values[name] for p in parts]) for name in first.values},
+        mc_variance={
+            name: None if first.mc_variance[name] is None else np.concatenate([p.mc_variance[name] for p in parts])
+            for name in first.mc_variance
+        },
+        ess_fraction=np.concatenate([p.ess_fraction for p in parts]),
+        khat=np.concatenate([p.khat for p in parts]),
+    )
+
+
+# How evalkit's estimators name rows in a warning (arraykind.format_positions on [rows, K] input).
+_ROWS_NAMED = re.compile(r"rows (\(\d+,\)(?:, \(\d+,\))*)(?: and (\d+) more)?")
+
+
+def _reissue_warnings(caught: Sequence[Tuple[int, warnings.WarningMessage]]) -> None:
+    """Issue the warnings recorded block by block as one evaluation of the whole matrix would.
+
+    ``caught`` holds ``(start, record)``: a warning raised on the block whose first row is
+    ``start``. Rows named in it ("rows (3,), (17,) and 2 more") are shifted by ``start``; the
+    same warning from several blocks (same category and place, same text apart from the rows)
+    becomes one naming the first rows of all of them and counting the rest. Other warnings are
+    issued once per distinct text.
+    """
+    groups: Dict[tuple, list] = {}
+    for start, record in caught:
+        text = str(record.message)
+        match = _ROWS_NAMED.search(text)
+        if match is None:
+            key = (record.category, record.filename, record.lineno, text, "")
+            groups.setdefault(key, [record, [], 0])
+            continue
+        shown = [start + int(p) for p in re.findall(r"\((\d+),\)", match.group(1))]
+        key = (record.category, record.filename, record.lineno, text[: match.start()], text[match.end():])
+        group = groups.setdefault(key, [record, [], 0])
+        group[1] += shown
+        group[2] += len(shown) + int(match.group(2) or 0)
+    for (category, filename, lineno, head, tail), (record, shown, total) in groups.items():
+        if total:
+            listed = shown[:_MAX_POSITIONS_SHOWN]
+            more = f" and {total - len(listed)} more" if total > len(listed) else ""
+            text = head + "rows " + ", ".join(f"({p},)" for p in listed) + more + tail
+        else:
+            text = head
+        warnings.warn_explicit(text, category, filename, lineno)
+
+
+def _result(
+    stats: _RowStatistics,
+    chosen: Sequence[Any],
+    n: int,
+    k: int,
+    log_w: Optional[torch.Tensor] = None,
+) -> EstimateResult:
+    """Assemble the :class:`EstimateResult` from the per-datapoint statistics of all ``n`` rows."""
+    per_example: Dict[str, Any] = {"index": np.arange(n)}
     rows = []
     for est in chosen:
-        values = _as_numpy(est(log_w))
+        values = stats.values[est.name]
         per_example[est.name] = values
-        mc_var = _as_numpy(est.mc_variance(log_w)) if est.mc_variance is not None else None
         rows.append(
             {
                 "estimator": est.name,
                 "k": k,
                 "estimate": _mean(values),
                 "se_data": _standard_error(values),
-                "se_mc": _mc_standard_error(mc_var, n),
+                "se_mc": _mc_standard_error(stats.mc_variance[est.name], n),
                 "n": n,
             }
         )
-    weights = weight_diagnostics(log_w)
-    per_example["ess"] = weights.ess_fraction * k
-    per_example["psis_khat"] = weights.khat
+    per_example["ess"] = stats.ess_fraction * k
+    per_example["psis_khat"] = stats.khat
 
     summary = pd.DataFrame(rows, columns=["estimator", "k", "estimate", "se_data", "se_mc", "n"])
-    finite_khat = np.isfinite(weights.khat)
+    # As weight_diagnostics summarises: fractions among the datapoints with a finite k-hat.
+    khat = stats.khat
+    finite_khat = np.isfinite(khat)
+    count = max(int(finite_khat.sum()), 1)
+    good, bad = float(estimator_registry.KHAT_GOOD), float(estimator_registry.KHAT_BAD)
+    above_good = np.flatnonzero(finite_khat & (khat > good))
+    above_bad = np.flatnonzero(finite_khat & (khat > bad))
     diagnostics = {
-        "mean_ess_fraction": _mean(weights.ess_fraction),
-        "fraction_khat_above_0.5": weights.fraction_above_good,
-        "fraction_khat_above_0.7": weights.fraction_above_bad,
-        "indices_khat_above_0.7": [int(i) for i in weights.above_bad],
-        "max_psis_khat": float(np.nanmax(weights.khat)) if finite_khat.any() else float("nan"),
+        "mean_ess_fraction": _mean(stats.ess_fraction),
+        "fraction_khat_above_0.5": float(above_good.size / count),
+        "fraction_khat_above_0.7": float(above_bad.size / count),
+        "indices_khat_above_0.7": [int(i) for i in above_bad],
+        "max_psis_khat": float(np.nanmax(khat)) if finite_khat.any() else float("nan"),
     }
     metadata = {
         "k": k,
@@ -319,7 +535,7 @@ def estimate_from_log_weights(
         per_example=pd.DataFrame(per_example),
         diagnostics=diagnostics,
         metadata=metadata,
-        log_weights=log_w if keep_log_weights else None,
+        log_weights=log_w,
     )
 
 
