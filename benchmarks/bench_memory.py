@@ -5,13 +5,17 @@ evalkit, builds the model and data, makes one small warm-up call (K = 64, so lib
 allocator pools are in place), then runs once at the K being measured. Reported per K:
 
 * peak RSS of the process (``ru_maxrss``) and its growth over the warm-up;
-* the size of the returned ``[N, K]`` float64 matrix, which necessarily grows with K, and the
-  peak RSS without it;
+* the size of the ``[N, K]`` float64 matrix the call returns (the engine's result, or the
+  log-weights kept on an ``EstimateResult``; 0 when none is returned), which necessarily grows
+  with K, and the peak RSS without it;
 * on CUDA, ``torch.cuda.max_memory_allocated`` of the run.
 
-Two workloads: ``engine`` (``evalkit.log_weights`` on the IWAE paper's one-layer model, N = 32)
-and ``estimate`` (``evalkit.estimate`` on the bundled digits example, all 359 test images, the
-default estimators: the ``[N, K]`` matrix and the estimators' float64 temporaries come on top).
+Three workloads: ``engine`` (``evalkit.log_weights`` on the IWAE paper's one-layer model,
+N = 32); ``estimate``, the call a user makes (``evalkit.estimate`` with its defaults on the
+bundled digits example, all 359 test images, the default estimators: it streams over blocks of
+datapoints, so no ``[N, K]`` matrix is held); ``estimate-keep``, the same with
+``keep_log_weights=True``, which computes and returns the whole matrix (the statistics still run
+over row blocks of it).
 
 Run from the repository root::
 
@@ -53,7 +57,8 @@ CHILD = textwrap.dedent(
     else:
         model = evalkit.load_model({repo!r} + "/examples/digits_iwae.pt")
         x = evalkit.data.load_data("digits", split="test", binarize="bernoulli", seed=0)
-        run = lambda kk: evalkit.estimate(model, x, k=kk, seed=0, device=device, progress=False)
+        keep = workload == "estimate-keep"
+        run = lambda kk: evalkit.estimate(model, x, k=kk, seed=0, device=device, progress=False, keep_log_weights=keep)
     run(64)
     if device == "cuda":
         torch.cuda.synchronize()
@@ -63,7 +68,9 @@ CHILD = textwrap.dedent(
     result = run(k)
     seconds = time.perf_counter() - start
     cuda_peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    print(json.dumps({{"before": before, "peak": rss(), "out": len(x) * k * 8, "n": len(x), "seconds": seconds,
+    matrix = result if workload == "engine" else result.log_weights
+    out = 0 if matrix is None else matrix.numel() * matrix.element_size()
+    print(json.dumps({{"before": before, "peak": rss(), "out": out, "n": len(x), "seconds": seconds,
                       "cuda_peak": cuda_peak}}))
     """
 )
@@ -85,7 +92,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[5000, 50000])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--workloads", nargs="+", default=["engine", "estimate"], choices=["engine", "estimate"])
+    workloads = ["engine", "estimate", "estimate-keep"]
+    parser.add_argument("--workloads", nargs="+", default=workloads, choices=workloads)
     args = parser.parse_args()
     print(f"# bench_memory  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
     print(f"# machine: {machine()}")
