@@ -517,7 +517,7 @@ def _enumerate_rows(shifted: np.ndarray, total: np.ndarray, order: int) -> Tuple
         mean_abs = np.empty(n_rows)
         for rows in _row_chunks(n_rows, n_sets * k):
             d = delta[rows]
-            t = d[:, chosen[:, 0]]
+            t = np.ascontiguousarray(d[:, chosen[:, 0]])  # fancy indexing may give F order; sums follow layout
             for q in range(1, j):
                 t += d[:, chosen[:, q]]
             t /= k - j

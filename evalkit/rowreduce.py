@@ -29,7 +29,8 @@ def _short(a: np.ndarray) -> bool:
 def row_sum(a: np.ndarray) -> np.ndarray:
     """``a.sum(axis=-1)`` of a 2-D array, shape (N,); float64 sums for boolean input are counts (int64)."""
     if not _short(a):
-        return a.sum(axis=-1)
+        # numpy's pairwise order follows the memory layout: C order makes it the same for any input.
+        return np.ascontiguousarray(a).sum(axis=-1)
     if a.dtype == np.bool_:
         out = a[:, 0].astype(np.int64)
         for i in range(1, a.shape[1]):

@@ -443,7 +443,8 @@ def test_a_rows_value_does_not_depend_on_the_rows_beside_it(k, m):
     rows[::9, 0] += 8.0  # a dominant weight
     rows[1::9, :2] += 6.0  # two of them
     whole, whole_err, _ = J._jvi_rows(rows, m)
-    for start in range(0, 60, 7):
-        part, part_err, _ = J._jvi_rows(rows[start : start + 7], m)
-        np.testing.assert_array_equal(part, whole[start : start + 7])
-        np.testing.assert_array_equal(part_err, whole_err[start : start + 7])
+    for size in (1, 7):
+        for start in range(0, 60, size):
+            part, part_err, _ = J._jvi_rows(rows[start : start + size], m)
+            np.testing.assert_array_equal(part, whole[start : start + size])
+            np.testing.assert_array_equal(part_err, whole_err[start : start + size])

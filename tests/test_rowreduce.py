@@ -42,3 +42,11 @@ def test_a_rows_sum_does_not_depend_on_the_other_rows():
     a = rng.normal(size=(300, 13)) * 1e3
     whole = row_sum(a)
     assert all(row_sum(a[i : i + 1])[0] == whole[i] for i in range(0, 300, 17))
+
+
+@pytest.mark.parametrize("k", [5, 40])
+def test_sums_do_not_depend_on_the_memory_layout(k):
+    rng = np.random.default_rng(k)
+    a = rng.normal(size=(64, k)) * 10.0 ** rng.integers(-8, 8, size=(64, k))
+    np.testing.assert_array_equal(row_sum(np.asfortranarray(a)), row_sum(a))
+    np.testing.assert_array_equal(row_sum(a[:1]), row_sum(a)[:1])
