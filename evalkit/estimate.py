@@ -34,6 +34,7 @@ from .diagnostics import weight_diagnostics
 from .engine import ROW_ALIGN
 from .errors import InputError
 from .inputs import DataLike, ModelLike, resolve_data, resolve_model
+from .outputs import render
 from .psis import MIN_TAIL_LENGTH
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
@@ -167,9 +168,7 @@ class EstimateResult:
             "markdown": self.to_markdown,
             "latex": self.to_latex,
         }
-        if fmt not in writers:
-            raise InputError(f"unknown format {fmt!r}; use one of {', '.join(writers)}")
-        return writers[fmt]()
+        return render(fmt, writers)
 
     def __str__(self) -> str:
         return self.to_table()

@@ -26,6 +26,7 @@ import torch
 
 from . import diagnostics as dg
 from .errors import DataError, InputError
+from .outputs import render
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
 
@@ -256,9 +257,7 @@ class SweepResult:
     def format(self, fmt: str) -> str:
         """Render as ``table``, ``json``, ``csv`` or ``markdown``."""
         writers = {"table": self.to_table, "json": self.to_json, "csv": self.to_csv, "markdown": self.to_markdown}
-        if fmt not in writers:
-            raise InputError(f"unknown format {fmt!r}; use one of {', '.join(writers)}")
-        return writers[fmt]()
+        return render(fmt, writers)
 
     def __str__(self) -> str:
         return self.to_table()
