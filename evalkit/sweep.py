@@ -358,8 +358,8 @@ def sweep(
         effect on the numbers.
     threads : int, optional
         CPU threads for the statistical half (one (estimator, k) cell per thread at a time)
-        and, for a model, the engine's ``threads``. Default: torch's thread count for the
-        statistics and the engine's own default. No effect on the numbers.
+        and, for a model, the engine's ``threads``. Default: torch's thread count, at most 8,
+        for the statistics and the engine's own default. No effect on the numbers.
     **engine_options
         Passed to :func:`evalkit.log_weights`: ``batch_size``, ``k_chunk``, ``memory_budget``,
         ``device``, ``dtype``, ``progress``. Not allowed with a matrix.
@@ -536,6 +536,10 @@ def sweep(
     )
 
 
+#: Default upper bound on the threads of a sweep's statistical half.
+_STAT_THREADS = 8
+
+
 def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: Optional[int]) -> Dict[tuple, tuple]:
     """``{(name, k): (mean, var, groups)}`` for every (estimator, k) cell, on ``threads`` threads.
 
@@ -550,7 +554,9 @@ def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: 
         return dg.group_moments(values) + (values.shape[1],)
 
     order = sorted(cells, key=lambda cell: cell[1])
-    workers = max(1, min(int(threads or torch.get_num_threads()), len(order)))
+    # Each thread holds up to max_elements log-weights and the estimators' temporaries over them
+    # (a few hundred MB at the default), so a many-core machine gets at most _STAT_THREADS.
+    workers = max(1, min(int(threads or min(torch.get_num_threads(), _STAT_THREADS)), len(order)))
     if workers == 1:
         results = [run(cell) for cell in order]
     else:
