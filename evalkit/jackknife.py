@@ -114,8 +114,6 @@ _H_SCAN = 256
 _ENUM_CAP = 200_000
 # ... and for every row that the light route does not take while it stays below this.
 _ENUM_FAST = 2_048
-_ENUM_PENDING = 2_048
-_ENUM_LIGHT = 2_048
 # Below this many subsets per row, enumeration is cheaper than the light series for every row
 # (measured on [N, k] groups of a digits pool: k = 5 / 10 / 20 at order 2 run 2-3x faster
 # enumerated; at k = 50, 1276 subsets, the two cost the same).
@@ -822,14 +820,14 @@ def _series_and_enumeration(shifted, total, iwae, n_pos, idx, order, correction,
         #    enumeration is expensive, for every row whose series has at most _R_FAST terms;
         #    rows are grouped by series length so that one wide row does not lengthen all
         #    series. Rows whose error estimate misses the target go on to the next steps.
-        longest = _R_FAST if _enumeration_size(k, order) > _ENUM_LIGHT else 0
+        longest = _R_FAST if _enumeration_size(k, order) > _ENUM_FAST else 0
         buckets = _buckets_needed(tau0, k, order)
         fast = (buckets > 0) & ((tau0 <= _RHO_TARGET) | (buckets <= longest))
         _run_light_arrays(shifted, total, pending[fast], tau0[fast], buckets[fast], k, order, correction, corr_err)
         tau_of[pending] = tau0
         pending = pending[~(corr_err[pending] <= _ACCEPT * ACCURACY_RTOL * scale_of(pending))]
     # 2. Small K: enumerate all subsets, vectorised.
-    if pending.size and not enumerated and _enumeration_size(k, order) <= _ENUM_PENDING:
+    if pending.size and not enumerated and _enumeration_size(k, order) <= _ENUM_FAST:
         _run_enumeration(shifted, total, pending, order, correction, corr_err)
         pending = pending[~(corr_err[pending] <= _ACCEPT * ACCURACY_RTOL * scale_of(pending))]
     # 3. Per-row plans (dominant weights, slowly converging series), tried in rounds: each
