@@ -594,10 +594,30 @@ def weight_diagnostics(log_w: torch.Tensor, *, index: Optional[Sequence[int]] = 
 
     lw = torch.as_tensor(log_w).to("cpu", torch.float64)
     n, k = lw.shape
-    idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
     ess = _to_numpy(estimators.ess(lw)) / k
     # Below K = 21 the tail is too short for a Pareto fit: k-hat is NaN, without psis_khat's warning.
     khat = _to_numpy(estimators.psis_khat(lw)) if khat_defined(k) else np.full(n, np.nan)
+    return summarize_weights(ess, khat, k, index=index)
+
+
+def summarize_weights(ess_fraction: np.ndarray, khat: np.ndarray, k: int, *,
+                      index: Optional[Sequence[int]] = None) -> WeightDiagnostics:
+    """:class:`WeightDiagnostics` from per-datapoint ESS/K and k-hat (e.g. computed block by block).
+
+    Parameters
+    ----------
+    ess_fraction, khat : ndarray, shape (N,)
+    k : int
+        Samples per datapoint they were computed from.
+    index : sequence of int, optional
+        Dataset index of each row, used to name datapoints in the warning.
+    """
+    from . import estimators
+
+    n = len(khat)
+    idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)
+    ess = np.asarray(ess_fraction, dtype=np.float64)
+    khat = np.asarray(khat, dtype=np.float64)
     good, bad = float(estimators.KHAT_GOOD), float(estimators.KHAT_BAD)
     finite = np.isfinite(khat)
     count = max(int(finite.sum()), 1)

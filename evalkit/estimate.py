@@ -30,7 +30,7 @@ import torch
 
 from . import estimators as estimator_registry
 from .arraykind import _MAX_POSITIONS_SHOWN, as_rows
-from .diagnostics import weight_diagnostics
+from .diagnostics import summarize_weights, weight_diagnostics
 from .engine import ROW_ALIGN
 from .errors import InputError
 from .inputs import DataLike, ModelLike, resolve_data, resolve_model
@@ -505,19 +505,13 @@ def _result(
     per_example["psis_khat"] = stats.khat
 
     summary = pd.DataFrame(rows, columns=["estimator", "k", "estimate", "se_data", "se_mc", "n"])
-    # As weight_diagnostics summarises: fractions among the datapoints with a finite k-hat.
-    khat = stats.khat
-    finite_khat = np.isfinite(khat)
-    count = max(int(finite_khat.sum()), 1)
-    good, bad = float(estimator_registry.KHAT_GOOD), float(estimator_registry.KHAT_BAD)
-    above_good = np.flatnonzero(finite_khat & (khat > good))
-    above_bad = np.flatnonzero(finite_khat & (khat > bad))
+    weights = summarize_weights(stats.ess_fraction, stats.khat, k)
     diagnostics = {
         "mean_ess_fraction": _mean(stats.ess_fraction),
-        "fraction_khat_above_0.5": float(above_good.size / count),
-        "fraction_khat_above_0.7": float(above_bad.size / count),
-        "indices_khat_above_0.7": [int(i) for i in above_bad],
-        "max_psis_khat": float(np.nanmax(khat)) if finite_khat.any() else float("nan"),
+        "fraction_khat_above_0.5": weights.fraction_above_good,
+        "fraction_khat_above_0.7": weights.fraction_above_bad,
+        "indices_khat_above_0.7": [int(i) for i in weights.above_bad],
+        "max_psis_khat": float(np.nanmax(stats.khat)) if np.isfinite(stats.khat).any() else float("nan"),
     }
     metadata = {
         "k": k,
