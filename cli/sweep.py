@@ -85,7 +85,8 @@ def run_sweep(ctx: click.Context, checkpoint: Optional[str], log_weights: Option
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise click.UsageError(f"{flag} applies to a CHECKPOINT only; drop it when sweeping --log-weights")
-        return sweep(load_log_weights(log_weights), **common)
+        return sweep(load_log_weights(log_weights), threads=params.get("threads"),
+                     progress=False if params.get("quiet") else None, **common)
     return sweep(checkpoint, seed=params["seed"], data=params["data"], **common, **input_kwargs(params),
                  **cache_kwargs(params), **engine_kwargs(params))
 

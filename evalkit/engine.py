@@ -778,11 +778,12 @@ def _check_indices(indices: object, n_rows: int) -> torch.Tensor:
     return indices
 
 
-def _progress_bar(progress: Optional[bool], total: int) -> tqdm:
+def _progress_bar(progress: Optional[bool], total: int, *, desc: str = "log-weights", unit: str = "sample") -> tqdm:
+    """A bar on stderr: shown when ``progress`` is True, or None and stderr is a terminal (after a delay)."""
     if progress not in (None, True, False):
         raise InputError(f"Expected argument `progress` to be None, True or False, got {progress!r}.")
     show = progress is True or (progress is None and sys.stderr.isatty())
-    return tqdm(total=total, unit="sample", unit_scale=True, desc="log-weights", file=sys.stderr,
+    return tqdm(total=total, unit=unit, unit_scale=True, desc=desc, file=sys.stderr,
                 disable=not show, delay=0 if progress else PROGRESS_DELAY_S, leave=False)
 
 

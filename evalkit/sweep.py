@@ -310,6 +310,7 @@ def sweep(
     keep_log_weights: bool = False,
     max_elements: int = dg.DEFAULT_MAX_ELEMENTS,
     threads: Optional[int] = None,
+    progress: Optional[bool] = None,
     **engine_options: Any,
 ) -> SweepResult:
     """Measure bias, variance and RMSE of estimators over K from one pool of samples.
@@ -360,9 +361,12 @@ def sweep(
         CPU threads for the statistical half (one (estimator, k) cell per thread at a time)
         and, for a model, the engine's ``threads``. Default: torch's thread count, at most 8,
         for the statistics and the engine's own default. No effect on the numbers.
+    progress : bool, optional
+        Progress bars on stderr for the model pass and the statistics: True always, False
+        never, None (default) when stderr is a terminal.
     **engine_options
         Passed to :func:`evalkit.log_weights`: ``batch_size``, ``k_chunk``, ``memory_budget``,
-        ``device``, ``dtype``, ``progress``. Not allowed with a matrix.
+        ``device``, ``dtype``, ``compile``, ``tf32``. Not allowed with a matrix.
 
     Returns
     -------
@@ -427,6 +431,7 @@ def sweep(
         k_max = ks_given[-1] if ks_given is not None else DEFAULT_K_MAX
         if threads is not None:
             engine_options["threads"] = threads
+        engine_options["progress"] = progress
         t0 = time.perf_counter()
         if cache is not None:
             from .cache import cached_log_weights
@@ -453,7 +458,7 @@ def sweep(
         if skipped:
             notes.append(f"{est.name} needs k >= {est.min_k}: skipped k = {', '.join(map(str, skipped))}")
         cells += [(est, k) for k in ks_used if k >= est.min_k]
-    moments = _cell_moments(log_w, cells, max_elements, threads)
+    moments = _cell_moments(log_w, cells, max_elements, threads, progress)
 
     # The least biased estimate at K_max (a cell already computed when K_max is among the ks):
     # the reference when there is no other, and the anchor of the paired gap column.
@@ -540,30 +545,43 @@ def sweep(
 _STAT_THREADS = 8
 
 
-def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: Optional[int]) -> Dict[tuple, tuple]:
+def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: Optional[int],
+                  progress: Optional[bool] = None) -> Dict[tuple, tuple]:
     """``{(name, k): (mean, var, groups)}`` for every (estimator, k) cell, on ``threads`` threads.
 
     The cells are independent and numpy releases the GIL inside its loops, so on a CPU with
     spare cores they run side by side (default: torch's thread count, like the engine); each
     cell is computed by one thread alone, so the numbers do not depend on the thread count.
-    Small k first: there the estimators see the most rows and cost the most.
+    Small k first: there the estimators see the most rows and cost the most. A progress bar
+    counts the log-weights evaluated (``progress`` as in :func:`sweep`).
     """
+    import threading
+
+    from .engine import _progress_bar
+
+    n, width = log_w.shape
+    bar = _progress_bar(progress, n * sum((width // k) * k for _, k in cells), desc="statistics")
+    lock = threading.Lock()  # tqdm's update is not safe from several threads at once
+
     def run(cell):
         est, k = cell
         values = dg.evaluate_groups(log_w, k, est.fn, max_elements=max_elements)
+        with lock:
+            bar.update(n * values.shape[1] * k)
         return dg.group_moments(values) + (values.shape[1],)
 
     order = sorted(cells, key=lambda cell: cell[1])
     # Each thread holds up to max_elements log-weights and the estimators' temporaries over them
     # (a few hundred MB at the default), so a many-core machine gets at most _STAT_THREADS.
     workers = max(1, min(int(threads or min(torch.get_num_threads(), _STAT_THREADS)), len(order)))
-    if workers == 1:
-        results = [run(cell) for cell in order]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
+    with bar:
+        if workers == 1:
+            results = [run(cell) for cell in order]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep") as pool:
-            results = list(pool.map(run, order))
+            with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep") as pool:
+                results = list(pool.map(run, order))
     return {(est.name, k): result for (est, k), result in zip(order, results)}
 
 

@@ -376,3 +376,12 @@ def test_statistics_do_not_depend_on_the_thread_count(gamma_log_w):
                 reference=0.0, threads=3)
     assert one.table.drop(columns=["note"]).equals(two.table.drop(columns=["note"]))
     assert one.per_datapoint.equals(two.per_datapoint)
+
+
+def test_statistics_show_progress_only_when_asked(gamma_log_w, capsys):
+    sweep(gamma_log_w[:20, :200], ks=[1, 10, 100], estimators=("iwae", "jvi1"), reference=0.0, progress=True)
+    shown = capsys.readouterr().err
+    # 20 datapoints x 200 log-weights, for 5 cells (iwae at 3 ks, jvi1 at 2; jvi1 needs k >= 2)
+    assert "statistics" in shown and "/20.0k" in shown
+    sweep(gamma_log_w[:20, :200], ks=[1, 10, 100], estimators=("iwae", "jvi1"), reference=0.0, progress=False)
+    assert capsys.readouterr().err == ""
