@@ -145,3 +145,13 @@ def test_check_data_for_model(bernoulli_model):
     with pytest.raises(DataError, match="scale them to"):
         check_data_for_model(torch.tensor([[255.0, 0.0, 0.0, 0.0]]), bernoulli_model)
     check_data_for_model(torch.rand(3, 4), MLPVAE(4, 2, (3,), likelihood="gaussian"))
+
+
+def test_digits_fall_back_to_load_digits_when_the_csv_is_not_found(monkeypatch):
+    import importlib.util
+
+    from evalkit import data
+
+    direct = data._digits_pixel_counts()
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert np.array_equal(data._digits_pixel_counts(), direct)
