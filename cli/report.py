@@ -26,10 +26,14 @@ def report_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k
 
         evalkit report examples/digits_iwae.pt --binarize bernoulli --ks 1,2,5,10,20,50,100,200,500,1000 --out reports/digits-example
     """
+    from evalkit import distributed
     from evalkit.report import check_output_dir, report_paths
 
     ctx = click.get_current_context()
-    check_output_dir(report_paths(out), overwrite=overwrite)  # fail now, not after the sweep
+    if distributed.rank() == 0:  # fail now, not after the sweep; under torchrun only rank 0 writes
+        check_output_dir(report_paths(out), overwrite=overwrite)
     result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
+    if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
+        return
     paths = result.report(out, title=title, command=command_line(), overwrite=overwrite)
     echo_err(f"wrote {paths['report_md']} and {paths['report_html']}", quiet=params["quiet"])

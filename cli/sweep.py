@@ -77,6 +77,8 @@ def run_sweep(ctx: click.Context, checkpoint: Optional[str], log_weights: Option
         raise click.UsageError("give a CHECKPOINT to evaluate, or --log-weights FILE with precomputed log-weights")
     if checkpoint is not None and log_weights is not None:
         raise click.UsageError("give a CHECKPOINT or --log-weights FILE, not both")
+    from evalkit import distributed
+
     common = dict(ks=ks, estimators=estimators or DEFAULT_ESTIMATORS, reference=_reference(reference),
                   fit_min_k=fit_min_k)
     if log_weights is not None:
@@ -85,10 +87,15 @@ def run_sweep(ctx: click.Context, checkpoint: Optional[str], log_weights: Option
         if given:
             flag = "--" + given[0].replace("_", "-")
             raise click.UsageError(f"{flag} applies to a CHECKPOINT only; drop it when sweeping --log-weights")
+        if distributed.launched_by_torchrun():
+            raise click.UsageError("--log-weights needs no model pass to share; run it as one process, not under torchrun")
         return sweep(load_log_weights(log_weights), threads=params.get("threads"),
                      progress=False if params.get("quiet") else None, **common)
-    return sweep(checkpoint, seed=params["seed"], data=params["data"], **common, **input_kwargs(params),
-                 **cache_kwargs(params), **engine_kwargs(params))
+    try:
+        return sweep(checkpoint, seed=params["seed"], data=params["data"], **common, **input_kwargs(params),
+                     **cache_kwargs(params), **engine_kwargs(params))
+    finally:
+        distributed.finish()
 
 
 def command_line() -> str:
@@ -136,11 +143,15 @@ def sweep_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k,
     from evalkit.plots import check_formats
     from evalkit.report import check_output_dir, sweep_paths
 
+    from evalkit import distributed
+
     ctx = click.get_current_context()
     formats = check_formats(figure_formats)
-    if out is not None:  # fail now, not after the sweep
+    if out is not None and distributed.rank() == 0:  # fail now, not after the sweep; only rank 0 writes
         check_output_dir(sweep_paths(out, formats=formats, per_datapoint=per_datapoint), overwrite=overwrite)
     result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
+    if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
+        return
     text = result.format(fmt)
     click.echo(text, nl=not text.endswith("\n"))
     if out is not None:

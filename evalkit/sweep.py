@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from . import diagnostics as dg
+from . import distributed
 from .errors import DataError, InputError
 from .outputs import render
 
@@ -312,7 +313,7 @@ def sweep(
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
     **engine_options: Any,
-) -> SweepResult:
+) -> Optional[SweepResult]:
     """Measure bias, variance and RMSE of estimators over K from one pool of samples.
 
     Parameters
@@ -370,7 +371,10 @@ def sweep(
 
     Returns
     -------
-    SweepResult
+    SweepResult, or None
+        Under ``torchrun`` the processes split the model pass over the datapoints (as in
+        :func:`evalkit.estimate`); rank 0 gathers the pool and returns the result, equal to a
+        single-process run's, and the other ranks return None.
 
     Notes
     -----
@@ -422,6 +426,13 @@ def sweep(
                 "this model has an exact log_marginal, which is the reference; drop reference="
             )
         x = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
+        under_torchrun = distributed.launched_by_torchrun()
+        if under_torchrun and cache is not None:
+            raise InputError("a cache cannot be shared by torchrun's processes; run one process with the cache, "
+                             "or drop the cache under torchrun.")
+        if under_torchrun and indices is not None:
+            raise InputError("under torchrun the processes split the rows of the data; pass the rows you want as "
+                             "data, not indices=")
         if indices is not None:
             if cache is not None:
                 raise InputError("a cache always covers the whole dataset; drop indices= or cache=")
@@ -438,6 +449,11 @@ def sweep(
 
             log_w = cached_log_weights(model_obj, x, k_max, cache_dir=cache, seed=seed,
                                        shard_size=cache_shard_size, **engine_options)
+        elif under_torchrun:
+            # Each process computes a range of datapoints; rank 0 gathers the pool and does the rest.
+            log_w = distributed.log_weights(model_obj, x, k_max, seed=seed, **engine_options)
+            if log_w is None:
+                return None
         else:
             from .engine import log_weights as compute_log_weights
 

@@ -99,3 +99,28 @@ def test_cli_under_torchrun_writes_once_and_equals_one_process(tmp_path):
     for report in (one, two):
         report.get("metadata", {}).pop("elapsed_seconds", None)
     assert one == two
+
+
+def test_sweep_cli_under_torchrun_writes_once_and_equals_one_process(tmp_path):
+    common = ["sweep", str(REPO / "examples" / "digits_iwae.pt"), "--data", "digits", "--binarize", "bernoulli",
+              "--ks", "1,10,100,400", "-e", "iwae", "-e", "jvi2", "--figures", "png", "--format", "csv"]
+    result = run_torchrun(["-m", "evalkit", *common, "--out", "two"], cwd=tmp_path)
+    assert result.stdout.count("estimator,k,") == 1  # only rank 0 prints the table
+    single = subprocess.run([sys.executable, "-m", "evalkit", *common, "--out", "one", "--quiet"], cwd=tmp_path,
+                            capture_output=True, text=True, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+                            timeout=300)
+    assert single.returncode == 0, single.stderr
+    for name in ("sweep.csv", "fits.csv", "theory.csv", "weights.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+
+
+def test_sweep_under_torchrun_refuses_a_cache_and_indices(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    torch.manual_seed(0)
+    model = IWAE(12, [5, 3], [[8, 8], [6, 6]])
+    x = torch.bernoulli(torch.full((10, 12), 0.5), generator=torch.Generator().manual_seed(1))
+    with pytest.raises(InputError, match="cache cannot be shared by torchrun's processes"):
+        evalkit.sweep(model, ks=[1, 10], data=x, cache=tmp_path / "c")
+    with pytest.raises(InputError, match="pass the rows you want as data"):
+        evalkit.sweep(model, ks=[1, 10], data=x, indices=[0, 1, 2])
