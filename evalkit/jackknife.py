@@ -592,16 +592,17 @@ def _plan_rows(ls: np.ndarray, k: int, order: int, n_pos: np.ndarray, tau0: np.n
         rows = np.flatnonzero(active & (h <= h_lim))
         if rows.size == 0:
             break
-        lr = ls[rows]
+        # Only short windows of each row are read below: index them, never copy whole rows.
+        window = ls[rows, : min(k, max(h, order) + order)]
         middle = middle_acc[rows, h - 1 - order] if h - 1 >= order else np.full(rows.size, -math.inf)
         k_light = k - h
         log_mu = log_suffix[rows, h] - math.log(k_light)
         tau = np.zeros(rows.size)
         for a in range(0, min(h, order) + 1):
             b = min(order - a, k_light)
-            log_top = _lse(lr[:, h : h + b], axis=1) if b else np.full(rows.size, -math.inf)
+            log_top = _lse(window[:, h : h + b], axis=1) if b else np.full(rows.size, -math.inf)
             if a < h:
-                head = _lse(lr[:, a : min(h, order)], axis=1) if a < min(h, order) else np.full(rows.size, -math.inf)
+                head = _lse(window[:, a : min(h, order)], axis=1) if a < min(h, order) else np.full(rows.size, -math.inf)
                 log_bottom = np.logaddexp(middle, head)
             else:
                 log_bottom = np.full(rows.size, -math.inf)
