@@ -193,8 +193,9 @@ def group_moments(est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ``var`` is NaN when ``G < 2``.
     """
     est = np.asarray(est, dtype=np.float64)
-    mean = est.mean(axis=1)
-    var = est.var(axis=1, ddof=1) if est.shape[1] >= 2 else np.full(est.shape[0], np.nan)
+    with np.errstate(invalid="ignore"):  # -inf or nan groups give a nan variance: reported, not an error
+        mean = est.mean(axis=1)
+        var = est.var(axis=1, ddof=1) if est.shape[1] >= 2 else np.full(est.shape[0], np.nan)
     return mean, var
 
 
@@ -236,12 +237,22 @@ def bias_variance(est: np.ndarray, reference: np.ndarray, *, k: int) -> BiasVari
 
 
 def summarize_moments(mean: np.ndarray, var: np.ndarray, groups: int, reference: np.ndarray, *,
-                      k: int) -> BiasVariance:
-    """:func:`bias_variance` from the per-datapoint sufficient statistics of :func:`group_moments`."""
+                      k: int, index: Optional[Sequence[int]] = None) -> BiasVariance:
+    """:func:`bias_variance` from the per-datapoint sufficient statistics of :func:`group_moments`.
+
+    ``index`` (dataset index of each row, default the positions) names the datapoints whose
+    estimate is not finite in the note.
+    """
     m = np.asarray(mean, dtype=np.float64)
     n = m.shape[0]
     reference = np.broadcast_to(np.asarray(reference, dtype=np.float64), (n,))
     notes = []
+    undefined = ~np.isfinite(m)
+    if undefined.any():
+        # A group with no positive weight gives -inf; with at most m of them, JVI-m is nan.
+        names = np.flatnonzero(undefined) if index is None else np.asarray(index)[undefined]
+        notes.append(f"not finite for {int(undefined.sum())} of {n} datapoints ({_name_indices(names, 5)}): "
+                     f"some of their groups of {k} have too few positive weights")
     d = m - reference
     estimate, estimate_se = mean_se(m)
     bias, bias_se = mean_se(d)
@@ -663,7 +674,8 @@ def mean_se(values: np.ndarray) -> tuple[float, float]:
     mean = float(np.mean(values))
     if values.size < 2:
         return mean, float("nan")
-    return mean, float(np.std(values, ddof=1) / math.sqrt(values.size))
+    with np.errstate(invalid="ignore"):  # an infinite value gives a nan SE, which the tables show
+        return mean, float(np.std(values, ddof=1) / math.sqrt(values.size))
 
 
 def _to_numpy(values) -> np.ndarray:

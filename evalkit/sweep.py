@@ -491,7 +491,7 @@ def sweep(
             if (est.name, k) not in moments:
                 continue
             group_mean, group_var, groups = moments[est.name, k]
-            stats = dg.summarize_moments(group_mean, group_var, groups, ref.values, k=k)
+            stats = dg.summarize_moments(group_mean, group_var, groups, ref.values, k=k, index=index)
             row = {name: getattr(stats, name) for name in TABLE_COLUMNS if hasattr(stats, name)}
             gap, gap_se = dg.mean_se(group_mean - best_values)
             row.update(estimator=est.name, reference=ref.short, gap_to_kmax=gap, gap_to_kmax_se=gap_se)

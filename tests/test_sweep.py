@@ -385,3 +385,19 @@ def test_statistics_show_progress_only_when_asked(gamma_log_w, capsys):
     assert "statistics" in shown and "/20.0k" in shown
     sweep(gamma_log_w[:20, :200], ks=[1, 10, 100], estimators=("iwae", "jvi1"), reference=0.0, progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_a_datapoint_without_enough_positive_weights_is_named_in_the_notes():
+    rng = np.random.default_rng(0)
+    log_w = np.log(rng.gamma(1.0, size=(50, 100)))
+    log_w[7, :98] = -np.inf  # two positive weights: -inf IWAE in most groups, JVI-2 undefined
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = sweep(log_w, ks=[5, 100], reference=0.0, indices=None, progress=False)
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]  # no raw numpy warnings
+    table = result.table.set_index(["estimator", "k"])
+    assert table.loc[("iwae", 5), "estimate"] == -math.inf
+    assert "not finite for 1 of 50 datapoints (7)" in table.loc[("iwae", 5), "note"]
+    assert math.isnan(table.loc[("jvi2", 100), "estimate"])
+    assert "not finite for 1 of 50 datapoints (7)" in table.loc[("jvi2", 100), "note"]
+    assert table.loc[("iwae", 100), "note"].startswith("one group")  # finite there: no such note
