@@ -474,7 +474,12 @@ def sweep(
         if skipped:
             notes.append(f"{est.name} needs k >= {est.min_k}: skipped k = {', '.join(map(str, skipped))}")
         cells += [(est, k) for k in ks_used if k >= est.min_k]
-    moments = _cell_moments(log_w, cells, max_elements, threads, progress)
+    # The estimators name rows of the chunk of groups they were given, which means nothing to
+    # the caller; their warnings are collected here (in this thread: worker threads only add to
+    # the list) and issued below once each, without those positions.
+    with warnings.catch_warnings(record=True) as cell_warnings:
+        warnings.simplefilter("always")
+        moments = _cell_moments(log_w, cells, max_elements, threads, progress)
 
     # The least biased estimate at K_max (a cell already computed when K_max is among the ks):
     # the reference when there is no other, and the anchor of the paired gap column.
@@ -523,6 +528,9 @@ def sweep(
     theory = dg.iwae_theory(r2, r3, ks_used)
     weights = dg.weight_diagnostics(log_w, index=index)
     issued: List[str] = []
+    for category, text in _without_positions(cell_warnings):
+        issued.append(text)
+        warnings.warn(text, category, stacklevel=2)
     if weights.warning:
         issued.append(weights.warning)
         warnings.warn(weights.warning, UserWarning, stacklevel=2)
@@ -599,6 +607,24 @@ def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: 
             with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep") as pool:
                 results = list(pool.map(run, order))
     return {(est.name, k): result for (est, k), result in zip(order, results)}
+
+
+# How evalkit's estimators name rows in a warning (arraykind.format_positions).
+_POSITIONS = re.compile(r" in (?:rows \([\d, ]*\)(?:, \([\d, ]*\))*(?: and \d+ more)?|the only row)")
+
+
+def _without_positions(records) -> List[tuple]:
+    """``(category, text)`` of each distinct warning, its row positions replaced by "in some groups".
+
+    The positions refer to a chunk of groups of one (estimator, k) cell; the table's notes name
+    the datapoints whose estimates are not finite.
+    """
+    distinct: Dict[tuple, None] = {}
+    for record in records:
+        text = _POSITIONS.sub(" in some groups of k samples (the table notes name the datapoints whose "
+                              "estimate is affected)", str(record.message), count=1)
+        distinct.setdefault((record.category, "sweep statistics: " + text), None)
+    return list(distinct)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -395,6 +395,11 @@ def test_a_datapoint_without_enough_positive_weights_is_named_in_the_notes():
         warnings.simplefilter("always")
         result = sweep(log_w, ks=[5, 100], reference=0.0, indices=None, progress=False)
     assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]  # no raw numpy warnings
+    # JVI-2's warning comes once for the whole sweep (not once per k), without the positions of
+    # chunk-relative (row, group) cells that would mean nothing to the caller.
+    undefined = [str(w.message) for w in caught if "JVI of order 2 is undefined" in str(w.message)]
+    assert len(undefined) == 1 and "in some groups of k samples" in undefined[0] and "rows (" not in undefined[0]
+    assert undefined == [text for text in result.warnings if "JVI" in text]
     table = result.table.set_index(["estimator", "k"])
     assert table.loc[("iwae", 5), "estimate"] == -math.inf
     assert "not finite for 1 of 50 datapoints (7)" in table.loc[("iwae", 5), "note"]
