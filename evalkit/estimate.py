@@ -18,20 +18,19 @@ from __future__ import annotations
 import json
 import math
 import platform
-import re
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import torch
 
 from . import estimators as estimator_registry
-from .arraykind import _MAX_POSITIONS_SHOWN, as_rows
+from .arraykind import as_rows
+from .blocks import BLOCK_COPIES, STATISTICS_BUDGET, block_rows, engine_blocks, reissue_warnings  # noqa: F401 (re-exported)
 from .diagnostics import summarize_weights, weight_diagnostics
-from .engine import ROW_ALIGN
 from .errors import InputError
 from .inputs import DataLike, ModelLike, resolve_data, resolve_model
 from .outputs import render
@@ -42,13 +41,6 @@ DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
 JSON_SCHEMA_VERSION = 1
 
-STATISTICS_BUDGET = 128 * 2**20
-"""Bytes for one block of log-weights and the statistics' temporaries over it (:func:`block_rows`)."""
-
-BLOCK_COPIES = 7
-"""float64 copies of a block alive at the statistics' peak: the block itself plus the largest
-temporaries of one estimator (measured with tracemalloc on a [256, 5000] digits block: jvi1 5.25
-copies, the weight diagnostics 5.23, jvi2 4.1, dvi 3.4, iwae 2), rounded up."""
 
 
 @dataclass
@@ -292,7 +284,7 @@ def estimate(
     else:
         n = data_tensor.shape[0]
         rows = int(block_size) if block_size else block_rows(n, k)
-        blocks = _engine_blocks(model_obj, data_tensor, k, seed=seed, rows=rows, engine_options=engine_options)
+        blocks = engine_blocks(model_obj, data_tensor, k, seed=seed, rows=rows, engine_options=engine_options)
         result = _result(_stream_statistics(blocks, chosen), chosen, n, k)
     result.metadata.update(
         seed=seed,
@@ -334,60 +326,10 @@ def estimate_from_log_weights(
     return _result(_stream_statistics(blocks, chosen), chosen, n, k, log_w if keep_log_weights else None)
 
 
-def block_rows(n: int, k: int, budget: int = STATISTICS_BUDGET) -> int:
-    """Datapoints per block: as many as fit ``budget`` with the statistics' temporaries.
-
-    ``B = budget // (BLOCK_COPIES * 8 * k)`` rounded down to a multiple of 32, at least 32 and
-    at most ``n``. Multiples of 32 keep the engine's calls whole: a call lays datapoints out by
-    dataset index modulo 32 (see :mod:`evalkit.engine`), so a block of fewer than 32
-    datapoints would still cost a call of 32 rows. Hence above ``k = budget / (BLOCK_COPIES *
-    8 * 32)`` (about 75 000 with the default budget) a block of 32 exceeds ``budget``; memory
-    then grows as ``32 k`` but never beyond the whole-matrix evaluation's.
-
-    Examples
-    --------
-    >>> block_rows(10_000, 5000), block_rows(10_000, 50_000), block_rows(100, 1000)
-    (448, 32, 100)
-    """
-    rows = budget // (BLOCK_COPIES * 8 * k)
-    return min(n, max(ROW_ALIGN, rows - rows % ROW_ALIGN))
-
-
 def _check_block_size(block_size: Any) -> None:
     if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
                                    or block_size < 1):
         raise InputError(f"block_size must be a positive number of datapoints or None (automatic), got {block_size!r}")
-
-
-def _engine_blocks(
-    model: torch.nn.Module,
-    data: torch.Tensor,
-    k: int,
-    *,
-    seed: int,
-    rows: int,
-    engine_options: Dict[str, Any],
-) -> Iterator[Tuple[int, torch.Tensor]]:
-    """Yield ``(start, log_w[start:start + rows])`` of the engine's ``[N, k]`` matrix, one block at a time.
-
-    Each block is computed with ``indices=arange(start, stop)``: its noise, and so its rows,
-    are bitwise those of a whole run. The caller drops a block before asking for the next.
-    """
-    from .engine import _progress_bar, log_weights
-
-    n = data.shape[0]
-    if rows >= n:  # one block: the engine's own progress bar, exactly as before streaming
-        yield 0, log_weights(model, data, k, seed=seed, **engine_options)
-        return
-    # One bar over the run (the engine's bar lives for one call), advanced block by block.
-    options = {**engine_options, "progress": False}
-    with _progress_bar(engine_options.get("progress"), n * k) as bar:
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            block = log_weights(model, data[start:stop], k, seed=seed, indices=torch.arange(start, stop), **options)
-            bar.update((stop - start) * k)
-            yield start, block
-            del block  # freed before the next block is computed
 
 
 @dataclass
@@ -419,7 +361,7 @@ def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Seque
     """Run :func:`_row_statistics` on each ``(start, block)`` and concatenate the results in row order.
 
     Only the per-datapoint results outlive a block. Warnings the estimators raise on a block
-    are re-issued once at the end, naming rows of the whole matrix (:func:`_reissue_warnings`).
+    are re-issued once at the end, naming rows of the whole matrix (:func:`evalkit.blocks.reissue_warnings`).
     """
     parts: List[_RowStatistics] = []
     caught: List[Tuple[int, warnings.WarningMessage]] = []
@@ -429,7 +371,7 @@ def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Seque
             parts.append(_row_statistics(block, chosen))
         del block
         caught += [(start, record) for record in records]
-    _reissue_warnings(caught)
+    reissue_warnings(caught)
     first = parts[0]
     return _RowStatistics(
         values={name: np.concatenate([p.values[name] for p in parts]) for name in first.values},
@@ -440,42 +382,6 @@ def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Seque
         ess_fraction=np.concatenate([p.ess_fraction for p in parts]),
         khat=np.concatenate([p.khat for p in parts]),
     )
-
-
-# How evalkit's estimators name rows in a warning (arraykind.format_positions on [rows, K] input).
-_ROWS_NAMED = re.compile(r"rows (\(\d+,\)(?:, \(\d+,\))*)(?: and (\d+) more)?")
-
-
-def _reissue_warnings(caught: Sequence[Tuple[int, warnings.WarningMessage]]) -> None:
-    """Issue the warnings recorded block by block as one evaluation of the whole matrix would.
-
-    ``caught`` holds ``(start, record)``: a warning raised on the block whose first row is
-    ``start``. Rows named in it ("rows (3,), (17,) and 2 more") are shifted by ``start``; the
-    same warning from several blocks (same category and place, same text apart from the rows)
-    becomes one naming the first rows of all of them and counting the rest. Other warnings are
-    issued once per distinct text.
-    """
-    groups: Dict[tuple, list] = {}
-    for start, record in caught:
-        text = str(record.message)
-        match = _ROWS_NAMED.search(text)
-        if match is None:
-            key = (record.category, record.filename, record.lineno, text, "")
-            groups.setdefault(key, [record, [], 0])
-            continue
-        shown = [start + int(p) for p in re.findall(r"\((\d+),\)", match.group(1))]
-        key = (record.category, record.filename, record.lineno, text[: match.start()], text[match.end():])
-        group = groups.setdefault(key, [record, [], 0])
-        group[1] += shown
-        group[2] += len(shown) + int(match.group(2) or 0)
-    for (category, filename, lineno, head, tail), (record, shown, total) in groups.items():
-        if total:
-            listed = shown[:_MAX_POSITIONS_SHOWN]
-            more = f" and {total - len(listed)} more" if total > len(listed) else ""
-            text = head + "rows " + ", ".join(f"({p},)" for p in listed) + more + tail
-        else:
-            text = head
-        warnings.warn_explicit(text, category, filename, lineno)
 
 
 def _result(
