@@ -20,8 +20,9 @@ import torch
 
 from .arraykind import _MAX_POSITIONS_SHOWN
 from .engine import ROW_ALIGN
+from .errors import InputError
 
-__all__ = ["STATISTICS_BUDGET", "BLOCK_COPIES", "block_rows", "engine_blocks", "reissue_warnings"]
+__all__ = ["STATISTICS_BUDGET", "BLOCK_COPIES", "block_rows", "check_block_size", "engine_blocks", "reissue_warnings"]
 
 STATISTICS_BUDGET = 128 * 2**20
 """Bytes for one block of log-weights and the statistics' temporaries over it (:func:`block_rows`)."""
@@ -49,6 +50,13 @@ def block_rows(n: int, k: int, budget: int = STATISTICS_BUDGET) -> int:
     """
     rows = budget // (BLOCK_COPIES * 8 * k)
     return min(n, max(ROW_ALIGN, rows - rows % ROW_ALIGN))
+
+
+def check_block_size(block_size: Any) -> None:
+    """Raise :class:`InputError` unless ``block_size`` is None or a positive int."""
+    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
+                                   or block_size < 1):
+        raise InputError(f"block_size must be a positive number of datapoints or None (automatic), got {block_size!r}")
 
 
 def engine_blocks(

@@ -29,7 +29,7 @@ import torch
 
 from . import estimators as estimator_registry
 from .arraykind import as_rows
-from .blocks import BLOCK_COPIES, STATISTICS_BUDGET, block_rows, engine_blocks, reissue_warnings  # noqa: F401 (re-exported)
+from .blocks import BLOCK_COPIES, STATISTICS_BUDGET, block_rows, check_block_size, engine_blocks, reissue_warnings  # noqa: F401 (re-exported)
 from .diagnostics import summarize_weights, weight_diagnostics
 from .errors import InputError
 from .inputs import DataLike, ModelLike, resolve_data, resolve_model
@@ -250,7 +250,7 @@ def estimate(
         raise InputError(f"k must be a positive integer number of samples per datapoint, got {k!r}")
     k = int(k)
     chosen = _check_estimators(estimators, k)
-    _check_block_size(block_size)
+    check_block_size(block_size)
     started = time.perf_counter()
     model_obj = resolve_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
     data_tensor = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
@@ -318,18 +318,12 @@ def estimate_from_log_weights(
     log_w = log_w.to("cpu", torch.float64).contiguous()
     n, k = log_w.shape
     chosen = _check_estimators(estimators, k)
-    _check_block_size(block_size)
+    check_block_size(block_size)
     # NaN / +inf are refused here, naming rows of the whole matrix (a block would name its own rows).
     as_rows(log_w)
     rows = int(block_size) if block_size else block_rows(n, k)
     blocks = ((start, log_w[start:start + rows]) for start in range(0, n, rows))
     return _result(_stream_statistics(blocks, chosen), chosen, n, k, log_w if keep_log_weights else None)
-
-
-def _check_block_size(block_size: Any) -> None:
-    if block_size is not None and (isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer))
-                                   or block_size < 1):
-        raise InputError(f"block_size must be a positive number of datapoints or None (automatic), got {block_size!r}")
 
 
 @dataclass

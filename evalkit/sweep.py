@@ -26,6 +26,8 @@ import torch
 
 from . import diagnostics as dg
 from . import distributed
+from .blocks import block_rows, check_block_size, engine_blocks, reissue_warnings
+from .engine import _progress_bar
 from .errors import DataError, InputError
 from .outputs import render
 
@@ -312,6 +314,7 @@ def sweep(
     max_elements: int = dg.DEFAULT_MAX_ELEMENTS,
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    block_size: Optional[int] = None,
     **engine_options: Any,
 ) -> Optional[SweepResult]:
     """Measure bias, variance and RMSE of estimators over K from one pool of samples.
@@ -365,6 +368,11 @@ def sweep(
     progress : bool, optional
         Progress bars on stderr for the model pass and the statistics: True always, False
         never, None (default) when stderr is a terminal.
+    block_size : int, optional
+        Datapoints whose pool is computed and reduced at a time (default
+        :func:`evalkit.blocks.block_rows` for ``K_max``: within about 128 MiB). Without
+        ``keep_log_weights``, ``cache`` or torchrun the ``[N, K_max]`` pool is never held
+        whole. No effect on the numbers, bit for bit.
     **engine_options
         Passed to :func:`evalkit.log_weights`: ``batch_size``, ``k_chunk``, ``memory_budget``,
         ``device``, ``dtype``, ``compile``, ``tf32``. Not allowed with a matrix.
@@ -396,6 +404,7 @@ def sweep(
     ks_given = None if ks is None else _check_ks(ks)
     chosen = _check_estimators(estimators)
     fit_min_k = dg._positive_int(fit_min_k, "fit_min_k")
+    check_block_size(block_size)
 
     model_obj = None
     x = None
@@ -444,6 +453,7 @@ def sweep(
             engine_options["threads"] = threads
         engine_options["progress"] = progress
         t0 = time.perf_counter()
+        log_w = None  # computed block by block below unless the whole pool is needed
         if cache is not None:
             from .cache import cached_log_weights
 
@@ -454,16 +464,17 @@ def sweep(
             log_w = distributed.log_weights(model_obj, x, k_max, seed=seed, **engine_options)
             if log_w is None:
                 return None
-        else:
+        elif keep_log_weights:
             from .engine import log_weights as compute_log_weights
 
             log_w = compute_log_weights(model_obj, x, k_max, seed=seed, indices=indices, **engine_options)
         seconds_model = time.perf_counter() - t0
-        log_w = check_log_weights(log_w)
+        if log_w is not None:
+            log_w = check_log_weights(log_w)
 
     t_stats = time.perf_counter()
     ks_used = ks_given if ks_given is not None else dg.ladder(k_max)
-    n = log_w.shape[0]
+    n = log_w.shape[0] if log_w is not None else x.shape[0]
     index = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64)
 
     # Pass 1: per-datapoint sufficient statistics (mean, variance over groups) of every cell.
@@ -474,16 +485,51 @@ def sweep(
         if skipped:
             notes.append(f"{est.name} needs k >= {est.min_k}: skipped k = {', '.join(map(str, skipped))}")
         cells += [(est, k) for k in ks_used if k >= est.min_k]
-    # The estimators name rows of the chunk of groups they were given, which means nothing to
-    # the caller; their warnings are collected here (in this thread: worker threads only add to
-    # the list) and issued below once each, without those positions.
-    with warnings.catch_warnings(record=True) as cell_warnings:
-        warnings.simplefilter("always")
-        moments = _cell_moments(log_w, cells, max_elements, threads, progress)
-
-    # The least biased estimate at K_max (a cell already computed when K_max is among the ks):
-    # the reference when there is no other, and the anchor of the paired gap column.
-    best_name, best_values = _pool_best(chosen, k_max, log_w, moments, max_elements)
+    # Blocks of datapoints: views of the pool when it is here, else computed by the engine one
+    # block at a time (keyed by dataset index: bitwise the rows of a whole run) and freed after
+    # use, so that memory does not grow with N x K_max. Every statistic below is per datapoint.
+    rows_per_block = int(block_size) if block_size else block_rows(n, k_max)
+    if log_w is not None:
+        blocks = ((start, log_w[start:start + rows_per_block]) for start in range(0, n, rows_per_block))
+    else:
+        blocks = engine_blocks(model_obj, x, k_max, seed=seed, rows=rows_per_block, engine_options=engine_options,
+                               indices=indices)
+    bar = _progress_bar(progress, n * sum((k_max // k) * k for _, k in cells), desc="statistics")
+    parts: List[tuple] = []
+    cell_warnings: list = []
+    pool_warnings: list = []
+    seconds_engine = 0.0
+    with bar:
+        while True:
+            t0 = time.perf_counter()
+            try:
+                start, block = next(blocks)
+            except StopIteration:
+                break
+            seconds_engine += time.perf_counter() - t0
+            # The estimators name rows of the chunk of groups they were given, which means nothing
+            # to the caller: their warnings are collected here (in this thread; worker threads only
+            # add to the list) and issued below once each, without those positions.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                block_moments = _cell_moments(block, cells, max_elements, threads, bar)
+                # The least biased estimate at K_max (a cell already when K_max is among the ks):
+                # the reference when there is no other, and the anchor of the paired gap column.
+                best_name, block_best = _pool_best(chosen, k_max, block, block_moments, max_elements)
+            cell_warnings += caught
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                block_weights = dg.weight_diagnostics(block)
+                block_r2, block_r3 = dg.moment_ratios(block)
+            pool_warnings += [(start, record) for record in caught]
+            parts.append((block_moments, block_best, block_weights.ess_fraction, block_weights.khat,
+                          block_r2, block_r3))
+            del block
+    if log_w is None:
+        seconds_model = seconds_engine
+    moments = {key: tuple(np.concatenate([p[0][key][i] for p in parts]) for i in (0, 1)) + (parts[0][0][key][2],)
+               for key in parts[0][0]}
+    best_values = np.concatenate([p[1] for p in parts])
     ref = _resolve_reference(user_ref, n, k_max, model_obj, x, (best_name, best_values))
 
     # Pass 2: dataset-level statistics, fits and slopes.
@@ -524,9 +570,10 @@ def sweep(
                          "bias_slope_ks": ",".join(map(str, slope.ks)), "bias_slope_note": slope.note})
 
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    r2, r3 = dg.moment_ratios(log_w)
-    theory = dg.iwae_theory(r2, r3, ks_used)
-    weights = dg.weight_diagnostics(log_w, index=index)
+    theory = dg.iwae_theory(np.concatenate([p[4] for p in parts]), np.concatenate([p[5] for p in parts]), ks_used)
+    weights = dg.summarize_weights(np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
+                                   k_max, index=index)
+    reissue_warnings(pool_warnings)
     issued: List[str] = []
     for category, text in _without_positions(cell_warnings):
         issued.append(text)
@@ -536,7 +583,7 @@ def sweep(
         warnings.warn(weights.warning, UserWarning, stacklevel=2)
     if n < 2:
         notes.append("one datapoint: standard errors over datapoints are undefined (NaN)")
-    seconds_stats = time.perf_counter() - t_stats
+    seconds_stats = time.perf_counter() - t_stats - (seconds_engine if log_w is None else 0.0)
 
     metadata = {
         "n": int(n),
@@ -570,21 +617,18 @@ _STAT_THREADS = 8
 
 
 def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: Optional[int],
-                  progress: Optional[bool] = None) -> Dict[tuple, tuple]:
+                  bar: Any) -> Dict[tuple, tuple]:
     """``{(name, k): (mean, var, groups)}`` for every (estimator, k) cell, on ``threads`` threads.
 
     The cells are independent and numpy releases the GIL inside its loops, so on a CPU with
     spare cores they run side by side (default: torch's thread count, like the engine); each
     cell is computed by one thread alone, so the numbers do not depend on the thread count.
-    Small k first: there the estimators see the most rows and cost the most. A progress bar
-    counts the log-weights evaluated (``progress`` as in :func:`sweep`).
+    Small k first: there the estimators see the most rows and cost the most. ``bar`` (a tqdm
+    bar) counts the log-weights evaluated.
     """
     import threading
 
-    from .engine import _progress_bar
-
-    n, width = log_w.shape
-    bar = _progress_bar(progress, n * sum((width // k) * k for _, k in cells), desc="statistics")
+    n = log_w.shape[0]
     lock = threading.Lock()  # tqdm's update is not safe from several threads at once
 
     def run(cell):
@@ -598,14 +642,13 @@ def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: 
     # Each thread holds up to max_elements log-weights and the estimators' temporaries over them
     # (a few hundred MB at the default), so a many-core machine gets at most _STAT_THREADS.
     workers = max(1, min(int(threads or min(torch.get_num_threads(), _STAT_THREADS)), len(order)))
-    with bar:
-        if workers == 1:
-            results = [run(cell) for cell in order]
-        else:
-            from concurrent.futures import ThreadPoolExecutor
+    if workers == 1:
+        results = [run(cell) for cell in order]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
 
-            with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep") as pool:
-                results = list(pool.map(run, order))
+        with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep") as pool:
+            results = list(pool.map(run, order))
     return {(est.name, k): result for (est, k), result in zip(order, results)}
 
 
