@@ -10,12 +10,14 @@ allocator pools are in place), then runs once at the K being measured. Reported 
   with K, and the peak RSS without it;
 * on CUDA, ``torch.cuda.max_memory_allocated`` of the run.
 
-Three workloads: ``engine`` (``evalkit.log_weights`` on the IWAE paper's one-layer model,
+Four workloads: ``engine`` (``evalkit.log_weights`` on the IWAE paper's one-layer model,
 N = 32); ``estimate``, the call a user makes (``evalkit.estimate`` with its defaults on the
 bundled digits example, all 359 test images, the default estimators: it streams over blocks of
 datapoints, so no ``[N, K]`` matrix is held); ``estimate-keep``, the same with
 ``keep_log_weights=True``, which computes and returns the whole matrix (the statistics still run
-over row blocks of it).
+over row blocks of it); ``sweep``, the default sweep a user runs (``evalkit.sweep`` on the same
+data, iwae, jvi1 and jvi2 on the 1-2-5 ladder up to K_max = K), which streams over blocks of
+datapoints as well.
 
 Run from the repository root::
 
@@ -54,6 +56,14 @@ CHILD = textwrap.dedent(
         model = IWAE.burda_one_layer()
         x = torch.bernoulli(torch.full((32, 784), 0.13), generator=torch.Generator().manual_seed(0))
         run = lambda kk: evalkit.log_weights(model, x, kk, seed=0, device=device, progress=False)
+    elif workload == "sweep":
+        # The default sweep (iwae, jvi1, jvi2 on the 1-2-5 ladder up to K_max = k), as `evalkit sweep` runs it.
+        import warnings
+        warnings.simplefilter("ignore")
+        model = evalkit.load_model({repo!r} + "/examples/digits_iwae.pt")
+        x = evalkit.data.load_data("digits", split="test", binarize="bernoulli", seed=0)
+        run = lambda kk: evalkit.sweep(model, ks=evalkit.diagnostics.ladder(kk), data=x, seed=0, device=device,
+                                       progress=False)
     else:
         model = evalkit.load_model({repo!r} + "/examples/digits_iwae.pt")
         x = evalkit.data.load_data("digits", split="test", binarize="bernoulli", seed=0)
@@ -68,7 +78,7 @@ CHILD = textwrap.dedent(
     result = run(k)
     seconds = time.perf_counter() - start
     cuda_peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    matrix = result if workload == "engine" else result.log_weights
+    matrix = result if workload == "engine" else result.log_weights  # None unless the call returns it
     out = 0 if matrix is None else matrix.numel() * matrix.element_size()
     print(json.dumps({{"before": before, "peak": rss(), "out": out, "n": len(x), "seconds": seconds,
                       "cuda_peak": cuda_peak}}))
@@ -92,7 +102,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ks", type=int, nargs="+", default=[5000, 50000])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    workloads = ["engine", "estimate", "estimate-keep"]
+    workloads = ["engine", "estimate", "estimate-keep", "sweep"]
     parser.add_argument("--workloads", nargs="+", default=workloads, choices=workloads)
     args = parser.parse_args()
     print(f"# bench_memory  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
