@@ -74,6 +74,8 @@ def resolve_data(
             raise DataError(
                 f"data has shape {tuple(tensor.shape)}; pass one datapoint per row, e.g. data.reshape(1, -1) for one datapoint"
             )
+        if tensor.ndim == 0 or tensor.shape[0] == 0:
+            raise DataError(f"data has shape {tuple(tensor.shape)}: no datapoints; pass at least one row")
         tensor = tensor.reshape(tensor.shape[0], -1)
         if binarize != "none":
             tensor = data_module.binarize(tensor, binarize, seed=seed)

@@ -155,3 +155,14 @@ def test_digits_fall_back_to_load_digits_when_the_csv_is_not_found(monkeypatch):
     direct = data._digits_pixel_counts()
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     assert np.array_equal(data._digits_pixel_counts(), direct)
+
+
+@pytest.mark.parametrize("empty", [torch.zeros(0, 64), np.zeros((0, 64))])
+def test_empty_in_memory_data_is_a_data_error_for_estimate_and_sweep(empty):
+    import evalkit
+
+    model = evalkit.load_model("examples/digits_iwae.pt")
+    with pytest.raises(DataError, match=r"data has shape \(0, 64\): no datapoints"):
+        evalkit.estimate(model, empty, k=10)
+    with pytest.raises(DataError, match="no datapoints"):
+        evalkit.sweep(model, data=empty, ks=[1, 10])
