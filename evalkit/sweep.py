@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -495,7 +495,7 @@ def sweep(
         blocks = engine_blocks(model_obj, x, k_max, seed=seed, rows=rows_per_block, engine_options=engine_options,
                                indices=indices)
     bar = _progress_bar(progress, n * sum((k_max // k) * k for _, k in cells), desc="statistics")
-    parts: List[tuple] = []
+    parts: List[_BlockStatistics] = []
     cell_warnings: list = []
     pool_warnings: list = []
     seconds_engine = 0.0
@@ -522,14 +522,16 @@ def sweep(
                 block_weights = dg.weight_diagnostics(block)
                 block_r2, block_r3 = dg.moment_ratios(block)
             pool_warnings += [(start, record) for record in caught]
-            parts.append((block_moments, block_best, block_weights.ess_fraction, block_weights.khat,
-                          block_r2, block_r3))
+            parts.append(_BlockStatistics(block_moments, block_best, block_weights.ess_fraction, block_weights.khat,
+                                          block_r2, block_r3))
             del block
     if log_w is None:
         seconds_model = seconds_engine
-    moments = {key: tuple(np.concatenate([p[0][key][i] for p in parts]) for i in (0, 1)) + (parts[0][0][key][2],)
-               for key in parts[0][0]}
-    best_values = np.concatenate([p[1] for p in parts])
+    # Per-datapoint results of all blocks, in row order: (mean, var) of every cell, then the rest.
+    moments = {key: (np.concatenate([p.moments[key][0] for p in parts]),
+                     np.concatenate([p.moments[key][1] for p in parts]), groups)
+               for key, (_, _, groups) in parts[0].moments.items()}
+    best_values = np.concatenate([p.best for p in parts])
     ref = _resolve_reference(user_ref, n, k_max, model_obj, x, (best_name, best_values))
 
     # Pass 2: dataset-level statistics, fits and slopes.
@@ -570,9 +572,9 @@ def sweep(
                          "bias_slope_ks": ",".join(map(str, slope.ks)), "bias_slope_note": slope.note})
 
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    theory = dg.iwae_theory(np.concatenate([p[4] for p in parts]), np.concatenate([p[5] for p in parts]), ks_used)
-    weights = dg.summarize_weights(np.concatenate([p[2] for p in parts]), np.concatenate([p[3] for p in parts]),
-                                   k_max, index=index)
+    theory = dg.iwae_theory(np.concatenate([p.r2 for p in parts]), np.concatenate([p.r3 for p in parts]), ks_used)
+    weights = dg.summarize_weights(np.concatenate([p.ess_fraction for p in parts]),
+                                   np.concatenate([p.khat for p in parts]), k_max, index=index)
     reissue_warnings(pool_warnings)
     issued: List[str] = []
     for category, text in _without_positions(cell_warnings):
@@ -610,6 +612,18 @@ def sweep(
         warnings=issued,
         log_weights=log_w if keep_log_weights else None,
     )
+
+
+class _BlockStatistics(NamedTuple):
+    """Per-datapoint results of one block of rows: ``{(name, k): (mean, var, groups)}``, the pool's
+    best estimate at K_max, ESS/K, k-hat and the weight-moment ratios (each of shape (rows,))."""
+
+    moments: Dict[tuple, tuple]
+    best: np.ndarray
+    ess_fraction: np.ndarray
+    khat: np.ndarray
+    r2: np.ndarray
+    r3: np.ndarray
 
 
 #: Default upper bound on the threads of a sweep's statistical half.
