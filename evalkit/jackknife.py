@@ -552,10 +552,6 @@ def _lse(values: np.ndarray, axis: int = -1):
     return float(out) if out.ndim == 0 else out
 
 
-def _logsumexp(values: np.ndarray) -> float:
-    return float(_lse(values)) if np.size(values) else -math.inf
-
-
 def _plan_rows(ls: np.ndarray, k: int, order: int, n_pos: np.ndarray, tau0: np.ndarray):
     """Series candidates for many rows at once, best first: ``(tau, h, r)`` arrays of shape (P, 3).
 
@@ -640,12 +636,23 @@ def _enumeration_size(k: int, order: int) -> int:
     return total
 
 
+def _heavy_light_parts(ls: np.ndarray, h: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Log light masses (G,) and centred scaled light weights ``x_i = w_i / S_L - 1/K_L`` (G, K-h).
+
+    ``ls`` (G, K) holds rows sorted in descending order; a row without light mass gets x = 0
+    (nothing to expand).
+    """
+    log_s_light = _lse(ls[:, h:], axis=1)
+    with np.errstate(invalid="ignore"):
+        x = np.exp(ls[:, h:] - log_s_light[:, None]) - 1.0 / (ls.shape[1] - h)
+    x[log_s_light == -math.inf] = 0.0
+    return log_s_light, x
+
+
 def _heavy_light_part(ls: np.ndarray, h: int) -> Tuple[float, np.ndarray]:
-    """Log light mass and centred scaled light weights ``x_i = w_i / S_L - 1/K_L`` of a row."""
-    log_s_light = _logsumexp(ls[h:])
-    if log_s_light == -math.inf:
-        return log_s_light, np.zeros(len(ls) - h)
-    return log_s_light, np.exp(ls[h:] - log_s_light) - 1.0 / (len(ls) - h)
+    """:func:`_heavy_light_parts` of one row ``ls`` (K,)."""
+    log_s_light, x = _heavy_light_parts(ls[None, :], h)
+    return float(log_s_light[0]), x[0]
 
 
 def _heavy_rows(
@@ -886,11 +893,7 @@ def _run_heavy_arrays(ls_sorted, rows, hs, taus, buckets, k, order, correction, 
     for h, r_max in sorted(set(zip(hs.tolist(), buckets.tolist()))):
         members = (hs == h) & (buckets == r_max)
         ls = ls_sorted[members]
-        log_s_light = _lse(ls[:, h:], axis=1)
-        with np.errstate(invalid="ignore"):
-            x = np.exp(ls[:, h:] - log_s_light[:, None]) - 1.0 / (k - h)
-        x[log_s_light == -math.inf] = 0.0  # no light mass: nothing to expand
-        q, q_abs = _tuple_sums(x, order, r_max)
+        q, q_abs = _tuple_sums(_heavy_light_parts(ls, h)[1], order, r_max)
         v, e = _heavy_rows(ls, k, order, h, r_max, taus[members], q, q_abs)
         _keep(rows[members], v, e, correction, corr_err)
 
