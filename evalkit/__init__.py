@@ -10,7 +10,7 @@ Public API (see README):
   ``jvi``, ``dvi``, ``ess``, ``psis_khat``) and the name registry (``get``, ``available``);
 * :mod:`evalkit.models` -- the model protocol and built-in models; :mod:`evalkit.data` -- datasets.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from . import data, estimators, models  # noqa: E402
 from .checkpoints import load_model, save_model  # noqa: E402
