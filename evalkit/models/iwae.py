@@ -31,6 +31,7 @@ from .densities import (
     reparameterised_normal_log_density,
     standard_normal_log_density,
 )
+from .tanh_chain import chain_layers, sigmoid_form, sigmoid_form_applies
 
 
 class GaussianBlock(nn.Module):
@@ -49,7 +50,14 @@ class GaussianBlock(nn.Module):
         return Normal(mu, log_sigma.exp(), validate_args=False)
 
     def params(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Return ``(mu(h), logsigma(h))``, each of shape ``h.shape[:-1] + [out]``."""
+        """Return ``(mu(h), logsigma(h))``, each of shape ``h.shape[:-1] + [out]``.
+
+        On the CPU (no autograd) the two tanh layers and both heads run as one chain in
+        sigmoid form (:mod:`evalkit.models.tanh_chain`), bitwise equal to the modules.
+        """
+        linears = chain_layers(self.transform)
+        if linears is not None and len(self.transform) == 2 * len(linears) and sigmoid_form_applies(h, self):
+            return sigmoid_form(self, "params", [*linears, (self.fc_mu, self.fc_logsigma)], h)
         hidden = self.transform(h)
         return self.fc_mu(hidden), self.fc_logsigma(hidden)
 
@@ -160,8 +168,18 @@ class IWAE(LatentVariableModel):
         for layer in range(n_layers - 1):
             mu, log_sigma = getattr(self, f"decoder_h{layer + 1}").params(h[layer + 1])
             log_p = log_p + normal_log_density(h[layer], mu, log_sigma).double()
-        log_p = log_p + bernoulli_log_likelihood(self.decoder_x(h[0]), x, overwrite=True).double()
+        log_p = log_p + bernoulli_log_likelihood(self.logits(h[0]), x, overwrite=True).double()
         return log_p - log_q
+
+    def logits(self, h1: Tensor) -> Tensor:
+        """Return ``decoder_x(h1)``, the Bernoulli logits, shape ``h1.shape[:-1] + [data_dim]``.
+
+        In sigmoid form on the CPU (:mod:`evalkit.models.tanh_chain`).
+        """
+        linears = chain_layers(self.decoder_x)
+        if linears is not None and len(self.decoder_x) == 2 * len(linears) - 1 and sigmoid_form_applies(h1, self):
+            return sigmoid_form(self, "decoder_x", linears, h1)
+        return self.decoder_x(h1)
 
     def bytes_per_sample(self, dtype: torch.dtype) -> int:
         """Working memory per importance sample (the engine's planning hook): the per-sample networks' activations."""

@@ -16,6 +16,7 @@ from .densities import (
     reparameterised_normal_log_density,
     standard_normal_log_density,
 )
+from .tanh_chain import chain_layers, sigmoid_form, sigmoid_form_applies
 
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU, "softplus": nn.Softplus}
 LIKELIHOODS = ("bernoulli", "gaussian")
@@ -109,18 +110,34 @@ class MLPVAE(EncoderDecoderModel):
         out (:mod:`evalkit.models.densities`); each term is reduced in the compute dtype and
         the three are added in float64.
         """
-        hidden = self.encoder(x)
-        loc = self.encoder_loc(hidden).unsqueeze(1)
-        log_scale = self.encoder_log_scale(hidden).unsqueeze(1)
+        loc, log_scale = self._encoder_heads(x)
+        loc, log_scale = loc.unsqueeze(1), log_scale.unsqueeze(1)
         z = loc + log_scale.exp() * noise
         log_q = reparameterised_normal_log_density(noise, log_scale)
         log_prior = standard_normal_log_density(z)
-        hidden = self.decoder(z)
+        heads = self._decoder_heads(z)
         if self.decoder_log_scale is None:
-            log_likelihood = bernoulli_log_likelihood(self.decoder_loc(hidden), x, overwrite=True)
+            log_likelihood = bernoulli_log_likelihood(heads[0], x, overwrite=True)
         else:
-            log_likelihood = normal_log_density(x.unsqueeze(1), self.decoder_loc(hidden), self.decoder_log_scale(hidden))
+            log_likelihood = normal_log_density(x.unsqueeze(1), *heads)
         return log_likelihood.double() + log_prior.double() - log_q.double()
+
+    def _encoder_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(loc, log_scale)`` of q(z | x); tanh networks run in sigmoid form on the CPU (bitwise the same)."""
+        linears = chain_layers(self.encoder)
+        if self.activation == "tanh" and linears is not None and sigmoid_form_applies(x, self):
+            return sigmoid_form(self, "encoder", [*linears, (self.encoder_loc, self.encoder_log_scale)], x)
+        hidden = self.encoder(x)
+        return self.encoder_loc(hidden), self.encoder_log_scale(hidden)
+
+    def _decoder_heads(self, z: Tensor) -> tuple[Tensor, ...]:
+        """Return the decoder's ``(logits,)`` or ``(loc, log_scale)``, like :meth:`_encoder_heads`."""
+        heads = [self.decoder_loc] + ([self.decoder_log_scale] if self.decoder_log_scale is not None else [])
+        linears = chain_layers(self.decoder)
+        if self.activation == "tanh" and linears is not None and sigmoid_form_applies(z, self):
+            return sigmoid_form(self, "decoder", [*linears, heads], z)
+        hidden = self.decoder(z)
+        return tuple(head(hidden) for head in heads)
 
     def bytes_per_sample(self, dtype: torch.dtype) -> int:
         """Working memory per importance sample (the engine's planning hook): the decoder's activations."""
