@@ -244,8 +244,11 @@ def test_builtin_memory_statements_cover_the_measured_working_memory(model, dtyp
         measured = measure_sample_cost(
             lambda k: model.log_weights(x, torch.zeros(32, k, *model.noise_shape, dtype=dtype)), 32,
             torch.device("cpu"), k_small=32, k_large=64)
-    assert model.bytes_per_sample(dtype) >= measured.bytes_per_sample
-    assert model.bytes_per_datapoint(dtype) + model.bytes_per_sample(dtype) >= measured.bytes_per_datapoint
+    # What planning needs: the statement covers the working memory of the calls measured (the
+    # likelihood's cache-sized pieces make part of it fixed, so compare totals, not slopes).
+    for k in (32, 64):
+        stated = model.bytes_per_datapoint(dtype) + k * model.bytes_per_sample(dtype)
+        assert stated >= measured.bytes_per_datapoint + k * measured.bytes_per_sample
 
 
 def test_progress_bar_only_when_asked(vae, capsys):

@@ -31,6 +31,7 @@ from .densities import (
     reparameterised_normal_log_density,
     standard_normal_log_density,
 )
+from .row_pieces import map_row_pieces
 from .tanh_chain import chain_layers, sigmoid_form, sigmoid_form_applies
 
 
@@ -168,8 +169,17 @@ class IWAE(LatentVariableModel):
         for layer in range(n_layers - 1):
             mu, log_sigma = getattr(self, f"decoder_h{layer + 1}").params(h[layer + 1])
             log_p = log_p + normal_log_density(h[layer], mu, log_sigma).double()
-        log_p = log_p + bernoulli_log_likelihood(self.logits(h[0]), x, overwrite=True).double()
+        log_p = log_p + self._log_likelihood(h[0], x).double()
         return log_p - log_q
+
+    def _log_likelihood(self, h1: Tensor, x: Tensor) -> Tensor:
+        """Return ``log p(x | h1)``, shape ``h1.shape[:2]``; on the CPU in cache-sized pieces (:mod:`evalkit.models.row_pieces`)."""
+        def log_likelihood(h1_piece: Tensor, x_piece: Tensor) -> Tensor:
+            return bernoulli_log_likelihood(self.logits(h1_piece), x_piece, overwrite=True)
+
+        if sigmoid_form_applies(h1, self):
+            return map_row_pieces(log_likelihood, h1, x, self.data_dim)
+        return log_likelihood(h1, x)
 
     def logits(self, h1: Tensor) -> Tensor:
         """Return ``decoder_x(h1)``, the Bernoulli logits, shape ``h1.shape[:-1] + [data_dim]``.

@@ -16,6 +16,7 @@ from .densities import (
     reparameterised_normal_log_density,
     standard_normal_log_density,
 )
+from .row_pieces import map_row_pieces
 from .tanh_chain import chain_layers, sigmoid_form, sigmoid_form_applies
 
 ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU, "softplus": nn.Softplus}
@@ -115,12 +116,20 @@ class MLPVAE(EncoderDecoderModel):
         z = loc + log_scale.exp() * noise
         log_q = reparameterised_normal_log_density(noise, log_scale)
         log_prior = standard_normal_log_density(z)
-        heads = self._decoder_heads(z)
-        if self.decoder_log_scale is None:
-            log_likelihood = bernoulli_log_likelihood(heads[0], x, overwrite=True)
-        else:
-            log_likelihood = normal_log_density(x.unsqueeze(1), *heads)
-        return log_likelihood.double() + log_prior.double() - log_q.double()
+        return self._log_likelihood(z, x).double() + log_prior.double() - log_q.double()
+
+    def _log_likelihood(self, z: Tensor, x: Tensor) -> Tensor:
+        """Return ``log p(x | z)``, shape ``z.shape[:2]``; on the CPU in cache-sized pieces (:mod:`evalkit.models.row_pieces`)."""
+        def log_likelihood(z_piece: Tensor, x_piece: Tensor) -> Tensor:
+            heads = self._decoder_heads(z_piece)
+            if self.decoder_log_scale is None:
+                return bernoulli_log_likelihood(heads[0], x_piece, overwrite=True)
+            return normal_log_density(x_piece.unsqueeze(1), *heads)
+
+        if sigmoid_form_applies(z, self):
+            n_heads = 1 if self.decoder_log_scale is None else 2
+            return map_row_pieces(log_likelihood, z, x, n_heads * self.data_dim)
+        return log_likelihood(z, x)
 
     def _encoder_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(loc, log_scale)`` of q(z | x); tanh networks run in sigmoid form on the CPU (bitwise the same)."""
