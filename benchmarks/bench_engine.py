@@ -2,7 +2,7 @@
 
 For each model the script times, interleaved in one process and best of ``--repeats``:
 
-* **engine** -- ``evalkit.log_weights(model, x, K)``: per-datapoint Philox noise, the call
+* **engine** -- ``evalkit.log_weights(model, x, K)``: per-datapoint noise streams, the call
   layout that makes results batching-invariant, every log-density, float64 output;
 * **bare** -- the least a sampler must do with the same networks: the encoder once per
   datapoint, ``torch.randn`` noise, the reparameterised samples and every per-sample network
@@ -144,7 +144,7 @@ def bare_pass(model: IWAE, x: torch.Tensor, k: int, rows: int, threads: int) -> 
 
 
 def noise_costs(model, n_rows: int, k: int, repeats: int) -> tuple[float, float]:
-    """Seconds per sample to draw the noise: evalkit's per-datapoint Philox streams, and torch.randn."""
+    """Seconds per sample to draw the noise: evalkit's per-datapoint streams (SFC64 seeded from Philox), and torch.randn."""
     shape = tuple(model.noise_shape)
     buffer = torch.empty(32, k, *shape)
 
@@ -225,8 +225,8 @@ def main() -> None:
             if device.type == "cuda":
                 print(f"# {name}: engine {best['engine']:.2f} s for {len(x)} x {args.k} on {device}")
             elif threads == 1:
-                philox, randn = noise_costs(model, len(x), args.k, args.repeats)
-                print(f"|   noise alone: evalkit (Philox, float64 -> float32) {philox * 1e6:.2f} us/sample, "
+                streams, randn = noise_costs(model, len(x), args.k, args.repeats)
+                print(f"|   noise alone: evalkit (per-datapoint streams, float64 -> float32) {streams * 1e6:.2f} us/sample, "
                       f"torch.randn {randn * 1e6:.2f} us/sample; engine {1e6 / engine:.2f}, bare "
                       f"{1e6 / rate[bare_key]:.2f} us/sample | | | | | | | |")
             sys.stdout.flush()

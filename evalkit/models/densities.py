@@ -24,8 +24,7 @@ from torch import Tensor, nn
 LOG_2PI = math.log(2 * math.pi)
 
 PRODUCT_GROUP = 16
-"""Factors multiplied before one ``log`` in :func:`bernoulli_log_likelihood` (CPU): each
-factor is ``sigmoid(|l|)`` in [1/2, 1), so a group's product stays above ``2**-16``."""
+"""Factors multiplied before one ``log`` in :func:`bernoulli_log_likelihood` (CPU)."""
 
 
 def standard_normal_log_density(value: Tensor) -> Tensor:
@@ -77,6 +76,25 @@ def reparameterised_normal_log_density(noise: Tensor, log_scale: Tensor) -> Tens
     return standard_normal_log_density(noise) - log_scale.sum(-1)
 
 
+def _fold_products(factors: Tensor) -> Tensor:
+    """Multiply groups of up to :data:`PRODUCT_GROUP` columns of ``factors`` in place; return the ``[..., D / 16]`` products (contiguous)."""
+    width, grouped = factors.shape[-1], 1
+    while grouped < PRODUCT_GROUP and width > 1:
+        half = width // 2
+        # Fold the upper half onto the lower; with an odd width the middle column waits a round.
+        factors[..., :half].mul_(factors[..., width - half:width])
+        width -= half
+        grouped *= 2
+    # A strided slice would send log (an MKL vector call) through a few elements per row.
+    return factors[..., :width].contiguous()
+
+
+def _log_sigmoid_sum_split(signed: Tensor) -> Tensor:
+    """``sum_j log sigmoid(signed_j)`` as ``sum_j min(signed_j, 0) + log prod_j sigmoid(|signed_j|)``: no product can underflow."""
+    log_lik = signed.clamp_max(0).sum(-1)
+    return log_lik + _fold_products(signed.abs().sigmoid_()).log_().sum(-1)
+
+
 def bernoulli_log_likelihood(logits: Tensor, x: Tensor, *, overwrite: bool = False) -> Tensor:
     """Return ``sum_j log Bernoulli(x_j; sigmoid(logits_j))`` over the last dimension.
 
@@ -95,30 +113,29 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor, *, overwrite: bool = Fal
 
     Notes
     -----
-    With ``s_j = 2 x_j - 1``, ``x_j l_j - softplus(l_j) = log sigmoid(s_j l_j)
-    = min(s_j l_j, 0) + log sigmoid(|l_j|)``. Every term is at most 0, so nothing cancels.
-    On the CPU the ``log`` is taken once per :data:`PRODUCT_GROUP` pixels, of the product of
-    their ``sigmoid(|l_j|)`` (each in [1/2, 1)): one ``sigmoid`` and a sixteenth of a ``log``
-    per pixel instead of one ``softplus`` (``exp`` and ``log1p``). The product's rounding
-    (at most 16 ulp relative) stays below the rounding of the sum itself. Under autograd,
-    or off the CPU, it is ``logsigmoid(s * l)`` summed.
+    With ``s_j = 2 x_j - 1``, ``x_j l_j - softplus(l_j) = log sigmoid(s_j l_j)``. On the CPU
+    the ``log`` is taken once per :data:`PRODUCT_GROUP` pixels, of the product of their
+    ``sigmoid(s_j l_j)``: one ``sigmoid`` and a sixteenth of a ``log`` per pixel instead of
+    one ``softplus`` (``exp`` and ``log1p``, each through MKL's vector library), and four
+    passes over the logits. The product's rounding (at most 16 ulp relative) stays below the
+    rounding of the sum itself. A product can underflow where pixels are confidently wrong
+    (``s_j l_j`` very negative); a row with any product below ``2**24`` times the dtype's
+    smallest normal number is recomputed as ``sum_j min(s_j l_j, 0) + log prod_j
+    sigmoid(|s_j l_j|)``, whose factors lie in [1/2, 1) (rows are independent, so the choice
+    does not depend on the batch). Under autograd, or off the CPU, it is
+    ``logsigmoid(s * l)`` summed.
     """
     sign = (2 * x - 1).unsqueeze(-2)
     if logits.device.type != "cpu" or (torch.is_grad_enabled() and logits.requires_grad):
         return F.logsigmoid(logits * sign).sum(-1)
-    factors = logits.abs().sigmoid_()
     signed = logits.mul_(sign) if overwrite else logits * sign
-    log_lik = signed.clamp_max_(0).sum(-1)
-    del signed
-    width, grouped = factors.shape[-1], 1
-    while grouped < PRODUCT_GROUP and width > 1:
-        half = width // 2
-        # Fold the upper half onto the lower; with an odd width the middle column waits a round.
-        factors[..., :half].mul_(factors[..., width - half:width])
-        width -= half
-        grouped *= 2
-    # A strided slice would send log (an MKL vector call) through a few elements per row.
-    return log_lik + factors[..., :width].contiguous().log_().sum(-1)
+    products = _fold_products(torch.sigmoid(signed))
+    # Every partial product of a group is at least the whole product, so checking it suffices.
+    unsafe = products.amin(-1) < torch.finfo(products.dtype).tiny * 2**24
+    log_lik = products.log_().sum(-1)
+    if unsafe.any():
+        log_lik[unsafe] = _log_sigmoid_sum_split(signed[unsafe])
+    return log_lik
 
 
 class Tanh(nn.Tanh):

@@ -134,7 +134,7 @@ class MLPVAE(EncoderDecoderModel):
     def _encoder_heads(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(loc, log_scale)`` of q(z | x); tanh networks run in sigmoid form on the CPU (bitwise the same)."""
         linears = chain_layers(self.encoder)
-        if self.activation == "tanh" and linears is not None and sigmoid_form_applies(x, self):
+        if linears is not None and len(self.encoder) == 2 * len(linears) and sigmoid_form_applies(x, self):
             return sigmoid_form(self, "encoder", [*linears, (self.encoder_loc, self.encoder_log_scale)], x)
         hidden = self.encoder(x)
         return self.encoder_loc(hidden), self.encoder_log_scale(hidden)
@@ -143,7 +143,7 @@ class MLPVAE(EncoderDecoderModel):
         """Return the decoder's ``(logits,)`` or ``(loc, log_scale)``, like :meth:`_encoder_heads`."""
         heads = [self.decoder_loc] + ([self.decoder_log_scale] if self.decoder_log_scale is not None else [])
         linears = chain_layers(self.decoder)
-        if self.activation == "tanh" and linears is not None and sigmoid_form_applies(z, self):
+        if linears is not None and len(self.decoder) == 2 * len(linears) and sigmoid_form_applies(z, self):
             return sigmoid_form(self, "decoder", [*linears, heads], z)
         hidden = self.decoder(z)
         return tuple(head(hidden) for head in heads)
