@@ -1,11 +1,12 @@
 """Per-pixel work of a model call in pieces that stay in cache.
 
-A Bernoulli likelihood makes about seven elementwise passes over the ``[B, k, D]`` logits. Once
+A Bernoulli likelihood makes several elementwise passes over the ``[B, k, D]`` logits. Once
 those logits outgrow the cache, each pass streams them from memory: on one AVX-512 core with a
-32 MiB L3 the likelihood of 784 pixels costs 0.82-0.89 us per sample for 256-2048 rows and
-1.54-1.74 us for 4096-8192 rows (``bernoulli_log_likelihood`` on fresh logits). The engine's
-calls are sized for the matmuls (thousands of rows), so the decoder's last layer and the
-likelihood run here on pieces of at most :data:`PIECE_BYTES` of logits.
+32 MiB L3 the likelihood of 784 pixels cost 0.82-0.89 us per sample for 256-2048 rows and
+1.54-1.74 us for 4096-8192 rows (the seven-pass version of ``bernoulli_log_likelihood``, on
+fresh logits). The engine's calls are sized for the matmuls (thousands of rows), so the
+decoder's last layer and the likelihood run here on pieces of at most :data:`PIECE_BYTES` of
+logits.
 
 Pieces are a fixed function of the call's shape and keep every row's position modulo 32
 within its matmul, as the engine's own call layout does, so results do not depend on how the
