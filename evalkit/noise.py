@@ -109,14 +109,7 @@ class _PhiloxSeedWords(ISeedSequence):
 def noise_stream(seed: int, index: int, *, block: int = 0) -> np.random.Generator:
     """Return the generator of one block of a datapoint's importance-sampling noise.
 
-    Parameters
-    ----------
-    seed : int
-        Run seed, ``0 <= seed < 2**64``.
-    index : int
-        Index of the datapoint in the full dataset, ``0 <= index < 2**64``.
-    block : int, default 0
-        Block of :data:`NOISE_BLOCK` sample columns.
+    ``seed``, ``index`` and ``block`` are those of :func:`stream`.
 
     Returns
     -------
