@@ -97,3 +97,18 @@ def test_other_layouts_run_the_modules(iwae):
     h = torch.randn(10, iwae.latent_dims[0])
     with torch.no_grad():
         assert torch.equal(iwae.logits(h), iwae.decoder_x(h))
+
+
+def test_parameters_made_in_inference_mode_are_not_cached():
+    with torch.inference_mode():
+        model = IWAE(30, [6], [[20, 16]]).eval()
+        h = torch.randn(40, 6)
+        before = model.logits(h)
+        model.decoder_x[0].weight.mul_(0.5)  # no version counter to notice this
+        assert torch.equal(model.logits(h), model.decoder_x(h))
+        assert not torch.equal(model.logits(h), before)
+
+
+def test_linears_without_bias_run_the_modules():
+    sequential = nn.Sequential(nn.Linear(4, 3, bias=False), nn.Tanh(), nn.Linear(3, 2))
+    assert chain_layers(sequential) is None

@@ -26,7 +26,8 @@ plain evaluation's times an exact power of two: the results equal
 :class:`~evalkit.models.densities.Tanh`'s bit for bit (tested). (Folding the ``-1/2`` into
 the next bias as well would save the subtraction, but was measured to double the float32
 error of the trained example model, through cancellation against ``sum_j W_j``.) The scaled
-weights are cached per module until a parameter changes (its storage or its version counter).
+weights are cached per module until a parameter changes (its storage or its version counter;
+parameters created in inference mode have no version counter and are folded at every call).
 
 Off the CPU (where ``tanh`` is a fast intrinsic) or while autograd records the parameters,
 the plain modules run instead.
@@ -49,13 +50,15 @@ def _linears(layer: Layer) -> list[nn.Linear]:
     return [layer] if isinstance(layer, nn.Linear) else list(layer)
 
 
-def _parameter_key(layers: Sequence[Layer]) -> tuple:
+def _parameter_key(layers: Sequence[Layer]) -> tuple | None:
+    """Identify the parameters' current values: storage, version counter, dtype, device; None if unknowable."""
     key = []
     for layer in layers:
         for linear in _linears(layer):
             for parameter in (linear.weight, linear.bias):
-                version = -1 if parameter.is_inference() else parameter._version
-                key.append((parameter.data_ptr(), version, parameter.dtype, parameter.device))
+                if parameter.is_inference():
+                    return None  # no version counter: an in-place change would go unseen
+                key.append((parameter.data_ptr(), parameter._version, parameter.dtype, parameter.device))
     return tuple(key)
 
 
@@ -111,7 +114,9 @@ def sigmoid_form(owner: nn.Module, name: str, layers: Sequence[Layer], h: Tensor
     cache = owner.__dict__.setdefault(_CACHE_ATTRIBUTE, {})
     key = _parameter_key(layers)
     entry = cache.get(name)
-    if entry is None or entry[0] != key:
+    if key is None:
+        entry = (None, _fold(layers))  # parameters made in inference mode: fold afresh, cache nothing
+    elif entry is None or entry[0] != key:
         # Two threads may both fold on a first call; either result is the same.
         entry = cache[name] = (key, _fold(layers))
     *hidden_layers, heads = entry[1]
@@ -128,7 +133,7 @@ def chain_layers(sequential: nn.Sequential) -> list[nn.Linear] | None:
     """
     modules = list(sequential)
     linears, activations = modules[0::2], modules[1::2]
-    if not linears or not all(type(m) is nn.Linear for m in linears):
+    if not linears or not all(type(m) is nn.Linear and m.bias is not None for m in linears):
         return None
     if not all(isinstance(m, nn.Tanh) for m in activations):
         return None
