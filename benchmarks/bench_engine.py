@@ -76,6 +76,14 @@ def load_average() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def print_run_header(script: str, *, machine_note: str = "") -> None:
+    """Print a run's comment lines: script and UTC time, machine, the command as typed, load average."""
+    print(f"# {Path(script).stem}  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+    print(f"# machine: {machine()}{machine_note}")
+    print(f"# command: python benchmarks/{Path(script).name} {' '.join(sys.argv[1:])}")
+    print(f"# {load_average()} (start)")
+
+
 def models(n_mnist: int):
     """Yield (name, model, data) for the three benchmark models."""
     digits = evalkit.load_model(REPO / "examples" / "digits_iwae.pt")
@@ -179,10 +187,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    print(f"# bench_engine  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"# machine: {machine()}")
-    print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}")
-    print(f"# {load_average()} (start)")
+    print_run_header(__file__)
     header = (f"| model | N x K | threads | engine samples/s | bare samples/s (best rows) | engine / bare "
               f"| bare torch.tanh samples/s | engine / bare torch.tanh |")
     print(header)

@@ -16,14 +16,13 @@ import argparse
 import sys
 import time
 import warnings
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import load_average, machine, models  # noqa: E402
+from bench_engine import load_average, models, print_run_header  # noqa: E402
 
 import evalkit  # noqa: E402
 from evalkit import estimators  # noqa: E402
@@ -46,10 +45,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=64, help="datapoints of the MNIST-size models")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"# bench_estimator_cost  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"# machine: {machine()}; torch threads {torch.get_num_threads()}")
-    print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}")
-    print(f"# {load_average()} (start)")
+    print_run_header(__file__, machine_note=f"; torch threads {torch.get_num_threads()}")
     print("| model | N x K | model pass s | " + " | ".join(NAMES) + " |")
     print("|" + "---|" * (3 + len(NAMES)))
     for name, model, x in models(args.n):

@@ -31,12 +31,11 @@ import json
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import load_average, machine  # noqa: E402
+from bench_engine import load_average, print_run_header  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -105,10 +104,7 @@ def main() -> None:
     workloads = ["engine", "estimate", "estimate-keep", "sweep"]
     parser.add_argument("--workloads", nargs="+", default=workloads, choices=workloads)
     args = parser.parse_args()
-    print(f"# bench_memory  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"# machine: {machine()}")
-    print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}")
-    print(f"# {load_average()} (start)")
+    print_run_header(__file__)
     print("| workload | N x K | peak RSS MiB | growth over warm-up MiB | [N, K] result MiB | peak RSS - result MiB "
           "| CUDA peak MiB | seconds |")
     print("|" + "---|" * 8)

@@ -22,7 +22,6 @@ import argparse
 import math
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -30,7 +29,7 @@ from torch.distributions import Bernoulli, Independent, Normal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_engine import load_average, machine, models, with_torch_tanh  # noqa: E402
+from bench_engine import load_average, models, print_run_header, with_torch_tanh  # noqa: E402
 
 import evalkit  # noqa: E402
 
@@ -73,10 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
 
-    print(f"# bench_reference  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
-    print(f"# machine: {machine()}; torch threads {torch.get_num_threads()}")
-    print(f"# command: python benchmarks/{Path(__file__).name} {' '.join(sys.argv[1:])}")
-    print(f"# {load_average()} (start)")
+    print_run_header(__file__, machine_note=f"; torch threads {torch.get_num_threads()}")
     print("| model | K | evalkit datapoints/s | reference datapoints/s | evalkit / reference "
           "| 10 000 datapoints: evalkit s, reference s | mean IWAE evalkit, reference (same datapoints) |")
     print("|" + "---|" * 7)
