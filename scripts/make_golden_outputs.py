@@ -1,9 +1,10 @@
-"""Write the golden outputs of the bundled example (issue 12: the move must not change a bit)."""
+"""Write the golden outputs of the bundled example (issue 12: the move must not change a bit).
 
 Usage: python scripts/make_golden_outputs.py tests/data/golden
 
 Run once with main before a refactor; tests/test_golden_outputs.py then checks that the same
 estimate JSON (minus the elapsed time) and sweep tables come out byte for byte.
+"""
 import json, sys
 from pathlib import Path
 import evalkit
