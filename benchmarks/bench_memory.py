@@ -11,11 +11,11 @@ allocator pools are in place), then runs once at the K being measured. Reported 
 * on CUDA, ``torch.cuda.max_memory_allocated`` of the run.
 
 Four workloads: ``engine`` (``evalkit.log_weights`` on the IWAE paper's one-layer model,
-N = 32); ``estimate``, the call a user makes (``evalkit.estimate`` with its defaults on the
+N = 32); ``estimate``, the call a user makes (``evalkit.analysis.estimate`` with its defaults on the
 bundled digits example, all 359 test images, the default estimators: it streams over blocks of
 datapoints, so no ``[N, K]`` matrix is held); ``estimate-keep``, the same with
 ``keep_log_weights=True``, which computes and returns the whole matrix (the statistics still run
-over row blocks of it); ``sweep``, the default sweep a user runs (``evalkit.sweep`` on the same
+over row blocks of it); ``sweep``, the default sweep a user runs (``evalkit.analysis.sweep`` on the same
 data, iwae, jvi1 and jvi2 on the 1-2-5 ladder up to K_max = K), which streams over blocks of
 datapoints as well.
 
@@ -61,7 +61,7 @@ CHILD = textwrap.dedent(
         warnings.simplefilter("ignore")
         model = evalkit.load_model({repo!r} + "/examples/digits_iwae.pt")
         x = evalkit.data.load_data("digits", split="test", binarize="bernoulli", seed=0)
-        run = lambda kk: evalkit.sweep(model, ks=evalkit.diagnostics.ladder(kk), data=x, seed=0, device=device,
+        run = lambda kk: evalkit.sweep(model, ks=evalkit.analysis.diagnostics.ladder(kk), data=x, seed=0, device=device,
                                        progress=False)
     else:
         model = evalkit.load_model({repo!r} + "/examples/digits_iwae.pt")

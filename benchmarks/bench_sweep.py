@@ -27,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 import evalkit  # noqa: E402
-from evalkit.diagnostics import ladder  # noqa: E402
-from evalkit.estimate import estimate  # noqa: E402
-from evalkit.sweep import sweep  # noqa: E402
+from evalkit.analysis.diagnostics import ladder  # noqa: E402
+from evalkit.analysis.estimate import estimate  # noqa: E402
+from evalkit.analysis.sweep import sweep  # noqa: E402
 
 
 def best_of(repeat, fn):

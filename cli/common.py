@@ -48,7 +48,7 @@ def _check_memory_budget(ctx, param, value):
     if value is None:
         return value
     from evalkit.errors import InputError
-    from evalkit.memory import parse_memory_budget
+    from evalkit.sampling.memory import parse_memory_budget
 
     try:
         parse_memory_budget(value)
@@ -144,7 +144,7 @@ def input_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def cache_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
-    """Keyword arguments of :func:`evalkit.estimate` (and ``sweep``) from parsed cache options."""
+    """Keyword arguments of :func:`evalkit.analysis.estimate` (and ``sweep``) from parsed cache options."""
     return {"cache": params.get("cache"), "cache_shard_size": params.get("cache_shard_size")}
 
 

@@ -58,9 +58,9 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     Several processes or GPUs: `torchrun --nproc_per_node N -m evalkit estimate ...` splits
     the datapoints between them; rank 0 prints and writes the same result as one process.
     """
-    from evalkit import distributed
-    from evalkit.estimate import DEFAULT_ESTIMATORS, estimate
-    from evalkit.outputs import check_outputs, write_estimate_outputs
+    from evalkit.sampling import distributed
+    from evalkit.analysis.estimate import DEFAULT_ESTIMATORS, estimate
+    from evalkit.output.files import check_outputs, write_estimate_outputs
 
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
     _check_distinct(outputs)

@@ -26,8 +26,8 @@ def report_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k
 
         evalkit report examples/digits_iwae.pt --binarize bernoulli --ks 1,2,5,10,20,50,100,200,500,1000 --out reports/digits-example
     """
-    from evalkit import distributed
-    from evalkit.report import check_output_dir, report_paths
+    from evalkit.sampling import distributed
+    from evalkit.output.report import check_output_dir, report_paths
 
     ctx = click.get_current_context()
     if distributed.rank() == 0:  # fail now, not after the sweep; under torchrun only rank 0 writes

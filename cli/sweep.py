@@ -70,14 +70,14 @@ sweep_inputs = _compose(
 
 def run_sweep(ctx: click.Context, checkpoint: Optional[str], log_weights: Optional[str], ks, estimators,
               reference: Optional[str], fit_min_k: int, params: Dict[str, Any]):
-    """Check the input choice, then call :func:`evalkit.sweep`; shared by ``sweep`` and ``report``."""
-    from evalkit.sweep import DEFAULT_ESTIMATORS, load_log_weights, sweep
+    """Check the input choice, then call :func:`evalkit.analysis.sweep`; shared by ``sweep`` and ``report``."""
+    from evalkit.analysis.sweep import DEFAULT_ESTIMATORS, load_log_weights, sweep
 
     if checkpoint is None and log_weights is None:
         raise click.UsageError("give a CHECKPOINT to evaluate, or --log-weights FILE with precomputed log-weights")
     if checkpoint is not None and log_weights is not None:
         raise click.UsageError("give a CHECKPOINT or --log-weights FILE, not both")
-    from evalkit import distributed
+    from evalkit.sampling import distributed
 
     common = dict(ks=ks, estimators=estimators or DEFAULT_ESTIMATORS, reference=_reference(reference),
                   fit_min_k=fit_min_k)
@@ -109,7 +109,7 @@ def _reference(text: Optional[str]):
     try:
         return float(text)
     except ValueError:
-        return text  # a file path; evalkit.sweep reads and checks it
+        return text  # a file path; evalkit.analysis.sweep reads and checks it
 
 
 @main.command("sweep")
@@ -140,10 +140,10 @@ def sweep_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k,
 
         evalkit sweep --log-weights log_w.npy --reference -85.2 --out runs/sweep
     """
-    from evalkit.plots import check_formats
-    from evalkit.report import check_output_dir, sweep_paths
+    from evalkit.output.plots import check_formats
+    from evalkit.output.report import check_output_dir, sweep_paths
 
-    from evalkit import distributed
+    from evalkit.sampling import distributed
 
     ctx = click.get_current_context()
     formats = check_formats(figure_formats)

@@ -12,11 +12,13 @@ Public API (see README):
 """
 __version__ = "0.2.0"
 
-from . import data, estimators, models  # noqa: E402
-from .checkpoints import load_model, save_model  # noqa: E402
-from .engine import log_weights  # noqa: E402
-from .estimate import EstimateResult, estimate, estimate_from_log_weights  # noqa: E402
-from .sweep import SweepResult, load_log_weights, sweep  # noqa: E402
+from . import data
+from . import estimators
+from . import models  # noqa: E402
+from .models.checkpoints import load_model, save_model  # noqa: E402
+from .sampling.engine import log_weights  # noqa: E402
+from .analysis.estimate import EstimateResult, estimate, estimate_from_log_weights  # noqa: E402
+from .analysis.sweep import SweepResult, load_log_weights, sweep  # noqa: E402
 
 __all__ = [
     "EstimateResult",

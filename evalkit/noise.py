@@ -298,7 +298,7 @@ def draw_noise(
 ) -> torch.Tensor:
     """Return the engine's importance-sampling noise for some datapoints and sample columns.
 
-    This is exactly the noise :func:`evalkit.engine.log_weights` passes to
+    This is exactly the noise :func:`evalkit.sampling.engine.log_weights` passes to
     ``model.log_weights``, so a computation written by hand can reproduce its log-weights.
 
     Parameters

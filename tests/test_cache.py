@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit import cache as cache_module
-from evalkit.cache import CacheWarning, cached_log_weights, default_shard_size, shard_ranges
+from evalkit.sampling import cache as cache_module
+from evalkit.sampling.cache import CacheWarning, cached_log_weights, default_shard_size, shard_ranges
 from evalkit.errors import DataError, InputError, OutputError, ResourceError
 
 
@@ -30,7 +30,7 @@ class TinyModel(torch.nn.Module):
 
 
 class FakeEngine:
-    """Stands in for evalkit.engine.log_weights; records the rows of every call."""
+    """Stands in for evalkit.sampling.engine.log_weights; records the rows of every call."""
 
     def __init__(self, fail_at_row=None, exception=RuntimeError):
         self.calls = []

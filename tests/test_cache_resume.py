@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit import cache as cache_module
-from evalkit.cache import CacheWarning, cached_log_weights
-from evalkit.engine import log_weights
+from evalkit.sampling import cache as cache_module
+from evalkit.sampling.cache import CacheWarning, cached_log_weights
+from evalkit.sampling.engine import log_weights
 from evalkit.errors import InputError
 from evalkit.models import MLPVAE
 

@@ -10,8 +10,8 @@ import torch
 import torch.serialization
 from torch import nn
 
-from evalkit.checkpoints import PrefixStrippedWarning, detect_checkpoint_kind, load_model, save_model
-from evalkit.engine import log_weights
+from evalkit.models.checkpoints import PrefixStrippedWarning, detect_checkpoint_kind, load_model, save_model
+from evalkit.sampling.engine import log_weights
 from evalkit.errors import CheckpointError, InputError, OutputError
 from evalkit.models import IWAE, MLPVAE, LinearGaussianModel
 from evalkit.noise import draw_noise

@@ -20,8 +20,8 @@ import torch
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from evalkit.cache import cached_log_weights
-from evalkit.engine import log_weights
+from evalkit.sampling.cache import cached_log_weights
+from evalkit.sampling.engine import log_weights
 from evalkit.models import IWAE, MLPVAE, LinearGaussianModel
 
 N, K = 40, 260  # K crosses the engine's 256-column noise block; N is not a multiple of 32
@@ -115,7 +115,7 @@ def test_cache_shard_size_does_not_change_the_bits(tmp_path_factory, shard_size,
 
 def test_estimate_tables_are_identical_across_batch_size_and_data_order():
     pytest.importorskip("evalkit.estimators")
-    from evalkit.estimate import estimate
+    from evalkit.analysis.estimate import estimate
 
     model, data = MODELS["mlpvae"], _data("mlpvae")
     names = ["elbo", "iwae", "jvi1", "dvi"]
@@ -147,7 +147,7 @@ def test_one_versus_two_processes(tmp_path):
         import sys, torch
         sys.path.insert(0, {repo!r})
         sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-        from evalkit import distributed
+        from evalkit.sampling import distributed
         from test_determinism import MODELS, K, _data
         log_w = distributed.log_weights(MODELS["iwae"], _data("iwae"), K, seed=11, progress=False)
         if log_w is not None:

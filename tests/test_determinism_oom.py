@@ -10,7 +10,7 @@ import warnings
 import pytest
 import torch
 
-from evalkit.engine import log_weights
+from evalkit.sampling.engine import log_weights
 from evalkit.errors import ResourceError
 from evalkit.models import MLPVAE
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from scipy.special import digamma, polygamma
 
-from evalkit import diagnostics as dg
+from evalkit.analysis import diagnostics as dg
 from evalkit.errors import InputError
 
 

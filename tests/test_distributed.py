@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import evalkit
-from evalkit import distributed
+from evalkit.sampling import distributed
 from evalkit.errors import InputError
 from evalkit.models import IWAE
 
@@ -54,7 +54,7 @@ def test_a_cache_under_torchrun_is_refused(monkeypatch, tmp_path):
 SCRIPT = textwrap.dedent(
     """
     import torch
-    from evalkit import distributed
+    from evalkit.sampling import distributed
     from evalkit.models import IWAE
 
     torch.manual_seed(0)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from evalkit.engine import MAX_ROWS_PER_CALL, ROW_ALIGN, log_weights, model_sample_cost, plan_chunks
+from evalkit.sampling.engine import MAX_ROWS_PER_CALL, ROW_ALIGN, log_weights, model_sample_cost, plan_chunks
 from evalkit.errors import DataError, InputError, ResourceError
-from evalkit.memory import SampleCost, measure_sample_cost, parse_memory_budget
+from evalkit.sampling.memory import SampleCost, measure_sample_cost, parse_memory_budget
 from evalkit.models import IWAE, MLPVAE, LinearGaussianModel
 from evalkit.noise import NOISE_BLOCK
 
@@ -263,7 +263,7 @@ MEMORY_SCRIPT = textwrap.dedent(
     import json, resource, sys
     sys.path.insert(0, {repo!r})
     import torch
-    from evalkit.engine import log_weights, model_sample_cost, plan_chunks, parse_memory_budget
+    from evalkit.sampling.engine import log_weights, model_sample_cost, plan_chunks, parse_memory_budget
     from evalkit.models import MLPVAE
 
     torch.set_num_threads(1)  # speed on a shared machine; memory does not depend on it

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import evalkit
-from evalkit import engine
-from evalkit.engine import ROW_ALIGN, _make_batches, call_columns, log_weights
+from evalkit.sampling import engine
+from evalkit.sampling.engine import ROW_ALIGN, _make_batches, call_columns, log_weights
 from evalkit.errors import InputError
 from evalkit.models import IWAE, MLPVAE
 from evalkit.models.densities import Tanh, bernoulli_log_likelihood
@@ -189,7 +189,7 @@ def test_gpu_path_with_data_on_the_gpu_and_small_chunks():
 def test_default_device_falls_back_to_the_cpu_without_a_gpu(narrow):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    assert evalkit.engine.resolve_device(None).type == "cpu"
+    assert evalkit.sampling.engine.resolve_device(None).type == "cpu"
     assert log_weights(narrow, binary(3, 10), 4, progress=False).shape == (3, 4)
 
 

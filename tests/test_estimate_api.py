@@ -1,4 +1,4 @@
-"""evalkit.estimate / estimate_from_log_weights: numbers against independent computations."""
+"""evalkit.analysis.estimate / estimate_from_log_weights: numbers against independent computations."""
 import json
 import math
 

@@ -17,9 +17,9 @@ import torch
 
 import evalkit
 from evalkit import estimators as E
-from evalkit.diagnostics import weight_diagnostics
+from evalkit.analysis.diagnostics import weight_diagnostics
 from evalkit.errors import InputError
-from evalkit.estimate import BLOCK_COPIES, DEFAULT_ESTIMATORS, STATISTICS_BUDGET, block_rows
+from evalkit.analysis.estimate import BLOCK_COPIES, DEFAULT_ESTIMATORS, STATISTICS_BUDGET, block_rows
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["elbo", "iwae", "jvi1", "jvi2", "jvi3", "dvi"]
@@ -35,7 +35,7 @@ def digits():
 
 @pytest.fixture(scope="module")
 def whole(digits):
-    """The whole-matrix result, computed without evalkit.estimate: engine, then each estimator."""
+    """The whole-matrix result, computed without evalkit.analysis.estimate: engine, then each estimator."""
     model, x = digits
     log_w = evalkit.log_weights(model, x, K, seed=3, progress=False)
     return log_w, _direct(log_w)
@@ -196,7 +196,7 @@ def test_block_rows_fit_the_budget_in_multiples_of_32():
 
 def test_blocks_are_engine_calls_on_dataset_index_ranges(digits, monkeypatch):
     model, x = digits
-    import evalkit.engine as engine
+    import evalkit.sampling.engine as engine
 
     calls = []
     real = engine.log_weights
@@ -217,7 +217,7 @@ def test_blocks_are_engine_calls_on_dataset_index_ranges(digits, monkeypatch):
 
 def test_one_progress_bar_over_all_blocks(digits, monkeypatch):
     model, x = digits
-    import evalkit.engine as engine
+    import evalkit.sampling.engine as engine
 
     bars = []
     real = engine._progress_bar

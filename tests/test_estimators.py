@@ -11,7 +11,7 @@ from scipy.special import logsumexp
 
 from evalkit import estimators as E
 from evalkit.errors import InputError
-from evalkit.jackknife import AccuracyWarning
+from evalkit.estimators.jackknife import AccuracyWarning
 
 ROW_FUNCTIONS = {
     "elbo": E.elbo,
@@ -283,7 +283,7 @@ def test_unknown_name_lists_known_and_suggests():
 
 
 def test_thresholds_defined_once():
-    from evalkit import psis
+    from evalkit.estimators import psis
 
     assert E.KHAT_GOOD == 0.5 and E.KHAT_BAD == 0.7
     assert E.KHAT_GOOD is psis.KHAT_GOOD and E.khat_threshold is psis.khat_threshold
@@ -379,7 +379,7 @@ def test_ordering_elbo_le_iwae_and_k1_equality(values):
 def test_docstring_examples_run():
     import doctest
 
-    from evalkit import arraykind, jackknife, psis
+    from evalkit.estimators import arraykind, jackknife, psis
 
     for module in (E, psis, jackknife, arraykind):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)

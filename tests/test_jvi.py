@@ -17,7 +17,7 @@ import torch
 
 from evalkit import estimators as E
 from evalkit.errors import InputError
-from evalkit.jackknife import AccuracyWarning, jackknife_coefficients, jvi_with_error
+from evalkit.estimators.jackknife import AccuracyWarning, jackknife_coefficients, jvi_with_error
 
 TOL = 1e-9
 
@@ -374,7 +374,7 @@ def test_order_one_dominated_weight_at_several_k():
 
 def _route_value(ls, k, m, h):
     """JVI_m - IWAE and its error estimate with a heavy set of the h largest weights (h = 0: light route)."""
-    from evalkit import jackknife as J
+    from evalkit.estimators import jackknife as J
 
     wn = np.exp(ls - np.logaddexp.reduce(ls))
     if h == 0:
@@ -421,7 +421,7 @@ def test_light_and_heavy_routes_agree_on_continuous_weights(kind):
 
 
 def test_vectorised_series_length_matches_the_per_row_rule():
-    from evalkit import jackknife as J
+    from evalkit.estimators import jackknife as J
 
     taus = np.concatenate([[0.0, -1.0, 1.0, 1.5, 1e-300, 0.999999], np.random.default_rng(3).uniform(0, 1, 2000)])
     for k, m in [(5, 2), (100, 2), (5000, 3), (5000, 5)]:
@@ -436,7 +436,7 @@ def test_a_rows_value_does_not_depend_on_the_rows_beside_it(k, m):
     # Rows of every route (light, enumeration, heavy/light with several heavy-set sizes) side by
     # side; evaluating them in small blocks must give bitwise the same numbers, because callers
     # (sweeps, streamed estimates) split rows however their memory budget says.
-    from evalkit import jackknife as J
+    from evalkit.estimators import jackknife as J
 
     rng = np.random.default_rng(k * 10 + m)
     rows = rng.normal(size=(60, k)) * np.repeat([0.3, 1.5, 3.0, 6.0], 15)[:, None]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.distributions import Gamma, Independent, Normal, kl_divergence
 
-from evalkit.engine import log_weights
+from evalkit.sampling.engine import log_weights
 from evalkit.errors import InputError
 from evalkit.models import IWAE, MLPVAE, EncoderDecoderModel, LinearGaussianModel, check_model
 from evalkit.noise import draw_noise

@@ -6,7 +6,7 @@ import pytest
 
 from evalkit import plots
 from evalkit.errors import InputError
-from evalkit.sweep import sweep
+from evalkit.analysis.sweep import sweep
 
 
 @pytest.fixture(scope="module")

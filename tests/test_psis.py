@@ -8,7 +8,7 @@ from scipy import stats
 
 from evalkit import estimators as E
 from evalkit.errors import InputError
-from evalkit.psis import KHAT_BAD, KHAT_GOOD, gpd_fit, khat_threshold, tail_length
+from evalkit.estimators.psis import KHAT_BAD, KHAT_GOOD, gpd_fit, khat_threshold, tail_length
 
 S = 5000
 

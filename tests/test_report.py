@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from evalkit import report
+from evalkit.output import report
 from evalkit.errors import OutputError
-from evalkit.sweep import TABLE_COLUMNS, sweep
+from evalkit.analysis.sweep import TABLE_COLUMNS, sweep
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from evalkit.engine import log_weights
+from evalkit.sampling.engine import log_weights
 from evalkit.models import IWAE, MLPVAE, row_pieces
 from evalkit.models.row_pieces import map_row_pieces, piece_bounds
 

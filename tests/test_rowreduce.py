@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from evalkit.rowreduce import SHORT_ROW, row_any, row_max, row_min, row_sum
+from evalkit.estimators.rowreduce import SHORT_ROW, row_any, row_max, row_min, row_sum
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 7, 8, 9, 15, 16, 17, 40])

@@ -1,4 +1,4 @@
-"""evalkit.sweep on log-weight matrices with exact answers.
+"""evalkit.analysis.sweep on log-weight matrices with exact answers.
 
 Gamma oracle: if w ~ Gamma(a, 1) i.i.d., log p = log a, E[IWAE_k] = psi(ka) - log(ka) + log a,
 Var[IWAE_k] = psi'(ka), and (by linearity) E[JVI_m(k)] - log a = sum_j c(k, m, j) (psi((k-j)a)
@@ -15,9 +15,9 @@ import torch
 from scipy.special import digamma, polygamma
 
 from evalkit import estimators
-from evalkit.diagnostics import ladder
+from evalkit.analysis.diagnostics import ladder
 from evalkit.errors import DataError, InputError
-from evalkit.sweep import TABLE_COLUMNS, load_log_weights, sweep
+from evalkit.analysis.sweep import TABLE_COLUMNS, load_log_weights, sweep
 
 A = 1.0
 N, K = 200, 2000
@@ -134,7 +134,7 @@ def test_measured_bias_slopes_are_about_minus_one_two_and_three():
     # the resolved ranges: IWAE -1.04 (k = 3..2000), JVI-1 -1.9 to -2.0 (k = 3..20), JVI-2 -3.2
     # (k = 3..5). For Gamma the k^-3 term of the bias expansion vanishes, so JVI-2 falls like
     # k^-4 further out (-3.6 at k = 5..10), below what 2e6 samples resolve.
-    from evalkit.diagnostics import bias_slope
+    from evalkit.analysis.diagnostics import bias_slope
 
     a = 0.2
     rng = np.random.default_rng(7)

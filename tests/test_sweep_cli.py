@@ -1,4 +1,4 @@
-"""The `evalkit sweep` and `evalkit report` commands: thin shells over evalkit.sweep."""
+"""The `evalkit sweep` and `evalkit report` commands: thin shells over evalkit.analysis.sweep."""
 import json
 import sys
 

@@ -1,4 +1,4 @@
-"""evalkit.sweep on a model: LinearGaussianModel with an imperfect proposal (exact log p(x)).
+"""evalkit.analysis.sweep on a model: LinearGaussianModel with an imperfect proposal (exact log p(x)).
 
 Independent truths:
 
@@ -21,7 +21,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 
 from evalkit.errors import InputError
 from evalkit.models.linear_gaussian import LinearGaussianModel
-from evalkit.sweep import sweep
+from evalkit.analysis.sweep import sweep
 
 SHIFT, WIDEN = 0.8, 1.1
 N, K_MAX = 400, 2000
@@ -67,7 +67,7 @@ def _sample(exact):
     generator = torch.Generator().manual_seed(1)
     cov = exact.marginal().covariance_matrix
     eps = torch.randn(N, cov.shape[0], generator=generator, dtype=torch.float64)
-    # float32 values, as evalkit.inputs.resolve_data hands the data to the engine
+    # float32 values, as evalkit.sources.inputs.resolve_data hands the data to the engine
     return (exact.bias.double() + eps @ torch.linalg.cholesky(cov).T).float().double()
 
 
@@ -156,7 +156,7 @@ def test_extrapolation_and_slopes(setup):
         assert fits.loc[name, "a_minus_reference_se"] < fits.loc[name, "a_se"] / 10
     assert fits.loc["iwae", "bias_slope"] == pytest.approx(-1.0, abs=0.1)
     # JVI-1's bias is resolved only at small k here; its slope over k >= 2 is about -2.
-    from evalkit.diagnostics import bias_slope
+    from evalkit.analysis.diagnostics import bias_slope
 
     jvi1 = result.table[result.table.estimator == "jvi1"]
     slope = bias_slope(jvi1["k"], jvi1["gap_to_kmax"], jvi1["gap_to_kmax_se"])
@@ -164,16 +164,16 @@ def test_extrapolation_and_slopes(setup):
 
 
 def test_one_model_pass_at_k_max(monkeypatch):
-    import evalkit.engine
+    import evalkit.sampling.engine
 
     calls = []
-    original = evalkit.engine.log_weights
+    original = evalkit.sampling.engine.log_weights
 
     def counting(model, data, k, **kwargs):
         calls.append(k)
         return original(model, data, k, **kwargs)
 
-    monkeypatch.setattr(evalkit.engine, "log_weights", counting)
+    monkeypatch.setattr(evalkit.sampling.engine, "log_weights", counting)
     model, _ = imperfect_model()
     sweep(model, ks=[1, 10, 100], data=_sample(model)[:20], progress=False)
     assert calls == [100]
@@ -226,12 +226,12 @@ def test_without_an_exact_marginal_the_user_or_pool_reference_is_used(lg):
 
 
 def test_a_bad_reference_fails_before_the_model_pass(lg, monkeypatch):
-    import evalkit.engine
+    import evalkit.sampling.engine
 
     def forbidden(*args, **kwargs):
         raise AssertionError("the engine ran before the reference was checked")
 
-    monkeypatch.setattr(evalkit.engine, "log_weights", forbidden)
+    monkeypatch.setattr(evalkit.sampling.engine, "log_weights", forbidden)
     model, _, x = lg
     with pytest.raises(InputError, match="reference has 2 values for 30 datapoints"):
         sweep(NoMarginal(model), ks=[1, 2], data=x[:30], reference=[1.0, 2.0])

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import evalkit
-from evalkit import engine
+from evalkit.sampling import engine
 from evalkit.errors import InputError
 
 KS = [1, 2, 5, 20, 100, 300]
@@ -105,7 +105,7 @@ def test_block_size_must_be_a_positive_int(bad):
 def test_streamed_sweep_does_not_hold_the_pool(monkeypatch, digits):
     # The largest log-weight array the statistics ever see is one block.
     model, x = digits
-    from evalkit import diagnostics
+    from evalkit.analysis import diagnostics
 
     seen = []
     real = diagnostics.evaluate_groups

@@ -34,7 +34,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from .arraykind import as_rows, format_positions
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["KHAT_GOOD", "KHAT_BAD", "khat_threshold", "psis_khat", "gpd_fit", "tail_length"]
 

@@ -58,8 +58,8 @@ from typing import Callable, Iterator, List, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from .data import check_data_for_model, rows_text
-from .errors import EvalkitError, InputError, ResourceError
+from ..data import check_data_for_model, rows_text
+from ..errors import EvalkitError, InputError, ResourceError
 from .memory import (
     SampleCost,
     default_memory_budget,
@@ -68,8 +68,8 @@ from .memory import (
     measure_sample_cost,
     parse_memory_budget,
 )
-from .models.base import check_model
-from .noise import NOISE_BLOCK, NoiseBlocks, check_seed
+from ..models.base import check_model
+from ..noise import NOISE_BLOCK, NoiseBlocks, check_seed
 
 ROW_ALIGN = 32
 """Slots and sample columns of every model call come in groups of this many (see module notes)."""
@@ -646,7 +646,7 @@ def model_sample_cost(model: torch.nn.Module, x_probe: torch.Tensor, dtype: torc
 
     Uses ``model.bytes_per_sample(dtype)`` (and ``model.bytes_per_datapoint(dtype)`` if
     present) when the model defines it; otherwise measures two small probe calls on
-    ``x_probe`` (:func:`evalkit.memory.measure_sample_cost`); when measuring sees nothing or
+    ``x_probe`` (:func:`evalkit.sampling.memory.measure_sample_cost`); when measuring sees nothing or
     fails, estimates from the parameter shapes (a model error then surfaces in the real run).
     Engine buffers per sample: noise in float64 and in the compute dtype (twice, for the chunk
     being computed and the next one) and the float64 result copy; per datapoint: the cached
@@ -884,7 +884,7 @@ def log_weights(
     >>> import evalkit, torch
     >>> model = evalkit.models.LinearGaussianModel.random(data_dim=5, latent_dim=2)
     >>> x = model.marginal().sample((10,))
-    >>> log_w = evalkit.engine.log_weights(model, x, 100, dtype=torch.float64, progress=False)
+    >>> log_w = evalkit.sampling.engine.log_weights(model, x, 100, dtype=torch.float64, progress=False)
     >>> torch.allclose(log_w, model.log_marginal(x)[:, None])  # exact posterior as proposal
     True
     """

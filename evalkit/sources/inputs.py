@@ -2,7 +2,7 @@
 dataset name) into a model and a validated ``[N, D]`` data tensor.
 
 These are the only places where the public API accepts "either a thing or where to find it",
-so that :func:`evalkit.estimate`, :func:`evalkit.sweep` and the CLI agree on the rules.
+so that :func:`evalkit.analysis.estimate`, :func:`evalkit.analysis.sweep` and the CLI agree on the rules.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .errors import DataError
+from ..errors import DataError
 
 ModelLike = Union[torch.nn.Module, str, os.PathLike]
 DataLike = Union[torch.Tensor, np.ndarray, str, os.PathLike]
@@ -28,7 +28,7 @@ def resolve_model(
     """Return ``model`` itself, or load it from a checkpoint path with :func:`evalkit.load_model`."""
     if isinstance(model, torch.nn.Module) or hasattr(model, "log_weights"):
         return model
-    from .checkpoints import load_model
+    from ..models.checkpoints import load_model
 
     return load_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
 
@@ -53,7 +53,7 @@ def resolve_data(
     split, binarize, seed
         As in :func:`evalkit.data.load_data`; ``binarize`` also applies to in-memory data.
     """
-    from . import data as data_module
+    from .. import data as data_module
 
     if isinstance(data, (str, os.PathLike)):
         tensor = data_module.load_data(data, split=split, binarize=binarize, seed=seed)

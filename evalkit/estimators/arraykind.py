@@ -21,7 +21,7 @@ from typing import Any, Tuple
 import numpy as np
 import torch
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["Kind", "as_rows", "format_positions"]
 

@@ -1,10 +1,10 @@
-"""``evalkit.sweep``: bias, variance and weight diagnostics over K from ONE sample pool.
+"""``evalkit.analysis.sweep``: bias, variance and weight diagnostics over K from ONE sample pool.
 
 A sweep answers the questions a single estimate cannot: how far is the estimate at the K you
 used still from log p(x), would more K or a debiased estimator help, and can the importance
 weights be trusted at all? It draws ``K_max = max(ks)`` samples per datapoint once (or takes a
 precomputed ``[N, K]`` log-weight matrix from any tool) and evaluates every estimator at every
-k on the ``floor(K_max / k)`` disjoint groups of k columns (:mod:`evalkit.diagnostics`), so the
+k on the ``floor(K_max / k)`` disjoint groups of k columns (:mod:`evalkit.analysis.diagnostics`), so the
 whole sweep costs about one model pass at ``K_max``.
 """
 from __future__ import annotations
@@ -25,11 +25,11 @@ import pandas as pd
 import torch
 
 from . import diagnostics as dg
-from . import distributed
-from .blocks import block_rows, check_block_size, engine_blocks, reissue_warnings
-from .engine import _progress_bar
-from .errors import DataError, InputError
-from .outputs import render
+from ..sampling import distributed
+from ..sampling.blocks import block_rows, check_block_size, engine_blocks, reissue_warnings
+from ..sampling.engine import _progress_bar
+from ..errors import DataError, InputError
+from ..output.files import render
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
 
@@ -94,7 +94,7 @@ class Reference:
 
 @dataclass
 class SweepResult:
-    """Everything a sweep measured; tables are DataFrames, figures come from :mod:`evalkit.plots`.
+    """Everything a sweep measured; tables are DataFrames, figures come from :mod:`evalkit.output.plots`.
 
     Attributes
     ----------
@@ -102,7 +102,7 @@ class SweepResult:
         One row per (estimator, k) that was evaluated; columns ``estimator, k, groups,
         estimate, estimate_se, mc_se, bias, bias_se, variance, variance_se, rmse, rmse_se,
         gap_to_kmax, gap_to_kmax_se, reference, note`` (see
-        :func:`evalkit.diagnostics.bias_variance` for the definitions). ``gap_to_kmax`` is
+        :func:`evalkit.analysis.diagnostics.bias_variance` for the definitions). ``gap_to_kmax`` is
         ``mean_n (m_n - best_n)`` with ``best_n`` the least biased estimate at ``K_max`` on the
         same samples: paired, so its SE leaves out the Monte Carlo noise that every k shares
         (it equals ``bias`` when that estimate is the reference). It measures the shape of the
@@ -110,14 +110,14 @@ class SweepResult:
         Cells where ``k < min_k`` of an estimator are absent (listed in ``notes``).
     theory : DataFrame
         IWAE asymptotic bias and variance from the pool's sample moments (columns ``k, bias,
-        variance, bias_2, variance_2``; see :func:`evalkit.diagnostics.iwae_theory`).
+        variance, bias_2, variance_2``; see :func:`evalkit.analysis.diagnostics.iwae_theory`).
     fits : DataFrame
         Per estimator, the ``a + b/k + c/k^2`` fit: ``estimator, a, a_se, b, c, k_min, k_max,
-        points, note``; ``a`` is the extrapolated mean log p(x) (:func:`evalkit.diagnostics.fit_inverse_k`)
+        points, note``; ``a`` is the extrapolated mean log p(x) (:func:`evalkit.analysis.diagnostics.fit_inverse_k`)
         and ``a_minus_reference`` (with a paired SE) its distance from the reference.
         Also the measured log-log slope of the bias over the ks ``>= fit_min_k`` where it is
         resolved, from the paired ``gap_to_kmax``: ``bias_slope, bias_slope_se, bias_slope_ks,
-        bias_slope_note`` (:func:`evalkit.diagnostics.bias_slope`; asymptotically -1 for IWAE and
+        bias_slope_note`` (:func:`evalkit.analysis.diagnostics.bias_slope`; asymptotically -1 for IWAE and
         -(m+1) for JVI-m).
     weights : WeightDiagnostics
         ESS/K and PSIS k-hat per datapoint on the full pool, with summary and warning.
@@ -272,23 +272,23 @@ class SweepResult:
     # -- figures and files ----------------------------------------------------------------------
 
     def figures(self) -> Dict[str, Any]:
-        """The four standard figures as matplotlib Figures (see :func:`evalkit.plots.sweep_figures`)."""
-        from .plots import sweep_figures
+        """The four standard figures as matplotlib Figures (see :func:`evalkit.output.plots.sweep_figures`)."""
+        from ..output.plots import sweep_figures
 
         return sweep_figures(self)
 
     def save(self, out: Union[str, os.PathLike], *, formats: Sequence[str] = ("png", "svg", "pdf"),
              per_datapoint: bool = False, overwrite: bool = False) -> Dict[str, Path]:
         """Write tables (CSV, JSON, Markdown) and figures to directory ``out``; see
-        :func:`evalkit.report.write_sweep`."""
-        from .report import write_sweep
+        :func:`evalkit.output.report.write_sweep`."""
+        from ..output.report import write_sweep
 
         return write_sweep(self, out, formats=formats, per_datapoint=per_datapoint, overwrite=overwrite)
 
     def report(self, out: Union[str, os.PathLike], *, title: Optional[str] = None, command: Optional[str] = None,
                overwrite: bool = False) -> Dict[str, Path]:
-        """Write a self-contained Markdown + HTML report to ``out``; see :func:`evalkit.report.write_report`."""
-        from .report import write_report
+        """Write a self-contained Markdown + HTML report to ``out``; see :func:`evalkit.output.report.write_report`."""
+        from ..output.report import write_report
 
         return write_report(self, out, title=title, command=command, overwrite=overwrite)
 
@@ -328,7 +328,7 @@ def sweep(
         columns; torch or numpy). For a matrix the pool is all ``K`` columns.
     ks : sequence of int, optional
         Strictly increasing positive sample sizes. Default: the 1-2-5 ladder
-        (:func:`evalkit.diagnostics.ladder`) up to ``K_max`` (the matrix width, or
+        (:func:`evalkit.analysis.diagnostics.ladder`) up to ``K_max`` (the matrix width, or
         ``DEFAULT_K_MAX = 5000`` for a model). For a model ``K_max = max(ks)``.
     estimators : sequence of str
         Names from :func:`evalkit.estimators.available`. A cell with ``k < min_k`` of an
@@ -344,14 +344,14 @@ def sweep(
         for a log-weight matrix.
     data : Tensor, ndarray, path or str
         The data for a model (required then): ``[N, D]``, a file, or ``"digits"``; ``split``
-        and ``binarize`` as in :func:`evalkit.inputs.resolve_data`. Not allowed with a matrix.
+        and ``binarize`` as in :func:`evalkit.sources.inputs.resolve_data`. Not allowed with a matrix.
     indices : sequence of int, optional
         Evaluate only these datapoints (rows of the data). Each keeps the random stream of its
         dataset index, so the numbers equal those rows of a full sweep; tables name them by
         these indices.
     cache, cache_shard_size : optional
         Compute the pool through the resumable on-disk cache of
-        :func:`evalkit.cache.cached_log_weights` (as in :func:`evalkit.estimate`); an
+        :func:`evalkit.sampling.cache.cached_log_weights` (as in :func:`evalkit.analysis.estimate`); an
         interrupted sweep resumes bitwise identically. Not with ``indices``.
     fit_min_k : int
         Start of the asymptotic range: the ``a + b/k + c/k^2`` fit and the |bias| slope use
@@ -370,7 +370,7 @@ def sweep(
         never, None (default) when stderr is a terminal.
     block_size : int, optional
         Datapoints whose pool is computed and reduced at a time (default
-        :func:`evalkit.blocks.block_rows` for ``K_max``: within about 128 MiB). Without
+        :func:`evalkit.sampling.blocks.block_rows` for ``K_max``: within about 128 MiB). Without
         ``keep_log_weights``, ``cache`` or torchrun the ``[N, K_max]`` pool is never held
         whole. No effect on the numbers, bit for bit.
     **engine_options
@@ -381,14 +381,14 @@ def sweep(
     -------
     SweepResult, or None
         Under ``torchrun`` the processes split the model pass over the datapoints (as in
-        :func:`evalkit.estimate`); rank 0 gathers the pool and returns the result, equal to a
+        :func:`evalkit.analysis.estimate`); rank 0 gathers the pool and returns the result, equal to a
         single-process run's, and the other ranks return None.
 
     Notes
     -----
     Cost: one model pass at ``K_max`` plus, per estimator and k, one estimator pass over the
     ``N x G k <= N x K_max`` log-weights. Statistics at each k are defined in
-    :mod:`evalkit.diagnostics`. Groups at different k reuse the same samples, so rows of the
+    :mod:`evalkit.analysis.diagnostics`. Groups at different k reuse the same samples, so rows of the
     table are correlated; every SE is computed over datapoints, which are independent.
 
     Examples
@@ -425,7 +425,7 @@ def sweep(
         user_ref = _user_reference(reference, log_w.shape[0])
         seconds_model = 0.0
     else:
-        from .inputs import resolve_data, resolve_model
+        from ..sources.inputs import resolve_data, resolve_model
 
         if data is None:
             raise InputError("a sweep of a model needs data; pass data= a tensor, a data file or 'digits'")
@@ -455,7 +455,7 @@ def sweep(
         t0 = time.perf_counter()
         log_w = None  # computed block by block below unless the whole pool is needed
         if cache is not None:
-            from .cache import cached_log_weights
+            from ..sampling.cache import cached_log_weights
 
             log_w = cached_log_weights(model_obj, x, k_max, cache_dir=cache, seed=seed,
                                        shard_size=cache_shard_size, **engine_options)
@@ -465,7 +465,7 @@ def sweep(
             if log_w is None:
                 return None
         elif keep_log_weights:
-            from .engine import log_weights as compute_log_weights
+            from ..sampling.engine import log_weights as compute_log_weights
 
             log_w = compute_log_weights(model_obj, x, k_max, seed=seed, indices=indices, **engine_options)
         seconds_model = time.perf_counter() - t0
@@ -785,7 +785,7 @@ def _check_ks(ks: Sequence[int]) -> List[int]:
 
 
 def _check_estimators(names: Sequence[str]) -> list:
-    from . import estimators as registry
+    from .. import estimators as registry
 
     return registry.get_many(names)
 
@@ -841,7 +841,7 @@ def _resolve_reference(user_ref, n, k_max, model, x, pool_best) -> Reference:
 
 def _pool_best(chosen, k_max, log_w, moments, max_elements) -> tuple:
     """The least biased requested estimator (or IWAE) at K_max on the whole pool, per datapoint."""
-    from . import estimators as registry
+    from .. import estimators as registry
 
     candidates = [est for est in chosen if est.min_k <= k_max]
     if not any(est.name == "iwae" for est in candidates):
@@ -871,7 +871,7 @@ def versions() -> Dict[str, str]:
     import matplotlib
     import scipy
 
-    from . import __version__
+    from .. import __version__
 
     return {
         "evalkit": __version__,

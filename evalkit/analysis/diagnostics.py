@@ -1,7 +1,7 @@
 """Bias, variance and weight diagnostics over K from one pool of log-weights.
 
 Pure functions of a ``[N, K_max]`` log-weight matrix (``log w[n, i]``, one row per datapoint,
-i.i.d. columns): no model, no devices, no I/O. :func:`evalkit.sweep` strings them together.
+i.i.d. columns): no model, no devices, no I/O. :func:`evalkit.analysis.sweep` strings them together.
 
 The one idea: **one pool serves every k**. For ``k <= K_max`` the first ``G * k`` columns,
 ``G = floor(K_max / k)``, split into ``G`` disjoint groups of ``k`` columns. Each group gives
@@ -39,8 +39,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .psis import khat_defined
-from .errors import InputError
+from ..estimators.psis import khat_defined
+from ..errors import InputError
 
 #: Elements of one ``[rows, G, k]`` slice handed to an estimator at once (float64: 32 MiB).
 DEFAULT_MAX_ELEMENTS = 1 << 22
@@ -601,7 +601,7 @@ def weight_diagnostics(log_w: torch.Tensor, *, index: Optional[Sequence[int]] = 
     bias and variance expansions (which need ``mu2``, ``mu3``) do not apply; above 0.7 the
     estimate itself converges impractically slowly [2]_.
     """
-    from . import estimators
+    from .. import estimators
 
     lw = torch.as_tensor(log_w).to("cpu", torch.float64)
     n, k = lw.shape
@@ -623,7 +623,7 @@ def summarize_weights(ess_fraction: np.ndarray, khat: np.ndarray, k: int, *,
     index : sequence of int, optional
         Dataset index of each row, used to name datapoints in the warning.
     """
-    from . import estimators
+    from .. import estimators
 
     n = len(khat)
     idx = np.arange(n) if index is None else np.asarray(index, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""Write a :class:`~evalkit.sweep.SweepResult` to disk: a sweep directory or a self-contained report.
+"""Write a :class:`~evalkit.analysis.sweep.SweepResult` to disk: a sweep directory or a self-contained report.
 
 * :func:`write_sweep` -- tables (CSV, JSON, Markdown) and figures (PNG, SVG, PDF) in a directory.
 * :func:`write_report` -- ``report.md`` (figures linked as relative files) and ``report.html``
@@ -18,8 +18,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import pandas as pd
 
-from .atomic import atomic_write_bytes, atomic_write_text, check_writable
-from .errors import OutputError
+from ..atomic import atomic_write_bytes, atomic_write_text, check_writable
+from ..errors import OutputError
 
 PathLike = Union[str, os.PathLike]
 
@@ -190,8 +190,8 @@ def findings(result) -> List[str]:
     2. whether a debiased estimator moves the answer;
     3. whether the weights can be trusted (PSIS k-hat).
     """
-    from .diagnostics import mean_se
-    from .sweep import _pm  # the one value ± SE formatter
+    from ..analysis.diagnostics import mean_se
+    from ..analysis.sweep import _pm  # the one value ± SE formatter
 
     table, ref, k_max = result.table, result.reference, result.metadata["k_max"]
     lines: List[str] = []

@@ -45,11 +45,11 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import CheckpointError, InputError, OutputError
-from .models import BUILTIN_MODELS, check_model
-from .models.base import LatentVariableModel
-from .models.iwae import IWAE, REFERENCE_ANCHOR_KEY, config_from_reference_state_dict, is_reference_layout
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import CheckpointError, InputError, OutputError
+from . import BUILTIN_MODELS, check_model
+from .base import LatentVariableModel
+from .iwae import IWAE, REFERENCE_ANCHOR_KEY, config_from_reference_state_dict, is_reference_layout
 
 PathLike = Union[str, os.PathLike]
 

@@ -3,8 +3,8 @@
 Every per-datapoint statistic in evalkit (an estimate, its Monte Carlo variance, ESS, PSIS
 k-hat, a sweep's group means and variances) is a function of that datapoint's row of
 log-weights alone, and the engine's rows are bitwise the same however the datapoints are
-batched (noise is keyed by dataset index). So :func:`evalkit.estimate` and
-:func:`evalkit.sweep` compute the log-weights of a block of datapoints at a time
+batched (noise is keyed by dataset index). So :func:`evalkit.analysis.estimate` and
+:func:`evalkit.analysis.sweep` compute the log-weights of a block of datapoints at a time
 (:func:`engine_blocks`), reduce it to per-datapoint results and free it; the numbers are
 bitwise those of one whole ``[N, K]`` matrix. :func:`block_rows` sizes the blocks and
 :func:`reissue_warnings` turns the warnings raised block by block into those of one run.
@@ -18,9 +18,9 @@ from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .arraykind import _MAX_POSITIONS_SHOWN
+from ..estimators.arraykind import _MAX_POSITIONS_SHOWN
 from .engine import ROW_ALIGN
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["STATISTICS_BUDGET", "BLOCK_COPIES", "block_rows", "check_block_size", "engine_blocks", "reissue_warnings"]
 
@@ -38,7 +38,7 @@ def block_rows(n: int, k: int, budget: int = STATISTICS_BUDGET) -> int:
 
     ``B = budget // (BLOCK_COPIES * 8 * k)`` rounded down to a multiple of 32, at least 32 and
     at most ``n``. Multiples of 32 keep the engine's calls whole: a call lays datapoints out by
-    dataset index modulo 32 (see :mod:`evalkit.engine`), so a block of fewer than 32
+    dataset index modulo 32 (see :mod:`evalkit.sampling.engine`), so a block of fewer than 32
     datapoints would still cost a call of 32 rows. Hence above ``k = budget / (BLOCK_COPIES *
     8 * 32)`` (about 75 000 with the default budget) a block of 32 exceeds ``budget``; memory
     then grows as ``32 k`` but never beyond the whole-matrix evaluation's.

@@ -44,7 +44,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .arraykind import as_rows
-from .errors import InputError
+from ..errors import InputError
 from .jackknife import ACCURACY_RTOL, AccuracyWarning, jackknife_coefficients
 from .jackknife import _jvi, jvi_with_error
 from .psis import KHAT_BAD, KHAT_GOOD, khat_threshold, psis_khat
@@ -192,7 +192,7 @@ def jvi(log_w: Any, order: int) -> Any:
     catastrophically; this implementation computes ``JVI_m - IWAE_K`` from small quantities
     (leave-one-out ``log1p`` for m = 1; for m >= 2 power-sum series whose coefficients are
     combined over j in exact rational arithmetic, with dominant weights enumerated and, for
-    small K, all subsets) -- see :mod:`evalkit.jackknife`. Cost O(K) for m = 1 and
+    small K, all subsets) -- see :mod:`evalkit.estimators.jackknife`. Cost O(K) for m = 1 and
     O(K r + m^2 r^2) per row for m >= 2 (r, the series length, is typically 10 to 30),
     memory O(K) per row; :func:`jvi_with_error` also returns the per-row error estimate.
 

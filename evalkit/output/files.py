@@ -1,4 +1,4 @@
-"""Write an :class:`~evalkit.estimate.EstimateResult` to files, each atomically.
+"""Write an :class:`~evalkit.analysis.estimate.EstimateResult` to files, each atomically.
 
 Checks run before the computation (:func:`check_outputs`) so that a run that cannot save its
 results fails in a second, not after an hour.
@@ -11,8 +11,8 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import torch
 
-from .atomic import atomic_path, atomic_write_text, check_writable
-from .errors import InputError, OutputError
+from ..atomic import atomic_path, atomic_write_text, check_writable
+from ..errors import InputError, OutputError
 
 
 def render(fmt: str, writers: Dict[str, Callable[[], str]]) -> str:

@@ -17,7 +17,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from .errors import InputError
+from ..errors import InputError
 
 CPU_BUDGET_FRACTION = 0.5
 """Default CPU budget: this fraction of the RAM the kernel reports as available."""

@@ -88,7 +88,7 @@ from typing import Any, List, Optional, Tuple
 import numpy as np
 
 from .arraykind import as_rows, format_positions
-from .errors import InputError
+from ..errors import InputError
 from .rowreduce import row_any, row_max, row_min, row_sum
 
 __all__ = ["AccuracyWarning", "jackknife_coefficients", "jvi", "jvi_with_error", "ACCURACY_RTOL"]

@@ -42,8 +42,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .atomic import atomic_path, atomic_write_text
-from .errors import DataError, EvalkitError, InputError, OutputError, ResourceError
+from ..atomic import atomic_path, atomic_write_text
+from ..errors import DataError, EvalkitError, InputError, OutputError, ResourceError
 
 PathLike = Union[str, os.PathLike]
 
@@ -204,7 +204,7 @@ def fingerprint_components(
         as plain values; ``model`` and ``data`` as sha256 hex digests. ``tf32`` only counts on
         CUDA (it changes nothing on the CPU).
     """
-    from . import __version__
+    from .. import __version__
 
     device_type = _device_type(device)
     return {

@@ -1,4 +1,4 @@
-"""``evalkit.estimate``: log p(x) estimates with standard errors for one K.
+"""``evalkit.analysis.estimate``: log p(x) estimates with standard errors for one K.
 
 The model half (the engine) produces ``[N, K]`` log-weights; every estimator is then a pure
 function of them, row by row. :class:`EstimateResult` holds the tables and writes them in every
@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import estimators as estimator_registry
-from .arraykind import as_rows
-from .blocks import BLOCK_COPIES, STATISTICS_BUDGET, block_rows, check_block_size, engine_blocks, reissue_warnings  # noqa: F401 (re-exported)
+from .. import estimators as estimator_registry
+from ..estimators.arraykind import as_rows
+from ..sampling.blocks import BLOCK_COPIES, STATISTICS_BUDGET, block_rows, check_block_size, engine_blocks, reissue_warnings  # noqa: F401 (re-exported)
 from .diagnostics import summarize_weights, weight_diagnostics
-from .errors import InputError
-from .inputs import DataLike, ModelLike, resolve_data, resolve_model
-from .outputs import render
-from .psis import MIN_TAIL_LENGTH
+from ..errors import InputError
+from ..sources.inputs import DataLike, ModelLike, resolve_data, resolve_model
+from ..output.files import render
+from ..estimators.psis import MIN_TAIL_LENGTH
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 
@@ -211,7 +211,7 @@ def estimate(
         Keep the ``[N, k]`` log-weights on the result (the whole matrix is then computed at once).
     cache : str or path, optional
         A directory where the log-weights are stored shard by shard as they are computed (see
-        :func:`evalkit.cache.cached_log_weights`). Calling again with the same arguments
+        :func:`evalkit.sampling.cache.cached_log_weights`). Calling again with the same arguments
         resumes an interrupted run and gives bitwise the same result; a cache made for another
         checkpoint, data, k, seed or dtype is refused.
     cache_shard_size : int, optional
@@ -230,7 +230,7 @@ def estimate(
     Returns
     -------
     EstimateResult
-        Under ``torchrun`` (:mod:`evalkit.distributed`) every process computes a share of the
+        Under ``torchrun`` (:mod:`evalkit.sampling.distributed`) every process computes a share of the
         datapoints; rank 0 returns the result, equal to a single-process run's, and the other
         ranks return None.
 
@@ -255,14 +255,14 @@ def estimate(
     model_obj = resolve_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
     data_tensor = resolve_data(data, model=model_obj, split=split, binarize=binarize, seed=seed)
 
-    from . import distributed
+    from ..sampling import distributed
 
     if cache is not None and distributed.launched_by_torchrun():
         raise InputError("a cache cannot be shared by torchrun's processes; run one process with the cache, "
                          "or drop the cache under torchrun.")
     names = [e.name for e in chosen]
     if cache is not None:
-        from .cache import cached_log_weights
+        from ..sampling.cache import cached_log_weights
 
         log_w = cached_log_weights(
             model_obj, data_tensor, k, cache_dir=cache, seed=seed, shard_size=cache_shard_size, **engine_options
@@ -273,7 +273,7 @@ def estimate(
             return None
     elif keep_log_weights or "indices" in engine_options:
         # The result holds the whole matrix, or the caller chose each row's random stream.
-        from .engine import log_weights as compute_log_weights
+        from ..sampling.engine import log_weights as compute_log_weights
 
         log_w = compute_log_weights(model_obj, data_tensor, k, seed=seed, **engine_options)
     else:
@@ -355,7 +355,7 @@ def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Seque
     """Run :func:`_row_statistics` on each ``(start, block)`` and concatenate the results in row order.
 
     Only the per-datapoint results outlive a block. Warnings the estimators raise on a block
-    are re-issued once at the end, naming rows of the whole matrix (:func:`evalkit.blocks.reissue_warnings`).
+    are re-issued once at the end, naming rows of the whole matrix (:func:`evalkit.sampling.blocks.reissue_warnings`).
     """
     parts: List[_RowStatistics] = []
     caught: List[Tuple[int, warnings.WarningMessage]] = []
@@ -509,6 +509,6 @@ def _describe_data(data: Any, split: str, binarize: str) -> str:
 
 
 def _version() -> str:
-    from . import __version__
+    from .. import __version__
 
     return __version__

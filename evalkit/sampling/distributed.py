@@ -8,7 +8,7 @@ computes a contiguous range of datapoints and rank 0 gathers them and writes the
 How the result stays identical to a single-process run with the same seed: process ``r`` of
 ``W`` computes datapoints ``[N r / W, N (r + 1) / W)`` with ``indices=arange(a, b)``, so each
 datapoint draws its noise from its own ``(seed, index)`` stream and sits in the same position
-of a model call as in the full run (see :mod:`evalkit.engine`); on the CPU the rows are then
+of a model call as in the full run (see :mod:`evalkit.sampling.engine`); on the CPU the rows are then
 bitwise those of the single-process run. Rank 0 gathers the rows (padded to equal length, over
 gloo on the CPU) and computes the estimators; the other ranks return ``None`` and print nothing.
 
@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from .errors import InputError, ResourceError
+from ..errors import InputError, ResourceError
 
 INIT_TIMEOUT = timedelta(minutes=10)
 """How long processes wait for each other at start-up and at the gather."""

@@ -1,0 +1,343 @@
+"""Figures of a sweep: estimate, |bias| and variance versus K, and the PSIS k-hat histogram.
+
+Every function takes a :class:`~evalkit.analysis.sweep.SweepResult` and ``ax=None`` and returns the
+:class:`matplotlib.figure.Figure` it drew on, so the figures work in notebooks and in files
+alike. New figures are plain ``Figure`` objects on an Agg canvas: nothing here touches pyplot's
+global state or the user's backend. matplotlib is imported only when a figure is made.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ..errors import InputError
+
+FIGURE_FORMATS = ("png", "svg", "pdf")
+
+#: Figure size in inches and PNG resolution.
+FIGSIZE = (6.4, 4.4)
+DPI = 120
+
+_SLOPE_STYLES = {1: ":", 2: "-.", 3: (0, (4, 1, 1, 1, 1, 1))}
+
+
+__all__ = ["FIGURE_FORMATS", "check_formats", "figure_png_bytes", "plot_bias", "plot_estimates", "plot_khat",
+           "plot_variance", "save_figure", "sweep_figures"]
+
+def plot_estimates(result, ax=None):
+    """Plot each estimator's mean estimate against K, with 95% bands and the reference line.
+
+    Parameters
+    ----------
+    result : SweepResult
+    ax : matplotlib Axes, optional
+        Draw here; a new figure is made when omitted.
+
+    Returns
+    -------
+    Figure
+
+    Notes
+    -----
+    The band is ``estimate ± 1.96 SE(estimate - reference)`` (the ``bias_se`` column): the
+    uncertainty of the distance to the dashed reference line, which is what the plot is for.
+    The x axis is logarithmic.
+    """
+    fig, ax = _axes(ax)
+    table = result.table
+    for color, name in _estimator_colors(result):
+        sub = table[table["estimator"] == name].sort_values("k")
+        if sub.empty:
+            continue
+        k = sub["k"].to_numpy(float)
+        y = sub["estimate"].to_numpy(float)
+        half = 1.96 * sub["bias_se"].to_numpy(float)
+        (line,) = ax.plot(k, y, marker="o", ms=4, color=color, label=_pretty(name))
+        ok = np.isfinite(half)
+        if ok.any():
+            ax.fill_between(k[ok], (y - half)[ok], (y + half)[ok], color=color, alpha=0.2, linewidth=0)
+    ref = result.reference
+    ax.axhline(ref.mean, color="black", linestyle="--", linewidth=1.2, label=f"reference: {_ref_legend(ref)}")
+    ax.set_xscale("log")
+    ax.set_xlabel("K (samples per datapoint)")
+    ax.set_ylabel("mean log p(x) estimate (nats)")
+    ax.set_title(f"Estimate vs K (N = {result.metadata['n']}; band: 95% CI of estimate - reference)", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
+    """Plot |bias| against K on log-log axes, with the IWAE theory curve and slope guides.
+
+    Parameters
+    ----------
+    result : SweepResult
+    ax : matplotlib Axes, optional
+    slopes : sequence of int
+        Draw guides ``∝ K^-s`` for these s (IWAE falls like K^-1, JVI-m like K^-(m+1)),
+        anchored at IWAE's |bias| at the smallest K.
+
+    Returns
+    -------
+    Figure
+
+    Notes
+    -----
+    Filled markers: |bias| > 2 SE (resolved); hollow markers: within 2 SE of zero, so the
+    point is an upper bound, not a slope. Vertical bars are ± 2 SE. The dashed curve is the
+    leading-order IWAE bias ``mu2 / (2 K mu^2)`` from the pool's sample moments. Points that
+    are exactly zero (the reference estimator at K_max) cannot be drawn on a log axis.
+    """
+    fig, ax = _axes(ax)
+    table = result.table
+    plotted: List[float] = []
+    anchor: Optional[Tuple[float, float]] = None
+    for color, name in _estimator_colors(result):
+        sub = table[table["estimator"] == name].sort_values("k")
+        k = sub["k"].to_numpy(float)
+        b = np.abs(sub["bias"].to_numpy(float))
+        se = sub["bias_se"].to_numpy(float)
+        ok = np.isfinite(b) & (b > 0)
+        if not ok.any():
+            continue
+        k, b, se = k[ok], b[ok], se[ok]
+        ax.plot(k, b, marker="o", ms=4, color=color, label=_pretty(name))
+        weak = ~(b > 2 * np.nan_to_num(se, nan=np.inf))
+        if weak.any():
+            ax.scatter(k[weak], b[weak], s=30, facecolors="white", edgecolors=color, zorder=3)
+        bars = np.isfinite(se)
+        if bars.any():
+            low = np.maximum(b[bars] - 2 * se[bars], b[bars] * 1e-3)
+            ax.vlines(k[bars], low, b[bars] + 2 * se[bars], color=color, alpha=0.5, linewidth=1)
+        plotted.extend(b.tolist())
+        if name == "iwae" or anchor is None:
+            anchor = (float(k[0]), float(b[0]))
+    theory = result.theory
+    tk = theory["k"].to_numpy(float)
+    tb = np.abs(theory["bias"].to_numpy(float))
+    good = np.isfinite(tb) & (tb > 0)
+    if good.any():
+        ax.plot(tk[good], tb[good], color=_color_of(result, "iwae"), linestyle="--", linewidth=1.2,
+                label="IWAE theory: mu2 / (2 K mu^2)")
+        plotted.extend(tb[good].tolist())
+    if anchor is not None and plotted:
+        k_all = np.geomspace(anchor[0], max(tk.max(), anchor[0] * 1.0001), 50)
+        for s in slopes:
+            ax.plot(k_all, anchor[1] * (k_all / anchor[0]) ** (-float(s)), color="0.45", linewidth=0.9,
+                    linestyle=_SLOPE_STYLES.get(s, ":"), label=f"slope -{s}")
+        lo, hi = min(plotted), max(plotted)
+        ax.set_ylim(lo / 3.0, hi * 3.0)
+        for s in slopes:  # name each guide where it leaves the plot (or at its right end)
+            y = anchor[1] * (k_all / anchor[0]) ** (-float(s))
+            inside = np.flatnonzero(y >= lo / 3.0)
+            at = inside[-1] if inside.size else 0
+            right_end = at == k_all.size - 1
+            ax.annotate(f"K^-{s}", (k_all[at], y[at]), fontsize=7, color="0.35",
+                        xytext=(-2, 4) if right_end else (2, 2), textcoords="offset points",
+                        ha="right" if right_end else "left")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("K (samples per datapoint)")
+    ax.set_ylabel(f"|bias| (nats) vs {_ref_axis(result.reference)}")
+    ax.set_title("|bias| vs K (hollow: within 2 SE of 0; bars: ± 2 SE)", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def plot_variance(result, ax=None):
+    """Plot the Monte Carlo variance of one estimate against K on log-log axes.
+
+    Parameters
+    ----------
+    result : SweepResult
+    ax : matplotlib Axes, optional
+
+    Returns
+    -------
+    Figure
+
+    Notes
+    -----
+    Variance needs at least two disjoint groups, so K > K_max / 2 is absent. Bars are ± 2 SE
+    over datapoints; the dashed curve is IWAE's leading-order ``mu2 / (K mu^2)``.
+    """
+    fig, ax = _axes(ax)
+    table = result.table
+    plotted: List[float] = []
+    for color, name in _estimator_colors(result):
+        sub = table[table["estimator"] == name].sort_values("k")
+        k = sub["k"].to_numpy(float)
+        v = sub["variance"].to_numpy(float)
+        se = sub["variance_se"].to_numpy(float)
+        ok = np.isfinite(v) & (v > 0)
+        if not ok.any():
+            continue
+        ax.plot(k[ok], v[ok], marker="o", ms=4, color=color, label=_pretty(name))
+        plotted.extend(v[ok].tolist())
+        bars = ok & np.isfinite(se)
+        if bars.any():
+            low = np.maximum(v[bars] - 2 * se[bars], v[bars] * 1e-3)
+            ax.vlines(k[bars], low, v[bars] + 2 * se[bars], color=color, alpha=0.5, linewidth=1)
+    theory = result.theory
+    tk = theory["k"].to_numpy(float)
+    tv = theory["variance"].to_numpy(float)
+    good = np.isfinite(tv) & (tv > 0)
+    if good.any():
+        ax.plot(tk[good], tv[good], color=_color_of(result, "iwae"), linestyle="--", linewidth=1.2,
+                label="IWAE theory: mu2 / (K mu^2)")
+        plotted.extend(tv[good].tolist())
+    if plotted:  # limits from the points; long error bars are cut by the frame
+        ax.set_ylim(min(plotted) / 3.0, max(plotted) * 3.0)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("K (samples per datapoint)")
+    ax.set_ylabel("variance of one estimate (nats^2)")
+    ax.set_title("Monte Carlo variance vs K (bars: ± 2 SE over datapoints)", fontsize=9)
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_khat(result, ax=None, *, bins: int = 30):
+    """Histogram of per-datapoint PSIS k-hat with the 0.5 and 0.7 thresholds.
+
+    Parameters
+    ----------
+    result : SweepResult
+    ax : matplotlib Axes, optional
+    bins : int
+
+    Returns
+    -------
+    Figure
+
+    Notes
+    -----
+    Below 0.5 the weights have finite variance and the bias/variance asymptotics apply;
+    between 0.5 and 0.7 the estimates converge but the asymptotics do not hold; above 0.7
+    (or the sample-size threshold ``min(1 - 1/log10(K), 0.7)`` when lower) the estimates are
+    unreliable.
+    """
+    fig, ax = _axes(ax)
+    w = result.weights
+    khat = w.khat[np.isfinite(w.khat)]
+    lo = min(float(khat.min()) if khat.size else 0.0, -0.1)
+    hi = max(float(khat.max()) if khat.size else 1.0, 1.0)
+    ax.hist(khat, bins=np.linspace(lo, hi, bins + 1), color="tab:blue", alpha=0.75, label="datapoints")
+    ax.axvline(w.good, color="tab:orange", linestyle="--", label=f"{w.good:g}: infinite variance above")
+    ax.axvline(w.bad, color="tab:red", linestyle="--", label=f"{w.bad:g}: unreliable above")
+    if w.threshold < w.bad - 1e-12:
+        ax.axvline(w.threshold, color="tab:purple", linestyle=":",
+                   label=f"{w.threshold:.2f}: threshold for K = {result.metadata['k_max']}")
+    ax.set_xlabel("PSIS k-hat")
+    ax.set_ylabel("datapoints")
+    ax.set_title(
+        f"PSIS k-hat at K = {result.metadata['k_max']}: {w.fraction_above_good:.1%} > {w.good:g}, "
+        f"{w.fraction_above_bad:.1%} > {w.bad:g}",
+        fontsize=9,
+    )
+    ax.legend(fontsize=8)
+    return fig
+
+
+def sweep_figures(result) -> Dict[str, Any]:
+    """All standard figures: ``{"estimate", "bias", "variance", "khat"} -> Figure``."""
+    return {
+        "estimate": plot_estimates(result),
+        "bias": plot_bias(result),
+        "variance": plot_variance(result),
+        "khat": plot_khat(result),
+    }
+
+
+def save_figure(fig, stem: Union[str, os.PathLike], *, formats: Sequence[str] = FIGURE_FORMATS,
+                overwrite: bool = False) -> List[Path]:
+    """Save ``fig`` as ``stem.png``, ``stem.svg``, ``stem.pdf`` (each atomically); return the paths.
+
+    SVG and PDF carry no creation date and SVG ids are salted with a constant, so reruns give
+    identical files.
+    """
+    import matplotlib
+
+    from ..atomic import atomic_path
+
+    formats = check_formats(formats)
+    paths = []
+    for fmt in formats:
+        path = Path(f"{stem}.{fmt}")
+        metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
+        # A fixed salt makes SVG element ids (random by default) the same on every run.
+        with atomic_path(path, overwrite=overwrite) as tmp, matplotlib.rc_context({"svg.hashsalt": "evalkit"}):
+            fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
+        paths.append(path)
+    return paths
+
+
+def check_formats(formats: Sequence[str]) -> Tuple[str, ...]:
+    """Validate figure formats (``png``, ``svg``, ``pdf``)."""
+    if isinstance(formats, str):
+        formats = [f for f in formats.split(",") if f]
+    bad = [f for f in formats if f not in FIGURE_FORMATS]
+    if bad:
+        raise InputError(f"unknown figure format {bad[0]!r}; use any of {', '.join(FIGURE_FORMATS)}")
+    return tuple(dict.fromkeys(formats))
+
+
+def figure_png_bytes(fig) -> bytes:
+    """The figure as PNG bytes (for embedding in HTML)."""
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _axes(ax):
+    if ax is not None:
+        return ax.figure, ax
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=FIGSIZE, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _estimator_colors(result):
+    names = list(result.metadata.get("estimators", []))
+    return [(f"C{i % 10}", name) for i, name in enumerate(names)]
+
+
+def _color_of(result, name: str) -> str:
+    for color, other in _estimator_colors(result):
+        if other == name:
+            return color
+    return "0.3"
+
+
+def _pretty(name: str) -> str:
+    if name.startswith("jvi") and name[3:].isdigit():
+        return f"JVI-{name[3:]}"
+    return name.upper()
+
+
+def _ref_legend(ref) -> str:
+    if ref.kind == "pool":
+        return f"{_pretty(ref.estimator)} at K = {ref.k} (no exact log p(x))"
+    if ref.kind == "exact":
+        return "exact log p(x)"
+    return "user-supplied log p(x)"
+
+
+def _ref_axis(ref) -> str:
+    if ref.kind == "pool":
+        return f"{_pretty(ref.estimator)} at K={ref.k} (no exact)"
+    return "exact log p(x)" if ref.kind == "exact" else "user reference"
