@@ -29,3 +29,20 @@ class ResourceError(EvalkitError):
 
 class OutputError(EvalkitError):
     """An output cannot be written (directory not writable, file exists without overwrite...)."""
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes :func:`warnings.warn` name the first caller outside evalkit.
+
+    Call it from the function that issues the warning: the count starts at that function's caller
+    (stacklevel 2) and skips every frame inside the ``evalkit`` package, so that a warning raised
+    deep inside ``evalkit.sweep`` points at the user's line that called ``evalkit.sweep``.
+    """
+    import os
+    import sys
+
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    level, frame = 2, sys._getframe(2)
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        level, frame = level + 1, frame.f_back
+    return level

@@ -19,7 +19,8 @@ import evalkit
 from evalkit import estimators as E
 from evalkit.analysis.diagnostics import weight_diagnostics
 from evalkit.errors import InputError
-from evalkit.analysis.estimate import BLOCK_COPIES, DEFAULT_ESTIMATORS, STATISTICS_BUDGET, block_rows
+from evalkit.analysis.estimate import DEFAULT_ESTIMATORS
+from evalkit.sampling.blocks import BLOCK_COPIES, STATISTICS_BUDGET, block_rows
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["elbo", "iwae", "jvi1", "jvi2", "jvi3", "dvi"]

@@ -6,20 +6,13 @@ results fails in a second, not after an hour.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from ..atomic import atomic_path, atomic_write_text, check_writable
-from ..errors import InputError, OutputError
-
-
-def render(fmt: str, writers: Dict[str, Callable[[], str]]) -> str:
-    """Call the writer of format ``fmt`` (the results' ``format`` methods share this and its error)."""
-    if fmt not in writers:
-        raise InputError(f"unknown format {fmt!r}; use one of {', '.join(writers)}")
-    return writers[fmt]()
+from ..errors import OutputError
 
 
 def check_outputs(paths: Dict[str, Optional[str]], *, overwrite: bool = False) -> None:

@@ -18,6 +18,8 @@ from typing import Dict, List, Optional, Sequence, Union
 
 import pandas as pd
 
+from ..analysis.diagnostics import mean_se
+from ..analysis.tables import pm
 from ..atomic import atomic_write_bytes, atomic_write_text, check_writable
 from ..errors import OutputError
 
@@ -190,8 +192,6 @@ def findings(result) -> List[str]:
     2. whether a debiased estimator moves the answer;
     3. whether the weights can be trusted (PSIS k-hat).
     """
-    from ..analysis.diagnostics import mean_se
-    from ..analysis.sweep import _pm  # the one value ± SE formatter
 
     table, ref, k_max = result.table, result.reference, result.metadata["k_max"]
     lines: List[str] = []
@@ -199,9 +199,9 @@ def findings(result) -> List[str]:
     theory_last = result.theory[result.theory["k"] == k_max]
     if "iwae" in last.index:
         row = last.loc["iwae"]
-        text = f"IWAE at K = {k_max}: {_pm(row['estimate'], row['estimate_se'])} nats (mean over {result.metadata['n']} datapoints, SE over datapoints)."
+        text = f"IWAE at K = {k_max}: {pm(row['estimate'], row['estimate_se'])} nats (mean over {result.metadata['n']} datapoints, SE over datapoints)."
         if ref.kind != "pool":
-            text += f" Measured bias against the {('exact' if ref.kind == 'exact' else 'user-supplied')} reference: {_pm(row['bias'], row['bias_se'])} nats."
+            text += f" Measured bias against the {('exact' if ref.kind == 'exact' else 'user-supplied')} reference: {pm(row['bias'], row['bias_se'])} nats."
         if not theory_last.empty:
             text += (f" Leading-order theory from the pool's weight moments puts IWAE's remaining bias at "
                      f"{theory_last['bias'].iloc[0]:.3g} nats (valid only where k-hat < 0.5).")
@@ -212,15 +212,15 @@ def findings(result) -> List[str]:
         if est == "iwae" or "iwae" not in last.index:
             continue
         diff, diff_se = mean_se((at_max[est] - at_max["iwae"]).to_numpy())
-        text = (f"{est} - IWAE at K = {k_max}: {_pm(diff, diff_se)} nats (paired over datapoints); "
+        text = (f"{est} - IWAE at K = {k_max}: {pm(diff, diff_se)} nats (paired over datapoints); "
                 f"a debiased estimator removes IWAE's O(1/K) bias")
         if not theory_last.empty:
             text += f", which the leading-order theory puts at {-theory_last['bias'].iloc[0]:.3g} nats"
         lines.append(text + ".")
     fits = result.fits.dropna(subset=["a"])
     if not fits.empty:
-        parts = [f"{r.estimator} {_pm(r.a, r.a_se)} (minus the reference: "
-                 f"{_pm(r.a_minus_reference, r.a_minus_reference_se)})" for r in fits.itertuples()]
+        parts = [f"{r.estimator} {pm(r.a, r.a_se)} (minus the reference: "
+                 f"{pm(r.a_minus_reference, r.a_minus_reference_se)})" for r in fits.itertuples()]
         lines.append("Extrapolated log p(x) (fit a + b/K + c/K^2 over K >= "
                      f"{result.metadata.get('fit_min_k')}): " + "; ".join(parts) + " nats.")
     w = result.weights

@@ -1,5 +1,7 @@
 """Turn what a user hands the API (a model or a checkpoint path; a tensor, an array, a file or a
-dataset name) into a model and a validated ``[N, D]`` data tensor.
+dataset name; a log-weight matrix) into a model, a validated ``[N, D]`` data tensor and, from
+them, the :class:`~evalkit.sources.LogWeightSource` that :func:`evalkit.estimate` and
+:func:`evalkit.sweep` consume (:func:`open_source`).
 
 These are the only places where the public API accepts "either a thing or where to find it",
 so that :func:`evalkit.analysis.estimate`, :func:`evalkit.analysis.sweep` and the CLI agree on the rules.
@@ -7,12 +9,16 @@ so that :func:`evalkit.analysis.estimate`, :func:`evalkit.analysis.sweep` and th
 from __future__ import annotations
 
 import os
-from typing import Optional, Union
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, InputError
+from ..sampling import distributed
+from .base import LogWeightSource
+from .importance import CachedSource, ImportanceSamplingSource, TorchrunSource
+from .matrix import MatrixSource, check_log_weights
 
 ModelLike = Union[torch.nn.Module, str, os.PathLike]
 DataLike = Union[torch.Tensor, np.ndarray, str, os.PathLike]
@@ -82,3 +88,115 @@ def resolve_data(
     if model is not None:
         data_module.check_data_for_model(tensor, model)
     return tensor
+
+
+def describe_model(model: Any, model_obj: Any) -> str:
+    """How tables name a model: the checkpoint path it came from, else its class name."""
+    if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        return str(model)
+    return type(model_obj).__name__
+
+
+def describe_data(data: Any, split: str, binarize: str) -> str:
+    """How tables name the data: ``digits (test split)``, a file path or ``in-memory Tensor (N, D)``."""
+    if isinstance(data, str) and data == "digits":
+        text = f"digits ({split} split)"
+    elif isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
+        text = str(data)
+    else:
+        text = f"in-memory {type(data).__name__} {tuple(getattr(data, 'shape', ()))}"
+    return text + (f", binarize={binarize}" if binarize != "none" else "")
+
+
+def open_source(
+    model_or_log_weights: Any,
+    *,
+    data: Any = None,
+    k: int,
+    seed: int = 0,
+    factory: Optional[str] = None,
+    prefix: Optional[str] = None,
+    allow_pickle: bool = False,
+    split: str = "test",
+    binarize: str = "none",
+    indices: Any = None,
+    cache: Any = None,
+    cache_shard_size: Optional[int] = None,
+    engine_options: Optional[Dict[str, Any]] = None,
+    matrix_label: str = "log-weight matrix",
+) -> LogWeightSource:
+    """The log-weight source for what the user handed the API: the one place that decides it.
+
+    Parameters
+    ----------
+    model_or_log_weights : Module, path, Tensor, ndarray or LogWeightSource
+        A model or checkpoint (importance sampling from its proposal), a precomputed ``[N, K]``
+        matrix (its K columns; ``k`` is ignored), or a source, returned as it is.
+    data, split, binarize, seed
+        The model's data (:func:`resolve_data`); ``seed`` keys the per-datapoint streams.
+    k : int
+        Samples per datapoint for a model.
+    indices : sequence of int, optional
+        Evaluate only these rows of the data; each keeps the stream of its dataset index.
+    cache, cache_shard_size : optional
+        Compute through the resumable cache (:class:`CachedSource`).
+    engine_options : dict, optional
+        For :func:`evalkit.log_weights`; its ``indices`` entry, if any, gives the dataset index
+        of every row of ``data`` (instead of selecting rows).
+
+    Under torchrun a model's rows are split across the processes (:class:`TorchrunSource`).
+    Nothing is computed until the source's blocks are asked for.
+    """
+    engine_options = dict(engine_options or {})
+    if isinstance(model_or_log_weights, LogWeightSource):
+        return model_or_log_weights
+    if isinstance(model_or_log_weights, (torch.Tensor, np.ndarray)):
+        extra = [name for name, value in (("data", data), ("indices", indices), ("cache", cache),
+                                          ("cache_shard_size", cache_shard_size)) if value is not None]
+        extra += [name for name, value in engine_options.items() if value is not None]
+        if extra:
+            raise InputError(f"{', '.join(extra)} only apply when sweeping a model; drop them for a log-weight matrix")
+        return MatrixSource(check_log_weights(model_or_log_weights), data_label=matrix_label)
+    if data is None:
+        raise InputError("a model needs data to evaluate; pass data= a tensor, a data file or 'digits'")
+    model = resolve_model(model_or_log_weights, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
+    x = resolve_data(data, model=model, split=split, binarize=binarize, seed=seed)
+    row_index = engine_options.pop("indices", None)
+    _check_run_options(cache, indices if indices is not None else row_index)
+    if indices is not None:
+        row_index = _check_indices(indices, x.shape[0])
+        x = x[torch.from_numpy(row_index)]
+    elif row_index is not None:
+        row_index = np.asarray(row_index.cpu() if isinstance(row_index, torch.Tensor) else row_index)
+    common = dict(seed=seed, index=row_index, engine_options=engine_options,
+                  model_label=describe_model(model_or_log_weights, model),
+                  data_label=describe_data(data, split, binarize))
+    if cache is not None:
+        return CachedSource(model, x, k, cache_dir=cache, shard_size=cache_shard_size, **common)
+    if distributed.launched_by_torchrun():
+        return TorchrunSource(model, x, k, **common)
+    return ImportanceSamplingSource(model, x, k, **common)
+
+
+def _check_run_options(cache: Any, indices: Any) -> None:
+    """Refuse the combinations that cannot work: a shared cache, chosen rows with a cache or torchrun."""
+    under_torchrun = distributed.launched_by_torchrun()
+    if under_torchrun and cache is not None:
+        raise InputError("a cache cannot be shared by torchrun's processes; run one process with the cache, "
+                         "or drop the cache under torchrun.")
+    if under_torchrun and indices is not None:
+        raise InputError("under torchrun the processes split the rows of the data; pass the rows you want as "
+                         "data, not indices=")
+    if indices is not None and cache is not None:
+        raise InputError("a cache always covers the whole dataset; drop indices= or cache=")
+
+
+def _check_indices(indices: Any, n: int) -> np.ndarray:
+    values = np.asarray(indices.cpu() if isinstance(indices, torch.Tensor) else indices)
+    if values.ndim != 1 or values.size == 0 or not np.issubdtype(values.dtype, np.integer):
+        raise InputError(f"indices must be a non-empty 1-D sequence of integer row numbers, got {indices!r}")
+    if values.min() < 0 or values.max() >= n:
+        raise InputError(f"indices must lie in 0..{n - 1} (the data has {n} rows), got {int(values.min())}..{int(values.max())}")
+    if np.unique(values).size != values.size:
+        raise InputError("indices contain repeats; give each datapoint once")
+    return values.astype(np.int64)

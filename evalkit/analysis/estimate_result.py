@@ -1,0 +1,161 @@
+"""The result of :func:`evalkit.estimate`: tables at one K and their renderings.
+
+:class:`EstimateResult` holds the summary (one row per estimator), the per-datapoint values and
+the weight diagnostics, and writes them as a terminal table, JSON (schema in the README, "JSON
+output"), CSV, Markdown or LaTeX.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional
+
+import pandas as pd
+import torch
+
+from ..estimators.psis import MIN_TAIL_LENGTH
+from .tables import jsonable, render
+
+#: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
+JSON_SCHEMA_VERSION = 1
+
+
+@dataclass
+class EstimateResult:
+    """Estimates of mean log p(x) over a dataset at one K, with standard errors.
+
+    Attributes
+    ----------
+    summary : DataFrame
+        One row per estimator: ``estimator``, ``k``, ``estimate`` (mean over datapoints of the
+        per-datapoint estimate, nats), ``se_data`` (its standard error over datapoints:
+        sample standard deviation / sqrt(N), which includes Monte Carlo noise), ``se_mc`` (the
+        Monte Carlo standard error of the mean, sqrt(sum_n var_n) / N with var_n the
+        estimator's per-datapoint Monte Carlo variance estimate; NaN where none is defined),
+        ``n``.
+    per_example : DataFrame
+        One row per datapoint (``index`` = position in the dataset): one column per estimator,
+        plus ``ess`` (effective sample size of the K weights) and ``psis_khat``.
+    diagnostics : dict
+        Summary of the weight diagnostics: mean ESS/K, fractions of k-hat above 0.5 and 0.7
+        and the indices of the datapoints above 0.7.
+    metadata : dict
+        k, seed, N, what the model and data were, versions, elapsed seconds.
+    log_weights : Tensor or None
+        The ``[N, K]`` float64 log-weights, when asked for with ``keep_log_weights=True``.
+    """
+
+    summary: pd.DataFrame
+    per_example: pd.DataFrame
+    diagnostics: Dict[str, Any]
+    metadata: Dict[str, Any]
+    log_weights: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    def to_dict(self, *, per_example: bool = False) -> Dict[str, Any]:
+        """The JSON document as a dict (schema in the README, "JSON output")."""
+        doc: Dict[str, Any] = {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "metadata": self.metadata,
+            "estimates": [
+                {key: jsonable(value) for key, value in row.items()}
+                for row in self.summary.to_dict(orient="records")
+            ],
+            "diagnostics": {key: jsonable(value) for key, value in self.diagnostics.items()},
+        }
+        if per_example:
+            doc["per_example"] = {
+                column: [jsonable(v) for v in self.per_example[column].tolist()]
+                for column in self.per_example.columns
+            }
+        return doc
+
+    def to_json(self, *, per_example: bool = False, indent: int = 2) -> str:
+        """JSON text; floats are written with full (round-trip) precision, NaN as null."""
+        return json.dumps(self.to_dict(per_example=per_example), indent=indent, allow_nan=False)
+
+    def to_csv(self) -> str:
+        """The summary table as CSV text."""
+        return self.summary.to_csv(index=False, float_format="%.17g")
+
+    def to_markdown(self) -> str:
+        """The summary table as a Markdown (GitHub) table."""
+        return _display_frame(self.summary).to_markdown(index=False) + "\n"
+
+    def to_latex(self) -> str:
+        """The summary table as a LaTeX ``tabular`` (booktabs style)."""
+        frame = _display_frame(self.summary)
+        lines = [
+            r"\begin{tabular}{lrrrr}",
+            r"\toprule",
+            r"Estimator & $K$ & $\log p(x)$ & SE (data) & SE (MC) \\",
+            r"\midrule",
+        ]
+        for row in frame.itertuples(index=False):
+            lines.append(
+                f"{_latex_escape(row.estimator)} & {row.k} & {row.estimate} & {row.se_data} & {row.se_mc} \\\\"
+            )
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        return "\n".join(lines) + "\n"
+
+    def to_table(self) -> str:
+        """A plain-text table for the terminal, followed by the weight diagnostics."""
+        frame = _display_frame(self.summary)
+        text = frame.to_string(index=False)
+        meta = self.metadata
+        head = (
+            f"log p(x) estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
+        )
+        return f"{head}\n{text}\n{self.diagnostics_text()}\n"
+
+    def diagnostics_text(self) -> str:
+        """One or two lines that say whether the importance weights can be trusted."""
+        d = self.diagnostics
+        if not math.isfinite(d["max_psis_khat"]):
+            return (
+                f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat not available "
+                f"(needs at least {MIN_TAIL_LENGTH} tail weights, i.e. K >= 21)"
+            )
+        text = (
+            f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat > 0.5 for "
+            f"{d['fraction_khat_above_0.5']:.1%}, > 0.7 for {d['fraction_khat_above_0.7']:.1%} of datapoints"
+        )
+        if d["indices_khat_above_0.7"]:
+            shown = ", ".join(str(i) for i in d["indices_khat_above_0.7"][:10])
+            more = " ..." if len(d["indices_khat_above_0.7"]) > 10 else ""
+            text += (
+                f"\nwarning: k-hat > 0.7 (weights with nearly infinite variance) at datapoints {shown}{more}; "
+                "IWAE/JVI asymptotics and standard errors are unreliable there"
+            )
+        return text
+
+    def format(self, fmt: str) -> str:
+        """Render in ``fmt``: one of ``table``, ``json``, ``csv``, ``markdown``, ``latex``."""
+        writers = {
+            "table": self.to_table,
+            "json": self.to_json,
+            "csv": self.to_csv,
+            "markdown": self.to_markdown,
+            "latex": self.to_latex,
+        }
+        return render(fmt, writers)
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+    def _repr_html_(self) -> str:
+        # Jupyter shows the summary table and the diagnostics line.
+        diag = self.diagnostics_text().replace("\n", "<br>")
+        return _display_frame(self.summary).to_html(index=False) + f"<p>{diag}</p>"
+
+
+def _display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+    frame = summary.copy()
+    frame["estimate"] = frame["estimate"].map(lambda v: f"{v:.4f}")
+    for column in ("se_data", "se_mc"):
+        frame[column] = frame[column].map(lambda v: "n/a" if not math.isfinite(v) else f"{v:.4f}")
+    return frame.drop(columns=["n"])
+
+
+def _latex_escape(text: str) -> str:
+    return text.replace("_", r"\_")

@@ -1,0 +1,262 @@
+"""The result of :func:`evalkit.sweep`: tables over K, the reference, fits, weights, and their renderings.
+
+Figures, saved tables and reports are made by :mod:`evalkit.output` (the convenience methods
+:meth:`SweepResult.figures`, :meth:`SweepResult.save` and :meth:`SweepResult.report` import it
+on call: the one place where a result reaches up to the output layer).
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import diagnostics as dg
+from .reference import Reference
+from .tables import jsonable, num, pm, records, render
+
+#: Version of the JSON document written by :meth:`SweepResult.to_json`.
+JSON_SCHEMA_VERSION = 1
+
+TABLE_COLUMNS = [
+    "estimator", "k", "groups", "estimate", "estimate_se", "mc_se", "bias", "bias_se",
+    "variance", "variance_se", "rmse", "rmse_se", "gap_to_kmax", "gap_to_kmax_se", "reference", "note",
+]
+
+FIT_COLUMNS = [
+    "estimator", "a", "a_se", "a_minus_reference", "a_minus_reference_se", "b", "c", "k_min", "k_max", "points", "note",
+    "bias_slope", "bias_slope_se", "bias_slope_ks", "bias_slope_note",
+]
+
+
+@dataclass
+class SweepResult:
+    """Everything a sweep measured; tables are DataFrames, figures come from :mod:`evalkit.output.plots`.
+
+    Attributes
+    ----------
+    table : DataFrame
+        One row per (estimator, k) that was evaluated; columns ``estimator, k, groups,
+        estimate, estimate_se, mc_se, bias, bias_se, variance, variance_se, rmse, rmse_se,
+        gap_to_kmax, gap_to_kmax_se, reference, note`` (see
+        :func:`evalkit.analysis.diagnostics.bias_variance` for the definitions). ``gap_to_kmax`` is
+        ``mean_n (m_n - best_n)`` with ``best_n`` the least biased estimate at ``K_max`` on the
+        same samples: paired, so its SE leaves out the Monte Carlo noise that every k shares
+        (it equals ``bias`` when that estimate is the reference). It measures the shape of the
+        bias curve precisely, up to ``best``'s own (higher-order) bias.
+        Cells where ``k < min_k`` of an estimator are absent (listed in ``notes``).
+    theory : DataFrame
+        IWAE asymptotic bias and variance from the pool's sample moments (columns ``k, bias,
+        variance, bias_2, variance_2``; see :func:`evalkit.analysis.diagnostics.iwae_theory`).
+    fits : DataFrame
+        Per estimator, the ``a + b/k + c/k^2`` fit: ``estimator, a, a_se, b, c, k_min, k_max,
+        points, note``; ``a`` is the extrapolated mean log p(x) (:func:`evalkit.analysis.diagnostics.fit_inverse_k`)
+        and ``a_minus_reference`` (with a paired SE) its distance from the reference.
+        Also the measured log-log slope of the bias over the ks ``>= fit_min_k`` where it is
+        resolved, from the paired ``gap_to_kmax``: ``bias_slope, bias_slope_se, bias_slope_ks,
+        bias_slope_note`` (:func:`evalkit.analysis.diagnostics.bias_slope`; asymptotically -1 for IWAE and
+        -(m+1) for JVI-m).
+    weights : WeightDiagnostics
+        ESS/K and PSIS k-hat per datapoint on the full pool, with summary and warning.
+    reference : Reference
+    per_datapoint : DataFrame
+        Long table ``estimator, k, index, mean, variance, reference`` (group mean and variance
+        per datapoint).
+    metadata : dict
+        N, K_max, ks, estimators, seed, model, data, versions, timings.
+    notes : list of str
+        Cells that were skipped and why.
+    warnings : list of str
+        Warnings (also issued with :mod:`warnings`), e.g. datapoints with k-hat > 0.5.
+    log_weights : Tensor or None
+        The ``[N, K_max]`` pool when asked for with ``keep_log_weights=True``.
+    """
+
+    table: pd.DataFrame
+    theory: pd.DataFrame
+    fits: pd.DataFrame
+    weights: dg.WeightDiagnostics
+    reference: Reference
+    per_datapoint: pd.DataFrame = field(repr=False)
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    notes: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    log_weights: Optional[torch.Tensor] = field(default=None, repr=False)
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def headline(self) -> str:
+        """One line: what was swept, on what, against which reference."""
+        m = self.metadata
+        return (
+            f"sweep over K: {m.get('data', 'log-weights')}, N = {m['n']}, K_max = {m['k_max']}, "
+            f"seed = {m.get('seed')}; reference: {self.reference.label}"
+        )
+
+    def display_table(self) -> pd.DataFrame:
+        """The table with ``value ± SE`` strings, rounded to the SE (for Markdown and terminals)."""
+        t = self.table
+        frame = pd.DataFrame(
+            {
+                "estimator": t["estimator"],
+                "k": t["k"],
+                "groups": t["groups"],
+                "estimate": [pm(v, s) for v, s in zip(t["estimate"], t["estimate_se"])],
+                "MC SE": [num(v) for v in t["mc_se"]],
+                "bias": [pm(v, s) for v, s in zip(t["bias"], t["bias_se"])],
+                "variance": [pm(v, s) for v, s in zip(t["variance"], t["variance_se"])],
+                "RMSE": [pm(v, s) for v, s in zip(t["rmse"], t["rmse_se"])],
+                "gap to K_max (paired)": [pm(v, s) for v, s in zip(t["gap_to_kmax"], t["gap_to_kmax_se"])],
+                "note": t["note"],
+            }
+        )
+        if self.reference.kind == "pool":  # the gap is the bias then
+            frame = frame.drop(columns=["gap to K_max (paired)"])
+        return frame
+
+    def fits_display(self) -> pd.DataFrame:
+        """The fits with ``a ± SE`` strings."""
+        f = self.fits
+        return pd.DataFrame(
+            {
+                "estimator": f["estimator"],
+                "log p(x) extrapolated (a)": [pm(v, s) for v, s in zip(f["a"], f["a_se"])],
+                "a - reference (paired)": [pm(v, s) for v, s in zip(f["a_minus_reference"],
+                                                                     f["a_minus_reference_se"])],
+                "b (1/K)": [num(v) for v in f["b"]],
+                "c (1/K^2)": [num(v) for v in f["c"]],
+                "ks": [f"{lo}..{hi} ({p} points)" if p else "-" for lo, hi, p in zip(f["k_min"], f["k_max"], f["points"])],
+                "note": f["note"],
+                "|bias| slope": [pm(v, s) for v, s in zip(f["bias_slope"], f["bias_slope_se"])],
+                "slope ks": [ks or "-" for ks in f["bias_slope_ks"]],
+            }
+        )
+
+    def weights_text(self) -> str:
+        """One or two lines on whether the importance weights can be trusted."""
+        s = self.weights.summary()
+        text = (
+            f"weights at K = {self.metadata['k_max']}: mean ESS/K = {s['mean_ess_fraction']:.3g}; "
+            f"PSIS k-hat > 0.5 for {s['fraction_khat_above_0.5']:.1%}, > 0.7 for "
+            f"{s['fraction_khat_above_0.7']:.1%} of datapoints"
+        )
+        if self.weights.warning:
+            text += f"\nwarning: {self.weights.warning}"
+        return text
+
+    def to_markdown(self) -> str:
+        """The sweep table, the fits and the weight summary as Markdown."""
+        parts = [
+            f"**{self.headline()}**",
+            "",
+            bias_sentence(self.reference),
+            "",
+            self.display_table().to_markdown(index=False),
+            "",
+            "Extrapolation a + b/K + c/K^2 (weighted least squares; SE over datapoints):",
+            "",
+            self.fits_display().to_markdown(index=False),
+            "",
+            self.weights_text().replace("\n", "  \n"),
+        ]
+        if self.notes:
+            parts += ["", "Notes:", ""] + [f"* {note}" for note in self.notes]
+        return "\n".join(parts) + "\n"
+
+    def to_table(self) -> str:
+        """Plain text for a terminal."""
+        text = [self.headline(), bias_sentence(self.reference), self.display_table().to_string(index=False), "",
+                "extrapolation a + b/K + c/K^2:", self.fits_display().to_string(index=False), "",
+                self.weights_text()]
+        text += [f"note: {note}" for note in self.notes]
+        return "\n".join(text) + "\n"
+
+    def to_csv(self) -> str:
+        """The full-precision table as CSV."""
+        return self.table.to_csv(index=False, float_format="%.17g")
+
+    def to_dict(self) -> Dict[str, Any]:
+        """The JSON document as a dict (NaN becomes ``None``)."""
+        return {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "metadata": jsonable(self.metadata),
+            "reference": {"kind": self.reference.kind, "label": self.reference.label,
+                          "estimator": self.reference.estimator, "mean": jsonable(self.reference.mean)},
+            "table": records(self.table),
+            "theory_iwae": records(self.theory),
+            "fits": records(self.fits),
+            "weights": jsonable(self.weights.summary()),
+            "notes": list(self.notes),
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self, *, indent: int = 2) -> str:
+        """JSON text (full precision, NaN as null)."""
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def format(self, fmt: str) -> str:
+        """Render as ``table``, ``json``, ``csv`` or ``markdown``."""
+        writers = {"table": self.to_table, "json": self.to_json, "csv": self.to_csv, "markdown": self.to_markdown}
+        return render(fmt, writers)
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+    def _repr_html_(self) -> str:
+        return (f"<p><b>{self.headline()}</b></p>" + self.display_table().to_html(index=False)
+                + f"<p>{self.weights_text()}</p>".replace("\n", "<br>"))
+
+    # -- figures and files ----------------------------------------------------------------------
+
+    def figures(self) -> Dict[str, Any]:
+        """The four standard figures as matplotlib Figures (see :func:`evalkit.output.plots.sweep_figures`)."""
+        from ..output.plots import sweep_figures
+
+        return sweep_figures(self)
+
+    def save(self, out: Union[str, os.PathLike], *, formats: Sequence[str] = ("png", "svg", "pdf"),
+             per_datapoint: bool = False, overwrite: bool = False) -> Dict[str, Path]:
+        """Write tables (CSV, JSON, Markdown) and figures to directory ``out``; see
+        :func:`evalkit.output.report.write_sweep`."""
+        from ..output.report import write_sweep
+
+        return write_sweep(self, out, formats=formats, per_datapoint=per_datapoint, overwrite=overwrite)
+
+    def report(self, out: Union[str, os.PathLike], *, title: Optional[str] = None, command: Optional[str] = None,
+               overwrite: bool = False) -> Dict[str, Path]:
+        """Write a self-contained Markdown + HTML report to ``out``; see :func:`evalkit.output.report.write_report`."""
+        from ..output.report import write_report
+
+        return write_report(self, out, title=title, command=command, overwrite=overwrite)
+
+
+def bias_sentence(ref: Reference) -> str:
+    if ref.kind == "pool":
+        return (f"Reference: {ref.label}. No exact log p(x) was available, so 'bias' is the difference "
+                f"from this estimate; it understates the true bias by that estimate's own bias.")
+    return f"Reference: {ref.label} (mean {ref.mean:.6g} nats)."
+
+
+def versions() -> Dict[str, str]:
+    """Versions of evalkit, Python and the numerical libraries (for reports)."""
+    import matplotlib
+    import scipy
+
+    from .. import __version__
+
+    return {
+        "evalkit": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pandas": pd.__version__,
+        "matplotlib": matplotlib.__version__,
+        "platform": platform.platform(),
+    }

@@ -1,0 +1,59 @@
+"""Text conventions shared by every table evalkit prints or writes.
+
+One implementation each: the format dispatcher of the results' ``format`` methods, ``value ± SE``
+rounded to the SE, short numbers, and JSON-safe values (NaN and infinities become ``null``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+
+
+def render(fmt: str, writers: Dict[str, Callable[[], str]]) -> str:
+    """Call the writer of format ``fmt`` (the results' ``format`` methods share this and its error)."""
+    if fmt not in writers:
+        raise InputError(f"unknown format {fmt!r}; use one of {', '.join(writers)}")
+    return writers[fmt]()
+
+
+def num(value: float) -> str:
+    """Four significant digits, or ``n/a`` for a missing or non-finite value."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.4g}"
+
+
+def pm(value: float, se: float) -> str:
+    """``value ± se`` with the value rounded to two significant digits of the SE."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    if se is None or not math.isfinite(se):
+        return f"{value:.6g}"
+    if se == 0:
+        return f"{value:.6g} ± 0"
+    decimals = int(min(max(1 - math.floor(math.log10(se)), 0), 12))
+    return f"{value:.{decimals}f} ± {se:.{decimals}f}"
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars and arrays as Python ones and non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    return value
+
+
+def records(frame: pd.DataFrame) -> List[Dict[str, Any]]:
+    """The rows of ``frame`` as JSON-safe dicts."""
+    return [jsonable(row) for row in frame.to_dict(orient="records")]

@@ -1,0 +1,82 @@
+"""The one abstraction between "where log-weights come from" and "what we compute from them".
+
+A :class:`LogWeightSource` stands for an ``[N, K]`` matrix of log importance weights, one row
+per datapoint and K i.i.d. columns (or columns shared by all rows, see ``shared_columns``). It
+knows its size, the dataset indices of its rows and how to describe itself in tables, and
+yields its rows block by block, so that a consumer never needs the whole matrix at once.
+:func:`evalkit.estimate`, :func:`evalkit.sweep` and :func:`evalkit.sweep`'s report consume any
+source without asking where it came from; a new way to make log-weights is a new subclass.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Iterator, Optional, Tuple
+
+import numpy as np
+import torch
+
+Block = Tuple[int, torch.Tensor]
+"""``(start, log_w[start:start + rows])``: a block of rows, float64 on the CPU."""
+
+
+class LogWeightSource(abc.ABC):
+    """An ``[N, K]`` log-weight matrix, produced block by block.
+
+    Attributes
+    ----------
+    n : int
+        Rows (datapoints).
+    k : int
+        Columns (samples per datapoint).
+    index : ndarray of int64, shape (n,)
+        Dataset index of each row (the random stream it was drawn from), for tables.
+    model_label : str or None
+        What produced the weights (a checkpoint path, a class name), or None for a bare matrix.
+    data_label : str
+        What the rows are, e.g. ``"digits (test split), binarize=bernoulli"``.
+    seed : int or None
+        Seed of the random streams, or None where no randomness was involved here.
+    is_main : bool
+        False on the torchrun processes other than rank 0: they help produce the matrix but
+        yield no rows and return no result.
+    shared_columns : bool
+        True when every row uses the same K samples (a Bayesian network's weight samples):
+        the rows' Monte Carlo errors are then correlated.
+    """
+
+    n: int
+    k: int
+    index: np.ndarray
+    model_label: Optional[str] = None
+    data_label: str = "log-weights"
+    seed: Optional[int] = None
+    is_main: bool = True
+    shared_columns: bool = False
+
+    @abc.abstractmethod
+    def blocks(self, rows: int) -> Iterator[Block]:
+        """Yield ``(start, log_w[start:start + rows])`` for ``start = 0, rows, 2 rows, ...``.
+
+        Each block is a float64 CPU tensor of shape ``(min(rows, n - start), k)``; the caller
+        drops it before asking for the next, so a streaming source holds one block at a time.
+        """
+
+    def matrix(self) -> Optional[torch.Tensor]:
+        """The whole ``[N, K]`` matrix, produced at once (one block of all N rows).
+
+        None on a torchrun process other than rank 0. Use it only where the whole matrix is
+        wanted anyway (to keep or save it): blocks keep memory independent of N.
+        """
+        parts = [block for _, block in self.blocks(self.n)]
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def exact_log_marginal(self) -> Optional[np.ndarray]:
+        """The exact log p(x_n) of every row (shape ``(n,)``) when the model has one, else None."""
+        return None
+
+    @property
+    def has_exact_log_marginal(self) -> bool:
+        """Whether :meth:`exact_log_marginal` gives values (checked without computing them)."""
+        return False
