@@ -17,6 +17,12 @@ Kinds :func:`load_model` recognises from the file content (:func:`detect_checkpo
     A state_dict in the layout of the PyTorch IWAE reference implementation (``IWAE_1``,
     ``IWAE_2``; see :mod:`evalkit.models.iwae`), possibly wrapped (``{"model_state_dict": ...}``,
     ``{"state_dict": ...}``) and prefixed (``module.``); sizes and depth come from the weights.
+``"bbb"``
+    A state_dict in the layout of the widely copied PyTorch Bayes-by-backprop code: every key
+    ``<layer>.{weight_mu, weight_rho, bias_mu, bias_rho}`` (see :mod:`evalkit.models.bnn`);
+    loads as a :class:`~evalkit.models.BayesianMLP` with sizes and depth from the shapes and
+    the activation, likelihood and prior from ``bnn_options`` (default ReLU, categorical, the
+    scale mixture 0.5 N(0, 1) + 0.5 N(0, e^-12)).
 ``"state_dict"``
     Any other state_dict, plain or wrapped (PyTorch Lightning ``.ckpt``: ``{"state_dict":
     {"model.encoder...": ...}, ...}``): needs ``factory="package.module:function"`` to build
@@ -49,6 +55,7 @@ from .atomic import atomic_path, atomic_write_text
 from .errors import CheckpointError, InputError, OutputError
 from .models import BUILTIN_MODELS, check_model
 from .models.base import LatentVariableModel
+from .models.bnn import BayesianMLP, bbb_state_dict_for_model, config_from_bbb_state_dict, is_bbb_layout
 from .models.iwae import IWAE, REFERENCE_ANCHOR_KEY, config_from_reference_state_dict, is_reference_layout
 
 PathLike = Union[str, os.PathLike]
@@ -57,7 +64,7 @@ FORMAT_NAME = "evalkit"
 FORMAT_VERSION = 1
 DIRECTORY_HEADER = "model.json"
 DIRECTORY_WEIGHTS = "model.safetensors"
-KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "state_dict", "pickled_module")
+KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "bbb", "state_dict", "pickled_module")
 
 # Where training scripts commonly nest a state_dict.
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
@@ -237,8 +244,7 @@ def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoi
         state_dict = _read_safetensors(path)
         if header is not None:
             return _Checkpoint("safetensors", path, header, state_dict)
-        kind = "iwae_reference" if _reference_prefix(state_dict) is not None else "state_dict"
-        return _Checkpoint(kind, path, state_dict=state_dict)
+        return _Checkpoint(_state_dict_kind(state_dict), path, state_dict=state_dict)
     if _is_torchscript_archive(path):
         return _Checkpoint("torchscript", path)
     obj = _torch_load(path, allow_pickle)
@@ -254,8 +260,14 @@ def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoi
             + f" and no state_dict (looked under {list(STATE_DICT_WRAPPER_KEYS)}); save model.state_dict() or use "
             "evalkit.save_model."
         )
-    kind = "iwae_reference" if _reference_prefix(state_dict) is not None else "state_dict"
-    return _Checkpoint(kind, path, state_dict=state_dict)
+    return _Checkpoint(_state_dict_kind(state_dict), path, state_dict=state_dict)
+
+
+def _state_dict_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``"iwae_reference"``, ``"bbb"`` (Bayes-by-backprop layout) or ``"state_dict"``."""
+    if _reference_prefix(state_dict) is not None:
+        return "iwae_reference"
+    return "bbb" if is_bbb_layout(list(state_dict)) else "state_dict"
 
 
 def detect_checkpoint_kind(path: PathLike, *, allow_pickle: bool = False) -> str:
@@ -449,6 +461,15 @@ def _reference_model(state_dict: Mapping[str, torch.Tensor], prefix: Optional[st
     return _load_weights(IWAE(**config_from_reference_state_dict(state_dict)), state_dict, prefix="", path=path)
 
 
+def _bbb_model(state_dict: Mapping[str, torch.Tensor], options: Optional[Mapping[str, Any]], path: Path) -> BayesianMLP:
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"activation", "likelihood", "noise_scale", "prior"})
+    if unknown:
+        raise InputError(f"unknown bnn_options {unknown}; the options are activation, likelihood, noise_scale and prior.")
+    model = BayesianMLP.from_config(config_from_bbb_state_dict(state_dict, **options))
+    return _load_weights(model, bbb_state_dict_for_model(state_dict), prefix="", path=path)
+
+
 class TorchScriptModel(LatentVariableModel):
     """Adapter giving a TorchScript module the model protocol.
 
@@ -504,6 +525,7 @@ def load_model(
     noise_shape: Optional[Sequence[int]] = None,
     data_dim: Optional[int] = None,
     requires_binary_data: Optional[bool] = None,
+    bnn_options: Optional[Mapping[str, Any]] = None,
 ) -> nn.Module:
     """Load a model from a checkpoint of any supported kind (recognised from the content).
 
@@ -522,6 +544,10 @@ def load_model(
         Allow pickled Python objects (can run code from the file). Only for trusted files.
     noise_shape, data_dim, requires_binary_data : optional
         Protocol attributes of a TorchScript archive that does not carry them.
+    bnn_options : dict, optional
+        For a Bayes-by-backprop state_dict (kind ``"bbb"``): ``activation`` ("relu", "tanh"),
+        ``likelihood`` ("categorical", "gaussian"), ``noise_scale`` (Gaussian) and ``prior``
+        (a prior or ``{"kind": "gaussian", "sigma": ...}`` / ``{"kind": "scale_mixture", ...}``).
 
     Returns
     -------
@@ -540,6 +566,8 @@ def load_model(
             f"noise_shape, data_dim and requires_binary_data describe TorchScript archives, but {checkpoint.path} is a "
             f"{checkpoint.kind!r} checkpoint; leave them out."
         )
+    if bnn_options is not None and checkpoint.kind != "bbb":
+        raise InputError(f"bnn_options describe Bayes-by-backprop state_dicts, but {checkpoint.path} is a {checkpoint.kind!r} checkpoint; leave them out.")
     if factory is not None:
         if checkpoint.kind in ("torchscript", "pickled_module"):
             raise InputError(f"{checkpoint.path} is a {checkpoint.kind} checkpoint that builds its own model; leave out factory=.")
@@ -548,6 +576,8 @@ def load_model(
         return _builtin_model(checkpoint.header, checkpoint.state_dict, checkpoint.path)
     if checkpoint.kind == "iwae_reference":
         return _reference_model(checkpoint.state_dict, prefix, checkpoint.path)
+    if checkpoint.kind == "bbb":
+        return _bbb_model(checkpoint.state_dict, bnn_options, checkpoint.path)
     if checkpoint.kind == "torchscript":
         try:
             with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; such archives still load
