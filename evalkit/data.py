@@ -291,4 +291,11 @@ def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:
             )
 
 
-__all__ = ["load_data", "binarize", "check_data_for_model", "digits_split", "SPLITS", "BINARIZE"]
+def load_labelled_data(source: Union[str, os.PathLike], *, split: str = "test", target: Optional[str] = None):
+    """Load inputs ``x [N, D]`` and targets ``y [N]``: see :func:`evalkit.labelled_data.load_labelled_data`."""
+    from .labelled_data import load_labelled_data as load
+
+    return load(source, split=split, target=target)
+
+
+__all__ = ["load_data", "load_labelled_data", "binarize", "check_data_for_model", "digits_split", "SPLITS", "BINARIZE"]

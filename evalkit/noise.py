@@ -53,6 +53,7 @@ _MAX_UINT64 = 2**64 - 1
 # Purpose of a stream, stored in the top 64-bit word of the Philox counter.
 _PURPOSE_NOISE = 0
 _PURPOSE_BINARIZE = 1
+_PURPOSE_BNN_WEIGHTS = 2  # a Bayesian network's weight noise; the index is the weight-sample index
 
 
 def check_seed(seed: int) -> int:
@@ -75,7 +76,8 @@ def stream(seed: int, index: int, *, purpose: int = _PURPOSE_NOISE, block: int =
     index : int
         Index of the datapoint in the full dataset, ``0 <= index < 2**64``.
     purpose : int, default 0
-        0 for importance-sampling noise, 1 for binarisation.
+        0 for importance-sampling noise, 1 for binarisation, 2 for a Bayesian network's weight
+        noise (then ``index`` is the weight-sample index, not a datapoint).
     block : int, default 0
         Block of :data:`NOISE_BLOCK` sample columns.
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from .bnn import is_bbb_layout
 from .iwae import REFERENCE_ANCHOR_KEY, is_reference_layout
 
 PathLike = Union[str, os.PathLike]
@@ -34,7 +35,7 @@ FORMAT_NAME = "evalkit"
 FORMAT_VERSION = 1
 DIRECTORY_HEADER = "model.json"
 DIRECTORY_WEIGHTS = "model.safetensors"
-KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "state_dict", "pickled_module")
+KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "bbb", "state_dict", "pickled_module")
 
 # Where training scripts commonly nest a state_dict.
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
@@ -145,8 +146,7 @@ def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoi
         state_dict = _read_safetensors(path)
         if header is not None:
             return _Checkpoint("safetensors", path, header, state_dict)
-        kind = "iwae_reference" if _reference_prefix(state_dict) is not None else "state_dict"
-        return _Checkpoint(kind, path, state_dict=state_dict)
+        return _Checkpoint(_state_dict_kind(state_dict), path, state_dict=state_dict)
     if _is_torchscript_archive(path):
         return _Checkpoint("torchscript", path)
     obj = _torch_load(path, allow_pickle)
@@ -162,8 +162,14 @@ def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoi
             + f" and no state_dict (looked under {list(STATE_DICT_WRAPPER_KEYS)}); save model.state_dict() or use "
             "evalkit.save_model."
         )
-    kind = "iwae_reference" if _reference_prefix(state_dict) is not None else "state_dict"
-    return _Checkpoint(kind, path, state_dict=state_dict)
+    return _Checkpoint(_state_dict_kind(state_dict), path, state_dict=state_dict)
+
+
+def _state_dict_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """``"iwae_reference"``, ``"bbb"`` (Bayes-by-backprop layout) or ``"state_dict"``."""
+    if _reference_prefix(state_dict) is not None:
+        return "iwae_reference"
+    return "bbb" if is_bbb_layout(list(state_dict)) else "state_dict"
 
 
 def detect_checkpoint_kind(path: PathLike, *, allow_pickle: bool = False) -> str:

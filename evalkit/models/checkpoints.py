@@ -8,7 +8,13 @@ Kinds :func:`load_model` recognises from the file content (:func:`detect_checkpo
 ``"safetensors"``
     ``NAME.safetensors`` with the same header as JSON in ``NAME.json`` beside it, or a
     directory with ``model.json`` and ``model.safetensors``. A ``.safetensors`` file without a
-    JSON header holds plain weights and is treated like ``"state_dict"``.
+    JSON header holds plain weights and is treated like ``"bbb"``
+    A state_dict in the layout of the widely copied PyTorch Bayes-by-backprop code: every key
+    ``<layer>.{weight_mu, weight_rho, bias_mu, bias_rho}`` (see :mod:`evalkit.models.bnn`);
+    loads as a :class:`~evalkit.models.BayesianMLP` with sizes and depth from the shapes and
+    the activation, likelihood and prior from ``bnn_options`` (default ReLU, categorical, the
+    scale mixture 0.5 N(0, 1) + 0.5 N(0, e^-12)).
+``"state_dict"``.
 ``"torchscript"``
     A ``torch.jit.save`` archive whose module has ``log_weights(x, noise)`` (exported with
     ``@torch.jit.export``) and the attributes ``noise_shape``, ``data_dim``,
@@ -51,6 +57,7 @@ from .base import LatentVariableModel
 from .checkpoint_formats import (DIRECTORY_HEADER, DIRECTORY_WEIGHTS, FORMAT_NAME, FORMAT_VERSION, KINDS,  # noqa: F401
                                  PathLike, PrefixStrippedWarning, _load_weights, _read_checkpoint, _reference_prefix,
                                  _strip_prefix, detect_checkpoint_kind)
+from .bnn import BayesianMLP, bbb_state_dict_for_model, config_from_bbb_state_dict
 from .iwae import IWAE, config_from_reference_state_dict
 
 
@@ -198,6 +205,15 @@ def _reference_model(state_dict: Mapping[str, torch.Tensor], prefix: Optional[st
     return _load_weights(IWAE(**config_from_reference_state_dict(state_dict)), state_dict, prefix="", path=path)
 
 
+def _bbb_model(state_dict: Mapping[str, torch.Tensor], options: Optional[Mapping[str, Any]], path: Path) -> BayesianMLP:
+    options = dict(options or {})
+    unknown = sorted(set(options) - {"activation", "likelihood", "noise_scale", "prior"})
+    if unknown:
+        raise InputError(f"unknown bnn_options {unknown}; the options are activation, likelihood, noise_scale and prior.")
+    model = BayesianMLP.from_config(config_from_bbb_state_dict(state_dict, **options))
+    return _load_weights(model, bbb_state_dict_for_model(state_dict), prefix="", path=path)
+
+
 class TorchScriptModel(LatentVariableModel):
     """Adapter giving a TorchScript module the model protocol.
 
@@ -264,6 +280,7 @@ def load_model(
     noise_shape: Optional[Sequence[int]] = None,
     data_dim: Optional[int] = None,
     requires_binary_data: Optional[bool] = None,
+    bnn_options: Optional[Mapping[str, Any]] = None,
 ) -> nn.Module:
     """Load a model from a checkpoint of any supported kind (recognised from the content).
 
@@ -282,6 +299,10 @@ def load_model(
         Allow pickled Python objects (can run code from the file). Only for trusted files.
     noise_shape, data_dim, requires_binary_data : optional
         Protocol attributes of a TorchScript archive that does not carry them.
+    bnn_options : dict, optional
+        For a Bayes-by-backprop state_dict (kind ``"bbb"``): ``activation`` ("relu", "tanh"),
+        ``likelihood`` ("categorical", "gaussian"), ``noise_scale`` (Gaussian) and ``prior``
+        (a prior or ``{"kind": "gaussian", "sigma": ...}`` / ``{"kind": "scale_mixture", ...}``).
 
     Returns
     -------
@@ -300,6 +321,9 @@ def load_model(
             f"noise_shape, data_dim and requires_binary_data describe TorchScript archives, but {checkpoint.path} is a "
             f"{checkpoint.kind!r} checkpoint; leave them out."
         )
+    if bnn_options is not None and checkpoint.kind != "bbb":
+        raise InputError(f"bnn_options describe Bayes-by-backprop state_dicts, but {checkpoint.path} is a "
+                         f"{checkpoint.kind!r} checkpoint; leave them out.")
     if factory is not None:
         if checkpoint.kind in ("torchscript", "pickled_module"):
             raise InputError(f"{checkpoint.path} is a {checkpoint.kind} checkpoint that builds its own model; leave out factory=.")
@@ -308,6 +332,8 @@ def load_model(
         return _builtin_model(checkpoint.header, checkpoint.state_dict, checkpoint.path)
     if checkpoint.kind == "iwae_reference":
         return _reference_model(checkpoint.state_dict, prefix, checkpoint.path)
+    if checkpoint.kind == "bbb":
+        return _bbb_model(checkpoint.state_dict, bnn_options, checkpoint.path)
     if checkpoint.kind == "torchscript":
         return _torchscript_model(checkpoint.path, noise_shape=noise_shape, data_dim=data_dim,
                                   requires_binary_data=requires_binary_data)
