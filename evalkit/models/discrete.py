@@ -208,11 +208,15 @@ class PixelCategorical(Categorical):
 
     Notes
     -----
-    ``log_prob(v) = logits[v] - logsumexp(logits)``; a torch ``Categorical`` with ``levels``.
+    ``log_prob(v) = logits[v] - logsumexp(logits)``; a torch ``Categorical`` with ``levels``,
+    normalised by ``log_softmax`` (the maximum subtracted first). torch's ``Categorical``
+    subtracts the rounded ``logsumexp`` itself, whose float32 rounding for logits of size 1e3
+    (about 3e-5) shifted every log-probability: the probabilities summed to 1 - 6e-5.
     """
 
     def __init__(self, logits: Tensor, validate_args: Optional[bool] = None) -> None:
         super().__init__(logits=logits, validate_args=validate_args)
+        self.logits = torch.log_softmax(logits, dim=-1)
         self.levels = _check_levels(int(logits.shape[-1]))
 
 
