@@ -174,3 +174,19 @@ def test_estimate_takes_the_images_directly():
     direct = evalkit.log_weights(model, images.reshape(32, D), 16, seed=0, progress=False)
     assert result.summary.set_index("estimator").loc["iwae", "estimate"] == pytest.approx(
         float(estimators.iwae(direct).mean()), rel=1e-12)
+
+
+def test_cache_and_sweep_take_the_conv_vae(tmp_path):
+    """The sharded cache gives the engine's bits; a sweep over K runs on the same pool."""
+    from evalkit.cache import cached_log_weights
+
+    model, x = _model("logistic")
+    direct = evalkit.log_weights(model, x, 40, seed=0, progress=False)
+    cached = cached_log_weights(model, x, 40, cache_dir=tmp_path / "cache", seed=0, shard_size=12)
+    assert torch.equal(cached, direct)
+    with pytest.warns(UserWarning, match="k-hat > 0.5 at 5 of 40 datapoints"):  # this random model's weights
+        result = evalkit.sweep(model, ks=[1, 8, 40], estimators=["iwae", "jvi1"], data=x, seed=0, progress=False,
+                               keep_log_weights=True)
+    assert torch.equal(torch.as_tensor(result.log_weights), direct)
+    table = result.table[result.table["estimator"] == "iwae"].set_index("k")
+    assert np.isclose(table.loc[40, "estimate"], float(estimators.iwae(direct).mean()), rtol=1e-12, atol=0)

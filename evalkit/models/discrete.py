@@ -163,7 +163,7 @@ class DiscretizedLogistic(Distribution):
             u = torch.rand(shape, dtype=self.loc.dtype, device=self.loc.device)
             y = self.loc + self.scale * (torch.log(u) - torch.log1p(-u))  # logistic on [-1, 1]
             v = torch.round((y + 1) * ((self.levels - 1) / 2))
-            return v.clamp(0, self.levels - 1)
+            return v.clamp(0, self.levels - 1) + 0.0  # + 0.0 turns -0.0 into 0.0
 
 
 class DiscretizedLogisticMixture(MixtureSameFamily):
