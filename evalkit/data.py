@@ -261,7 +261,9 @@ def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:
     ------
     DataError
         Empty data; not 2-D; ``D != model.data_dim``; NaN or infinite values (the rows are
-        named); non-binary values for a model with ``requires_binary_data``.
+        named); non-binary values for a model with ``requires_binary_data``; for a model with
+        an int ``data_levels`` (a discrete decoder), values that are not integers in
+        ``0..data_levels-1`` (:func:`evalkit.images.check_discrete_data`).
     """
     if not isinstance(data, torch.Tensor):
         raise DataError(f"Expected the data as a torch.Tensor [N, D], got {type(data).__name__}; use evalkit.load_data.")
@@ -289,8 +291,12 @@ def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:
                 f"binary (range [{low:g}, {high:g}]){hint}; load the data with binarize='bernoulli' "
                 "(stochastic, fixed once by the seed) or binarize='threshold' (x > 0.5)."
             )
+    levels = getattr(model, "data_levels", None)
+    if isinstance(levels, int) and not getattr(model, "requires_binary_data", False):
+        check_discrete_data(data, levels)
 
 
+<<<<<<< HEAD
 def load_labelled_data(source: Union[str, os.PathLike], *, split: str = "test", target: Optional[str] = None):
     """Load inputs ``x [N, D]`` and targets ``y [N]``: see :func:`evalkit.labelled_data.load_labelled_data`."""
     from .labelled_data import load_labelled_data as load
@@ -299,3 +305,10 @@ def load_labelled_data(source: Union[str, os.PathLike], *, split: str = "test", 
 
 
 __all__ = ["load_data", "load_labelled_data", "binarize", "check_data_for_model", "digits_split", "SPLITS", "BINARIZE"]
+=======
+# Integer images live in evalkit.images (which imports the helpers above).
+from .images import check_discrete_data, load_images  # noqa: E402
+
+__all__ = ["load_data", "load_images", "binarize", "check_data_for_model", "check_discrete_data", "digits_split",
+           "SPLITS", "BINARIZE"]
+>>>>>>> image

@@ -13,7 +13,7 @@ is the same whatever the sample chunk, the data batch or the device. Two sources
   does not grow with N.
 
 **Bitwise invariance.** CPU matrix products can give a row different last bits depending on
-where it sits in the call and how many rows the call has. As in :mod:`evalkit.engine`, data
+where it sits in the call and how many rows the call has. As in :mod:`evalkit.sampling.engine`, data
 batches start at multiples of 32 in the dataset and every call is zero-padded to a multiple of
 32 rows, so datapoint ``n`` always sits at a row congruent to ``n`` modulo 32; each weight
 sample is its own matrix in a batched product. The evidence sums ``log p(y_n | x_n, w)`` over
@@ -161,7 +161,7 @@ def predictive_log_likelihoods(
     -----
     Rows share the columns, so the Monte Carlo errors of the rows' estimates are correlated:
     the Monte Carlo SE of a dataset mean comes from
-    :func:`evalkit.shared_columns.shared_column_mc_se`, not from ``sqrt(sum var_n) / N``.
+    :func:`evalkit.estimators.shared_columns.shared_column_mc_se`, not from ``sqrt(sum var_n) / N``.
     Cost: ``N K`` network passes; memory ``O(sample_chunk * (n_params + batch_size * width))``
     plus the ``N x K`` result.
     """
