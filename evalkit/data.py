@@ -296,7 +296,6 @@ def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:
         check_discrete_data(data, levels)
 
 
-<<<<<<< HEAD
 def load_labelled_data(source: Union[str, os.PathLike], *, split: str = "test", target: Optional[str] = None):
     """Load inputs ``x [N, D]`` and targets ``y [N]``: see :func:`evalkit.labelled_data.load_labelled_data`."""
     from .labelled_data import load_labelled_data as load
@@ -304,11 +303,8 @@ def load_labelled_data(source: Union[str, os.PathLike], *, split: str = "test", 
     return load(source, split=split, target=target)
 
 
-__all__ = ["load_data", "load_labelled_data", "binarize", "check_data_for_model", "digits_split", "SPLITS", "BINARIZE"]
-=======
 # Integer images live in evalkit.images (which imports the helpers above).
 from .images import check_discrete_data, load_images  # noqa: E402
 
-__all__ = ["load_data", "load_images", "binarize", "check_data_for_model", "check_discrete_data", "digits_split",
-           "SPLITS", "BINARIZE"]
->>>>>>> image
+__all__ = ["load_data", "load_images", "load_labelled_data", "binarize", "check_data_for_model", "check_discrete_data",
+           "digits_split", "SPLITS", "BINARIZE"]
