@@ -70,11 +70,17 @@ model_options = _compose(
 data_options = _compose(
     click.option("--data", "data", default="digits", show_default=True, metavar="digits|PATH",
                  help="Built-in dataset name or a .npy/.npz/.pt/.csv file, one datapoint per row."),
-    click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True,
-                 help="Split of a built-in dataset."),
+    click.option("--split", type=click.Choice(["train", "test", "all"]), default=None,
+                 help="Split of a built-in dataset (default: test; train for --quantity evidence)."),
     click.option("--binarize", type=click.Choice(["none", "threshold", "bernoulli"]), default="none",
                  show_default=True,
                  help="Binarise the data: threshold at 0.5, or sample Bernoulli once (seeded by --seed)."),
+    click.option("--quantity", type=click.Choice(["predictive", "evidence"]), default=None,
+                 help="For a Bayesian network (weights as the latent variable): the test log predictive "
+                      "density log p(y|x) with K weight samples shared by all rows (default), or the evidence "
+                      "log p(D) of the split as one row."),
+    click.option("--target", default=None, metavar="NAME",
+                 help="Key (.npz, .pt) or column (.csv) holding the targets of labelled data (Bayesian networks)."),
 )
 
 engine_options = _compose(
@@ -138,8 +144,10 @@ def input_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         "factory": params.get("factory"),
         "prefix": params.get("prefix"),
         "allow_pickle": params.get("allow_pickle", False),
-        "split": params.get("split", "test"),
+        "split": params.get("split"),
         "binarize": params.get("binarize", "none"),
+        "quantity": params.get("quantity"),
+        "target": params.get("target"),
     }
 
 

@@ -20,7 +20,7 @@ from .main import main
 SWEEP_FORMATS = ("table", "json", "csv", "markdown")
 
 #: Options that only mean something when a model is run (refused with --log-weights).
-MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "seed", "device", "batch_size",
+MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "quantity", "target", "seed", "device", "batch_size",
               "k_chunk", "memory_budget", "dtype", "cache", "cache_shard_size")
 
 

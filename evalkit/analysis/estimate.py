@@ -24,6 +24,7 @@ import torch
 from .. import estimators as estimator_registry
 from ..errors import InputError
 from ..estimators.arraykind import as_rows
+from ..estimators.shared_columns import jackknife_groups, jackknife_se, leave_group_out_sums
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sources import LogWeightSource, MatrixSource, open_source
 from ..sources.inputs import DataLike, ModelLike
@@ -44,8 +45,10 @@ def estimate(
     factory: Optional[str] = None,
     prefix: Optional[str] = None,
     allow_pickle: bool = False,
-    split: str = "test",
+    split: Optional[str] = None,
     binarize: str = "none",
+    quantity: Optional[str] = None,
+    target: Optional[str] = None,
     cache: Optional[Any] = None,
     cache_shard_size: Optional[int] = None,
     block_size: Optional[int] = None,
@@ -59,10 +62,11 @@ def estimate(
         A loaded model (the protocol in the README) or a checkpoint path (see
         :func:`evalkit.load_model`; ``factory``, ``prefix`` and ``allow_pickle`` are passed on),
         or any :class:`~evalkit.sources.LogWeightSource` (then ``data`` is None).
-    data : Tensor, ndarray, path or str
+    data : Tensor, ndarray, path, str or (x, y)
         ``[N, D]`` data, a data file, or a built-in dataset name such as ``"digits"`` (``split``
-        and ``binarize`` say which part and how to binarise; ``seed`` seeds the Bernoulli
-        binarisation).
+        -- default ``"test"`` -- and ``binarize`` say which part and how to binarise; ``seed``
+        seeds the Bernoulli binarisation). A Bayesian network takes labelled data: ``"digits"``,
+        a file with targets (``target`` names the key or CSV column) or an ``(x, y)`` pair.
     k : int
         Importance samples per datapoint.
     estimators : sequence of str
@@ -70,6 +74,11 @@ def estimate(
     seed : int
         Seed of the per-datapoint random streams; the same seed gives the same numbers whatever
         the batching, device count or data order.
+    quantity : {"predictive", "evidence"}, optional
+        For a Bayes-by-backprop network (:class:`~evalkit.models.BayesianMLP`): the test log
+        predictive density log p(y | x) per datapoint with K weight samples shared by all rows
+        (default; the MC SE is then the jackknife over the samples), or the evidence log p(D)
+        of the whole (by default training) split as one row (:mod:`evalkit.sources.bayesian`).
     keep_log_weights : bool
         Keep the ``[N, k]`` log-weights on the result (the whole matrix is then computed at once).
     cache : str or path, optional
@@ -116,7 +125,7 @@ def estimate(
     check_block_size(block_size)
     started = time.perf_counter()
     source = open_source(model, data=data, k=k, seed=seed, factory=factory, prefix=prefix,
-                         allow_pickle=allow_pickle, split=split, binarize=binarize, cache=cache,
+                         allow_pickle=allow_pickle, split=split, binarize=binarize, quantity=quantity, target=target, cache=cache,
                          cache_shard_size=cache_shard_size, engine_options=engine_options)
     result = estimate_source(source, estimators, keep_log_weights=keep_log_weights, block_size=block_size)
     if result is not None:
@@ -187,7 +196,7 @@ def estimate_source(
             pass
         return None
     blocks = MatrixSource(log_w).blocks(rows) if log_w is not None else source.blocks(rows)
-    stats = _stream_statistics(blocks, chosen)
+    stats = _stream_statistics(blocks, chosen, source.shared_columns)
     return _result(stats, chosen, source, log_w)
 
 
@@ -196,27 +205,38 @@ class _RowStatistics:
     """Per-datapoint results for some rows; estimator columns in the order of the chosen estimators.
 
     ``values[name]``, ``mc_variance[name]`` (None where the estimator defines none),
-    ``ess_fraction`` and ``khat`` all have shape ``(rows,)``.
+    ``ess_fraction`` and ``khat`` all have shape ``(rows,)``. For sources whose rows share their
+    columns, ``column_sums[name]`` holds the rows' sums of the leave-group-out estimates of the
+    column jackknife (:func:`~evalkit.estimators.shared_columns.leave_group_out_sums`), shape (G,).
     """
 
     values: Dict[str, np.ndarray]
     mc_variance: Dict[str, Optional[np.ndarray]]
     ess_fraction: np.ndarray
     khat: np.ndarray
+    column_sums: Optional[Dict[str, np.ndarray]] = None
 
 
-def _row_statistics(log_w: torch.Tensor, chosen: Sequence[Any]) -> _RowStatistics:
+def _row_statistics(log_w: torch.Tensor, chosen: Sequence[Any], shared_columns: bool = False) -> _RowStatistics:
     """Every per-datapoint statistic of ``log_w`` ``[rows, K]`` (float64, CPU): each row's alone."""
     values: Dict[str, np.ndarray] = {}
     mc_variance: Dict[str, Optional[np.ndarray]] = {}
+    column_sums: Optional[Dict[str, np.ndarray]] = {} if shared_columns else None
     for est in chosen:
         values[est.name] = _as_numpy(est(log_w))
         mc_variance[est.name] = _as_numpy(est.mc_variance(log_w)) if est.mc_variance is not None else None
+    if column_sums is not None and log_w.shape[1] >= 2:
+        # The column jackknife of the ELBO, and of IWAE for every other estimator: debiasing
+        # (JVI, DVI) does not change the leading-order variance, as in the independent-rows case.
+        groups = jackknife_groups(log_w.shape[1])
+        for name in ("elbo", "iwae"):
+            column_sums[name] = leave_group_out_sums(log_w, estimator_registry.get(name).fn, groups)
     weights = weight_diagnostics(log_w)
-    return _RowStatistics(values, mc_variance, weights.ess_fraction, weights.khat)
+    return _RowStatistics(values, mc_variance, weights.ess_fraction, weights.khat, column_sums)
 
 
-def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Sequence[Any]) -> _RowStatistics:
+def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Sequence[Any],
+                       shared_columns: bool = False) -> _RowStatistics:
     """Run :func:`_row_statistics` on each ``(start, block)`` and concatenate the results in row order.
 
     Only the per-datapoint results outlive a block. Warnings the estimators raise on a block
@@ -227,7 +247,7 @@ def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Seque
     for start, block in blocks:
         with warnings.catch_warnings(record=True) as records:
             warnings.simplefilter("always")  # the caller's filters apply when they are re-issued
-            parts.append(_row_statistics(block, chosen))
+            parts.append(_row_statistics(block, chosen, shared_columns))
         del block
         caught += [(start, record) for record in records]
     reissue_warnings(caught)
@@ -240,6 +260,8 @@ def _stream_statistics(blocks: Iterable[Tuple[int, torch.Tensor]], chosen: Seque
         },
         ess_fraction=np.concatenate([p.ess_fraction for p in parts]),
         khat=np.concatenate([p.khat for p in parts]),
+        column_sums=None if first.column_sums is None else {
+            name: np.sum([p.column_sums[name] for p in parts], axis=0) for name in first.column_sums},
     )
 
 
@@ -262,7 +284,7 @@ def _result(
                 "k": k,
                 "estimate": _mean(values),
                 "se_data": _standard_error(values),
-                "se_mc": _mc_standard_error(stats.mc_variance[est.name], n),
+                "se_mc": _mc_standard_error(stats, est.name, n),
                 "n": n,
             }
         )
@@ -288,6 +310,11 @@ def _result(
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
+    if source.quantity_label != LogWeightSource.quantity_label:
+        metadata["quantity"] = source.quantity_label
+    if source.shared_columns:
+        metadata["se_mc_method"] = (f"jackknife over the K samples that every row shares ({jackknife_groups(k)} "
+                                    "groups of columns), of the ELBO for elbo and of IWAE for the others")
     return EstimateResult(
         summary=summary,
         per_example=pd.DataFrame(per_example),
@@ -325,8 +352,17 @@ def _standard_error(values: np.ndarray) -> float:
     return float(np.std(values, ddof=1) / math.sqrt(len(values)))
 
 
-def _mc_standard_error(mc_variance: Optional[np.ndarray], n: int) -> float:
-    # Monte Carlo SE of the dataset mean: datapoints draw independent samples, so variances add.
+def _mc_standard_error(stats: _RowStatistics, name: str, n: int) -> float:
+    """Monte Carlo SE of the dataset mean of estimator ``name``.
+
+    Rows with their own samples: their variances add, ``sqrt(sum_n var_n) / N``. Rows that share
+    their K columns (a Bayesian network's weight samples): the grouped jackknife over columns,
+    which includes the rows' covariances.
+    """
+    if stats.column_sums is not None:
+        sums = stats.column_sums.get("elbo" if name == "elbo" else "iwae")
+        return jackknife_se(sums / n) if sums is not None and np.all(np.isfinite(sums)) else float("nan")
+    mc_variance = stats.mc_variance[name]
     if mc_variance is None or not np.all(np.isfinite(mc_variance)):
         return float("nan")
     return float(math.sqrt(float(np.sum(mc_variance))) / n)

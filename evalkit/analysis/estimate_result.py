@@ -104,7 +104,7 @@ class EstimateResult:
         text = frame.to_string(index=False)
         meta = self.metadata
         head = (
-            f"log p(x) estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
+            f"{meta.get('quantity', 'log p(x)')} estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
         )
         return f"{head}\n{text}\n{self.diagnostics_text()}\n"
 

@@ -51,8 +51,10 @@ def sweep(
     factory: Optional[str] = None,
     prefix: Optional[str] = None,
     allow_pickle: bool = False,
-    split: str = "test",
+    split: Optional[str] = None,
     binarize: str = "none",
+    quantity: Optional[str] = None,
+    target: Optional[str] = None,
     indices: Optional[Sequence[int]] = None,
     cache: Optional[Union[str, os.PathLike]] = None,
     cache_shard_size: Optional[int] = None,
@@ -160,7 +162,7 @@ def sweep(
     source = open_source(model_or_log_weights, data=data, k=ks_given[-1] if ks_given else DEFAULT_K_MAX,
                          seed=seed, factory=factory, prefix=prefix, allow_pickle=allow_pickle, split=split,
                          binarize=binarize, indices=indices, cache=cache, cache_shard_size=cache_shard_size,
-                         engine_options=engine_options)
+                         engine_options=engine_options, quantity=quantity, target=target)
     if ks_given is not None and ks_given[-1] > source.k:
         raise InputError(f"k = {ks_given[-1]} exceeds the {source.k} log-weights per datapoint; use ks up to {source.k}")
     if reference is not None and source.has_exact_log_marginal:
@@ -219,6 +221,10 @@ def sweep_source(
     issued = _issue_warnings(pool)
     if source.n < 2:
         notes.append("one datapoint: standard errors over datapoints are undefined (NaN)")
+    if source.shared_columns:
+        notes.append("every row uses the same samples (shared columns): standard errors over datapoints "
+                     "leave out the correlation of their Monte Carlo errors; `evalkit estimate` gives the "
+                     "column-jackknife Monte Carlo SE")
     seconds_stats = time.perf_counter() - t_stats - pool.seconds_source
     metadata = {
         "n": int(source.n),

@@ -73,16 +73,37 @@ def shared_column_mc_se(
     rows, _ = as_rows(log_w)
     if rows.ndim != 2:
         raise InputError(f"Expected log_w of shape (N, K), got {tuple(rows.shape)}.")
-    fn = _resolve(estimator_fn)
     k = rows.shape[1]
-    g = (k if k <= DEFAULT_GROUPS else DEFAULT_GROUPS) if groups is None else groups
+    g = jackknife_groups(k) if groups is None else groups
     if isinstance(g, bool) or not isinstance(g, int) or not 2 <= g <= k:
         raise InputError(f"Expected argument `groups` to be an int in [2, K={k}], got {groups!r}; K >= 2 is needed for a jackknife.")
-    bounds = np.linspace(0, k, g + 1).round().astype(int)
-    leave_out = np.empty(g)
-    for index in range(g):
+    sums = leave_group_out_sums(rows, _resolve(estimator_fn), g)
+    return jackknife_se(sums / rows.shape[0])
+
+
+def jackknife_groups(k: int) -> int:
+    """The default number of column groups: K (leave one column out) up to 100, else 100."""
+    return k if k <= DEFAULT_GROUPS else DEFAULT_GROUPS
+
+
+def leave_group_out_sums(rows: Any, fn: Callable[[Any], Any], groups: int) -> np.ndarray:
+    """``S[g] = sum_n f(L_{n, columns not in g})`` for G contiguous column groups, shape (G,).
+
+    Rows enter only through this sum, so a consumer can add the sums of blocks of rows and
+    finish with :func:`jackknife_se` of ``S / N``: the result is that of the whole matrix.
+    """
+    k = rows.shape[1]
+    bounds = np.linspace(0, k, groups + 1).round().astype(int)
+    sums = np.empty(groups)
+    for index in range(groups):
         keep = np.r_[0:bounds[index], bounds[index + 1]:k]
-        leave_out[index] = float(np.mean(np.asarray(fn(rows[:, keep]), dtype=np.float64)))
+        sums[index] = float(np.sum(np.asarray(fn(rows[:, keep]), dtype=np.float64)))
+    return sums
+
+
+def jackknife_se(leave_out: np.ndarray) -> float:
+    """``sqrt((G - 1) / G * sum_g (T_(-g) - mean T)^2)`` from the G leave-group-out estimates."""
+    g = len(leave_out)
     return math.sqrt((g - 1) / g * float(np.sum((leave_out - leave_out.mean()) ** 2)))
 
 
@@ -99,7 +120,7 @@ def independent_rows_mc_se(mc_variance: Any) -> float:
 
 def _resolve(estimator_fn: Union[str, Callable[[Any], Any]]) -> Callable[[Any], Any]:
     if isinstance(estimator_fn, str):
-        from .estimators import get
+        from . import get
 
         return get(estimator_fn).fn
     if not callable(estimator_fn):
@@ -107,4 +128,5 @@ def _resolve(estimator_fn: Union[str, Callable[[Any], Any]]) -> Callable[[Any], 
     return estimator_fn
 
 
-__all__ = ["shared_column_mc_se", "independent_rows_mc_se", "DEFAULT_GROUPS"]
+__all__ = ["shared_column_mc_se", "independent_rows_mc_se", "jackknife_groups", "jackknife_se", "leave_group_out_sums",
+           "DEFAULT_GROUPS"]

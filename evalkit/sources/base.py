@@ -42,6 +42,8 @@ class LogWeightSource(abc.ABC):
     shared_columns : bool
         True when every row uses the same K samples (a Bayesian network's weight samples):
         the rows' Monte Carlo errors are then correlated.
+    quantity_label : str
+        What the estimators estimate per row: ``log p(x)``, ``log p(y | x)``, ``log p(D)``.
     """
 
     n: int
@@ -52,6 +54,7 @@ class LogWeightSource(abc.ABC):
     seed: Optional[int] = None
     is_main: bool = True
     shared_columns: bool = False
+    quantity_label: str = "log p(x)"
 
     @abc.abstractmethod
     def blocks(self, rows: int) -> Iterator[Block]:

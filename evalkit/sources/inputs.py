@@ -17,6 +17,7 @@ import torch
 from ..errors import DataError, InputError
 from ..sampling import distributed
 from .base import LogWeightSource
+from .bayesian import QUANTITIES, EvidenceSource, PredictiveSource
 from .importance import CachedSource, ImportanceSamplingSource, TorchrunSource
 from .matrix import MatrixSource, check_log_weights
 
@@ -117,13 +118,15 @@ def open_source(
     factory: Optional[str] = None,
     prefix: Optional[str] = None,
     allow_pickle: bool = False,
-    split: str = "test",
+    split: Optional[str] = None,
     binarize: str = "none",
     indices: Any = None,
     cache: Any = None,
     cache_shard_size: Optional[int] = None,
     engine_options: Optional[Dict[str, Any]] = None,
     matrix_label: str = "log-weight matrix",
+    quantity: Optional[str] = None,
+    target: Optional[str] = None,
 ) -> LogWeightSource:
     """The log-weight source for what the user handed the API: the one place that decides it.
 
@@ -134,6 +137,7 @@ def open_source(
         matrix (its K columns; ``k`` is ignored), or a source, returned as it is.
     data, split, binarize, seed
         The model's data (:func:`resolve_data`); ``seed`` keys the per-datapoint streams.
+        ``split`` defaults to ``"test"`` (``"train"`` for a Bayesian network's evidence).
     k : int
         Samples per datapoint for a model.
     indices : sequence of int, optional
@@ -143,6 +147,10 @@ def open_source(
     engine_options : dict, optional
         For :func:`evalkit.log_weights`; its ``indices`` entry, if any, gives the dataset index
         of every row of ``data`` (instead of selecting rows).
+    quantity, target : str, optional
+        For a Bayes-by-backprop network (:class:`~evalkit.models.BayesianMLP`):
+        ``"predictive"`` (default) or ``"evidence"`` (:mod:`evalkit.sources.bayesian`), and the
+        target key or CSV column of labelled data (data may also be an ``(x, y)`` pair).
 
     Under torchrun a model's rows are split across the processes (:class:`TorchrunSource`).
     Nothing is computed until the source's blocks are asked for.
@@ -160,6 +168,14 @@ def open_source(
     if data is None:
         raise InputError("a model needs data to evaluate; pass data= a tensor, a data file or 'digits'")
     model = resolve_model(model_or_log_weights, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
+    if getattr(model, "is_bayesian_network", False):
+        return _bayesian_source(model, model_or_log_weights, data, k=k, seed=seed, split=split, quantity=quantity,
+                                target=target, extra={"indices": indices, "cache": cache, "binarize": binarize != "none"},
+                                engine_options=engine_options)
+    if quantity is not None or target is not None:
+        raise InputError("quantity and target apply only to Bayesian networks (weights as the latent variable); "
+                         "drop them for this model")
+    split = "test" if split is None else split
     x = resolve_data(data, model=model, split=split, binarize=binarize, seed=seed)
     row_index = engine_options.pop("indices", None)
     _check_run_options(cache, indices if indices is not None else row_index)
@@ -176,6 +192,44 @@ def open_source(
     if distributed.launched_by_torchrun():
         return TorchrunSource(model, x, k, **common)
     return ImportanceSamplingSource(model, x, k, **common)
+
+
+def _bayesian_source(model: Any, model_arg: Any, data: Any, *, k: int, seed: int, split: Optional[str],
+                     quantity: Optional[str], target: Optional[str], extra: Dict[str, Any],
+                     engine_options: Dict[str, Any]) -> LogWeightSource:
+    """A Bayesian network's predictive ``[N, K]`` or evidence ``[1, K]`` source on labelled data."""
+    from ..labelled_data import check_targets_for_model, load_labelled_data
+
+    quantity = "predictive" if quantity is None else quantity
+    if quantity not in QUANTITIES:
+        raise InputError(f"quantity must be one of {', '.join(QUANTITIES)}, got {quantity!r}")
+    unused = [name for name, value in extra.items() if value not in (None, False)]
+    unused += [name for name, value in engine_options.items()
+               if name not in _BAYESIAN_OPTIONS and value not in (None, False) and str(value) not in _DEFAULT_DTYPES]
+    if unused:
+        raise InputError(f"{', '.join(unused)} do not apply to a Bayesian network's {quantity}; drop them")
+    split = ("train" if quantity == "evidence" else "test") if split is None else split
+    if isinstance(data, tuple) and len(data) == 2:
+        x, y = (torch.as_tensor(np.asarray(part)) if not isinstance(part, torch.Tensor) else part for part in data)
+        x = x.reshape(x.shape[0], -1).to(torch.float32) if not x.is_floating_point() else x.reshape(x.shape[0], -1)
+        label = f"in-memory (x, y) {tuple(x.shape)}"
+    elif isinstance(data, (str, os.PathLike)):
+        x, y = load_labelled_data(data, split=split, target=target)
+        label = describe_data(data, split, "none")
+    else:
+        raise DataError("a Bayesian network needs inputs and targets: pass data='digits', a .npz/.pt/.csv file "
+                        "with targets, or an (x, y) pair")
+    check_targets_for_model(x, y, model)
+    options = {name: engine_options.get(name) for name in _BAYESIAN_OPTIONS}
+    if quantity == "evidence":
+        options["data_batch"] = options.pop("batch_size")
+    source_class = EvidenceSource if quantity == "evidence" else PredictiveSource
+    return source_class(model, x, y, k, seed=seed, options=options, model_label=describe_model(model_arg, model),
+                        data_label=f"{label}, {quantity}")
+
+
+_BAYESIAN_OPTIONS = ("batch_size", "device", "progress")
+_DEFAULT_DTYPES = ("float32", "torch.float32")  # the engine's default, passed by the CLI; the network keeps its own
 
 
 def _check_run_options(cache: Any, indices: Any) -> None:
