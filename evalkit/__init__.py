@@ -10,7 +10,7 @@ Public API (see README):
   ``jvi``, ``dvi``, ``ess``, ``psis_khat``) and the name registry (``get``, ``available``);
 * :mod:`evalkit.models` -- the model protocol and built-in models; :mod:`evalkit.data` -- datasets.
 """
-__version__ = "0.2.0"
+from ._version import __version__  # noqa: E402
 
 from . import data
 from . import estimators

@@ -369,6 +369,6 @@ def _mc_standard_error(stats: _RowStatistics, name: str, n: int) -> float:
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
 
     return __version__

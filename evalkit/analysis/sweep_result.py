@@ -248,7 +248,7 @@ def versions() -> Dict[str, str]:
     import matplotlib
     import scipy
 
-    from .. import __version__
+    from .._version import __version__
 
     return {
         "evalkit": __version__,

@@ -38,7 +38,7 @@ def fingerprint_components(
         as plain values; ``model`` and ``data`` as sha256 hex digests. ``tf32`` only counts on
         CUDA (it changes nothing on the CPU).
     """
-    from .. import __version__
+    from .._version import __version__
 
     device_type = _device_type(device)
     return {

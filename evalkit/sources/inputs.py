@@ -198,7 +198,7 @@ def _bayesian_source(model: Any, model_arg: Any, data: Any, *, k: int, seed: int
                      quantity: Optional[str], target: Optional[str], extra: Dict[str, Any],
                      engine_options: Dict[str, Any]) -> LogWeightSource:
     """A Bayesian network's predictive ``[N, K]`` or evidence ``[1, K]`` source on labelled data."""
-    from ..labelled_data import check_targets_for_model, load_labelled_data
+    from ..data import check_targets_for_model, load_labelled_data
 
     quantity = "predictive" if quantity is None else quantity
     if quantity not in QUANTITIES:

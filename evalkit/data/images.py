@@ -14,8 +14,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .data import SPLITS, _digits_pixel_counts, _read_file, digits_split, rows_text
-from .errors import DataError, InputError
+from .checks import check_discrete_data, rows_text  # noqa: F401 (check_discrete_data re-exported)
+from .datasets import SPLITS, _digits_pixel_counts, _read_file, digits_split
+from ..errors import DataError, InputError
 
 LAYOUTS = ("NHW", "NHWC", "NCHW")
 CHANNEL_COUNTS = (1, 3, 4)
@@ -133,34 +134,6 @@ def load_images(
         raise DataError(f"{path} has an unsupported suffix '{path.suffix}'; images are read from .npy, .npz or .pt.")
     return as_images(_read_file(path, split), layout=layout, name=str(path))
 
-
-def check_discrete_data(data: torch.Tensor, levels: int) -> None:
-    """Check that ``data`` holds integer levels ``0..levels-1``; raise :class:`DataError` naming the rows if not.
-
-    Parameters
-    ----------
-    data : Tensor, shape (N, D)
-        Any dtype; floats must be integer-valued.
-    levels : int
-        Number of values a pixel takes (the model's ``data_levels``).
-    """
-    values = data if data.is_floating_point() else data.to(torch.int64)
-    if data.is_floating_point():
-        fractional = (values != values.round()).any(dim=1).nonzero().flatten()
-        if len(fractional):
-            raise DataError(
-                f"the model's decoder is discrete over {levels} integer levels but rows {rows_text(fractional)} "
-                f"({len(fractional)} rows) hold non-integer values (range [{float(values.min()):g}, "
-                f"{float(values.max()):g}]); pass the integer images 0..{levels - 1} (evalkit.data.load_images), "
-                "not scaled floats."
-            )
-    outside = ((values < 0) | (values > levels - 1)).any(dim=1).nonzero().flatten()
-    if len(outside):
-        raise DataError(
-            f"the model's decoder takes values 0..{levels - 1} but rows {rows_text(outside)} ({len(outside)} rows) "
-            f"hold values in [{float(values.min()):g}, {float(values.max()):g}]; load data with {levels} levels "
-            f"(8-bit images need levels=256)."
-        )
 
 
 __all__ = ["DIGITS_LEVELS", "LAYOUTS", "as_images", "check_discrete_data", "load_images"]

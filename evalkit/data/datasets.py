@@ -15,8 +15,8 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .errors import DataError, InputError
-from .noise import binarization_uniforms, check_seed
+from ..errors import DataError, InputError
+from ..noise import binarization_uniforms, check_seed
 
 SPLITS = ("train", "test", "all")
 BINARIZE = ("none", "threshold", "bernoulli")
@@ -242,69 +242,4 @@ def _binarize(data: torch.Tensor, mode: str, seed: int, rows: list[int]) -> torc
     return torch.from_numpy(values.astype(np.float32))
 
 
-def rows_text(rows: torch.Tensor) -> str:
-    """Return the first five entries of ``rows`` for a message, e.g. ``'[3, 9]'`` or ``'[1, 2, 3, 4, 5] and 7 more'``."""
-    shown = rows[:5].tolist()
-    more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""
-    return f"{shown}{more}"
-
-
-def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:
-    """Check that ``data`` can be evaluated by ``model``; raise :class:`DataError` if not.
-
-    Parameters
-    ----------
-    data : Tensor, shape (N, D)
-    model : model following the protocol (``data_dim``, ``requires_binary_data``)
-
-    Raises
-    ------
-    DataError
-        Empty data; not 2-D; ``D != model.data_dim``; NaN or infinite values (the rows are
-        named); non-binary values for a model with ``requires_binary_data``; for a model with
-        an int ``data_levels`` (a discrete decoder), values that are not integers in
-        ``0..data_levels-1`` (:func:`evalkit.images.check_discrete_data`).
-    """
-    if not isinstance(data, torch.Tensor):
-        raise DataError(f"Expected the data as a torch.Tensor [N, D], got {type(data).__name__}; use evalkit.load_data.")
-    if data.dim() != 2:
-        raise DataError(f"Expected the data as a 2-D tensor [N, D], got shape {tuple(data.shape)}; flatten each datapoint.")
-    if data.shape[0] == 0:
-        raise DataError("the dataset is empty (N = 0); check the file and the split.")
-    if data.shape[1] != model.data_dim:
-        raise DataError(
-            f"the data have {data.shape[1]} values per datapoint but the model expects data_dim={model.data_dim}; "
-            "load the dataset the model was trained on."
-        )
-    if not data.is_floating_point():
-        data = data.double()
-    bad = (~torch.isfinite(data)).any(dim=1).nonzero().flatten()
-    if len(bad):
-        raise DataError(f"the data contain NaN or infinite values in rows {rows_text(bad)} ({len(bad)} rows); remove or fix them.")
-    if getattr(model, "requires_binary_data", False):
-        non_binary = ((data != 0) & (data != 1)).any(dim=1).nonzero().flatten()
-        if len(non_binary):
-            low, high = float(data.min()), float(data.max())
-            hint = " (values above 1: scale them to [0, 1] first)" if high > 1 else ""
-            raise DataError(
-                f"the model has a Bernoulli decoder but rows {rows_text(non_binary)} ({len(non_binary)} rows) are not "
-                f"binary (range [{low:g}, {high:g}]){hint}; load the data with binarize='bernoulli' "
-                "(stochastic, fixed once by the seed) or binarize='threshold' (x > 0.5)."
-            )
-    levels = getattr(model, "data_levels", None)
-    if isinstance(levels, int) and not getattr(model, "requires_binary_data", False):
-        check_discrete_data(data, levels)
-
-
-def load_labelled_data(source: Union[str, os.PathLike], *, split: str = "test", target: Optional[str] = None):
-    """Load inputs ``x [N, D]`` and targets ``y [N]``: see :func:`evalkit.labelled_data.load_labelled_data`."""
-    from .labelled_data import load_labelled_data as load
-
-    return load(source, split=split, target=target)
-
-
-# Integer images live in evalkit.images (which imports the helpers above).
-from .images import check_discrete_data, load_images  # noqa: E402
-
-__all__ = ["load_data", "load_images", "load_labelled_data", "binarize", "check_data_for_model", "check_discrete_data",
-           "digits_split", "SPLITS", "BINARIZE"]
+__all__ = ["load_data", "binarize", "digits_split", "SPLITS", "BINARIZE"]

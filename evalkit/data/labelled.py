@@ -26,8 +26,9 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
-from .data import SPLITS, check_data_for_model, digits_split
-from .errors import DataError, InputError
+from .checks import check_data_for_model
+from .datasets import SPLITS, digits_split
+from ..errors import DataError, InputError
 
 
 @functools.lru_cache(maxsize=1)
