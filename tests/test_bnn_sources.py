@@ -90,3 +90,20 @@ def test_cli_estimates_the_bundled_network(tmp_path):
     refused = CliRunner().invoke(main, ["estimate", "examples/digits_iwae.pt", "--binarize", "bernoulli",
                                         "--quantity", "evidence", "-k", "4"])
     assert refused.exit_code == 1 and "apply only to Bayesian networks" in refused.output
+
+
+def test_the_o_nk_leave_group_out_sums_equal_the_estimator_calls():
+    from evalkit.estimators import get
+    from evalkit.estimators.shared_columns import (leave_group_out_elbo_sums, leave_group_out_iwae_sums,
+                                                   leave_group_out_sums)
+
+    rng = np.random.default_rng(0)
+    rows = rng.normal(-50.0, 3.0, size=(7, 103))
+    rows[2, 5] = 40.0  # one weight holding all the mass: leaving its group out must not lose precision
+    rows[3, :4] = -np.inf
+    for groups in (2, 10, 103):
+        assert np.allclose(leave_group_out_iwae_sums(rows, groups), leave_group_out_sums(rows, get("iwae").fn, groups),
+                           rtol=1e-13, atol=0)
+        finite = rows[[0, 1, 2, 4, 5, 6]]
+        assert np.allclose(leave_group_out_elbo_sums(finite, groups), leave_group_out_sums(finite, get("elbo").fn, groups),
+                           rtol=1e-12, atol=0)

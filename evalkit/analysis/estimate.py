@@ -24,7 +24,8 @@ import torch
 from .. import estimators as estimator_registry
 from ..errors import InputError
 from ..estimators.arraykind import as_rows
-from ..estimators.shared_columns import jackknife_groups, jackknife_se, leave_group_out_sums
+from ..estimators.shared_columns import (jackknife_groups, jackknife_se, leave_group_out_elbo_sums,
+                                         leave_group_out_iwae_sums)
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sources import LogWeightSource, MatrixSource, open_source
 from ..sources.inputs import DataLike, ModelLike
@@ -229,8 +230,9 @@ def _row_statistics(log_w: torch.Tensor, chosen: Sequence[Any], shared_columns: 
         # The column jackknife of the ELBO, and of IWAE for every other estimator: debiasing
         # (JVI, DVI) does not change the leading-order variance, as in the independent-rows case.
         groups = jackknife_groups(log_w.shape[1])
-        for name in ("elbo", "iwae"):
-            column_sums[name] = leave_group_out_sums(log_w, estimator_registry.get(name).fn, groups)
+        rows = log_w.numpy()
+        column_sums["elbo"] = leave_group_out_elbo_sums(rows, groups)
+        column_sums["iwae"] = leave_group_out_iwae_sums(rows, groups)
     weights = weight_diagnostics(log_w)
     return _RowStatistics(values, mc_variance, weights.ess_fraction, weights.khat, column_sums)
 

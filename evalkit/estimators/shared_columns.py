@@ -93,12 +93,53 @@ def leave_group_out_sums(rows: Any, fn: Callable[[Any], Any], groups: int) -> np
     finish with :func:`jackknife_se` of ``S / N``: the result is that of the whole matrix.
     """
     k = rows.shape[1]
-    bounds = np.linspace(0, k, groups + 1).round().astype(int)
+    bounds = group_bounds(k, groups)
     sums = np.empty(groups)
     for index in range(groups):
         keep = np.r_[0:bounds[index], bounds[index + 1]:k]
         sums[index] = float(np.sum(np.asarray(fn(rows[:, keep]), dtype=np.float64)))
     return sums
+
+
+def group_bounds(k: int, groups: int) -> np.ndarray:
+    """Column boundaries of G contiguous groups whose sizes differ by at most one, shape (G + 1,)."""
+    return np.linspace(0, k, groups + 1).round().astype(int)
+
+
+def leave_group_out_iwae_sums(rows: np.ndarray, groups: int) -> np.ndarray:
+    """:func:`leave_group_out_sums` of IWAE in O(N K): no estimator call per group.
+
+    The log-sum-exp of the columns outside group g is ``logaddexp`` of the log-sum-exps of the
+    groups before and after it (running ``logaddexp`` from both ends), so nothing is subtracted
+    and a dominant weight inside g costs no precision. ``rows``: float64 ``[N, K]``.
+    """
+    k = rows.shape[1]
+    bounds = group_bounds(k, groups)
+    per_group = np.stack([_row_logsumexp(rows[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])], axis=1)
+    with np.errstate(invalid="ignore"):
+        before = np.logaddexp.accumulate(per_group, axis=1)
+        after = np.logaddexp.accumulate(per_group[:, ::-1], axis=1)[:, ::-1]
+    outside = np.full_like(per_group, -np.inf)
+    outside[:, 1:] = before[:, :-1]
+    with np.errstate(invalid="ignore"):
+        outside[:, :-1] = np.logaddexp(outside[:, :-1], after[:, 1:])
+    return np.sum(outside - np.log(k - np.diff(bounds)), axis=0)
+
+
+def leave_group_out_elbo_sums(rows: np.ndarray, groups: int) -> np.ndarray:
+    """:func:`leave_group_out_sums` of the ELBO (the mean of the other columns) in O(N K)."""
+    k = rows.shape[1]
+    bounds = group_bounds(k, groups)
+    per_group = np.add.reduceat(rows, bounds[:-1], axis=1)
+    with np.errstate(invalid="ignore"):  # a -inf log-weight: the ELBO is -inf, its jackknife undefined
+        return np.sum((rows.sum(axis=1, keepdims=True) - per_group) / (k - np.diff(bounds)), axis=0)
+
+
+def _row_logsumexp(rows: np.ndarray) -> np.ndarray:
+    top = rows.max(axis=1, keepdims=True)
+    top[~np.isfinite(top)] = 0.0
+    with np.errstate(divide="ignore"):
+        return np.log(np.exp(rows - top).sum(axis=1)) + top[:, 0]
 
 
 def jackknife_se(leave_out: np.ndarray) -> float:
@@ -129,4 +170,4 @@ def _resolve(estimator_fn: Union[str, Callable[[Any], Any]]) -> Callable[[Any], 
 
 
 __all__ = ["shared_column_mc_se", "independent_rows_mc_se", "jackknife_groups", "jackknife_se", "leave_group_out_sums",
-           "DEFAULT_GROUPS"]
+           "leave_group_out_elbo_sums", "leave_group_out_iwae_sums", "group_bounds", "DEFAULT_GROUPS"]
