@@ -20,10 +20,12 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Normal
+from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from ..errors import CheckpointError, InputError
 from .base import LatentVariableModel, working_bytes
+from .gaussian_chain import GaussianChain
+from .joint import log_joint_from_factories
 from .densities import (
     Tanh,
     bernoulli_log_likelihood,
@@ -172,6 +174,36 @@ class IWAE(LatentVariableModel):
         log_p = log_p + self._log_likelihood(h[0], x).double()
         return log_p - log_q
 
+    # The annealed-importance-sampling protocol (evalkit.models.base), over z = concat(h_1, ..., h_L).
+    # These run the modules themselves (not the sigmoid-form fast path) so that autograd reaches z.
+
+    def proposal(self, x: Tensor) -> GaussianChain:
+        """Return q(h_1 | x) q(h_2 | h_1) ... over ``z = concat(h_1, ..., h_L)``, batch shape ``[B]``."""
+        mu, log_sigma = self.encoder_h1.params(x)
+        conditionals = [_block_conditional(getattr(self, f"encoder_h{layer + 1}")) for layer in range(1, len(self.latent_dims))]
+        return GaussianChain(self.latent_dims, range(len(self.latent_dims)), mu, log_sigma, conditionals)
+
+    def prior(self) -> GaussianChain:
+        """Return p(h_L) p(h_{L-1} | h_L) ... p(h_1 | h_2) over ``z = concat(h_1, ..., h_L)``, batch shape ``[]``."""
+        n_layers = len(self.latent_dims)
+        weight = self.decoder_x[0].weight
+        zeros = torch.zeros(self.latent_dims[-1], dtype=weight.dtype, device=weight.device)
+        conditionals = [_block_conditional(getattr(self, f"decoder_h{layer}")) for layer in range(n_layers - 1, 0, -1)]
+        return GaussianChain(self.latent_dims, range(n_layers - 1, -1, -1), zeros, zeros, conditionals)
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        """Return p(x | h_1) = Bernoulli(logits=decoder_x(h_1)), batch shape ``z.shape[:-1]``."""
+        logits = self.decoder_x(z[..., : self.latent_dims[0]])
+        return Independent(Bernoulli(logits=logits, validate_args=False), 1)
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """Return ``log p(h_L) + sum_l log p(h_l | h_{l+1}) + log p(x | h_1)``, shape ``[B, C]``, float64."""
+        return log_joint_from_factories(self, x, z)
+
+    def reparameterize(self, q: GaussianChain, noise: Tensor) -> Tensor:
+        """Return samples of :meth:`proposal` or :meth:`prior` (batch ``[B]``) from noise ``[B, C, sum(latent_dims)]``."""
+        return q.from_noise(noise)
+
     def _log_likelihood(self, h1: Tensor, x: Tensor) -> Tensor:
         """Return ``log p(x | h1)``, shape ``h1.shape[:2]``; on the CPU in cache-sized pieces (:mod:`evalkit.models.row_pieces`)."""
         def log_likelihood(h1_piece: Tensor, x_piece: Tensor) -> Tensor:
@@ -210,6 +242,15 @@ class IWAE(LatentVariableModel):
             "encoder_hidden_dims": [list(p) for p in self.encoder_hidden_dims],
             "decoder_hidden_dims": [list(p) for p in self.decoder_hidden_dims],
         }
+
+
+def _block_conditional(block: GaussianBlock):
+    """Return ``h -> (mu, logsigma)`` of a Gaussian block through its modules (autograd-friendly)."""
+    def conditional(h: Tensor) -> tuple[Tensor, Tensor]:
+        hidden = block.transform(h)
+        return block.fc_mu(hidden), block.fc_logsigma(hidden)
+
+    return conditional
 
 
 def _block_dims(state_dict: Mapping[str, Tensor], name: str) -> tuple[int, list[int], int]:

@@ -1,0 +1,1 @@
+"""Samplers beyond plain importance sampling: HMC kernels and annealed importance sampling."""
