@@ -21,15 +21,15 @@ def imperfect_model(data_dim, latent_dim, seed):
 @pytest.mark.parametrize("data_dim, latent_dim", [(5, 1), (20, 4)])
 def test_bounds_bracket_the_exact_value_and_the_gap_shrinks(data_dim, latent_dim):
     model = imperfect_model(data_dim, latent_dim, seed=data_dim)
-    result = bdmc(model, n=12, steps=[3, 60], chains=4, dtype=F64, progress=False)
+    result = bdmc(model, n=12, steps=[3, 200], chains=4, dtype=F64, progress=False)
     summary = result.summary.set_index("steps")
     for steps, row in summary.iterrows():
         # the dataset means of the stochastic bounds, beyond their standard errors
         assert row["lower"] + 3 * row["lower_se"] > row["lower"]  # finite SE
         assert row["lower"] < row["exact"] < row["upper"], (steps, row.to_dict())
         assert row["lower_lme"] >= row["lower"] and row["upper_lme"] <= row["upper"]
-    assert summary.loc[60, "gap"] + 2 * summary.loc[60, "gap_se"] < summary.loc[3, "gap"]
-    assert summary.loc[60, "gap"] > 0
+    assert summary.loc[200, "gap"] + 2 * summary.loc[200, "gap_se"] < summary.loc[3, "gap"]
+    assert summary.loc[200, "gap"] > 0
     # the exact column is the model's closed form on the simulated data
     assert torch.allclose(torch.tensor(result.per_datapoint.query("steps == 3")["exact"].to_numpy()),
                           model.log_marginal(result.x.double()))
