@@ -181,3 +181,20 @@ def test_hmc_leaves_a_gaussian_invariant():
     z = state.position.flatten()
     assert abs(z.mean()) < 4 / math.sqrt(20000) and abs(z.var() - 1) < 4 * math.sqrt(2 / 20000)
     assert 0.3 < info.accepted.double().mean() < 1
+
+
+def test_one_layer_iwae_written_out_gradient_matches_autograd_and_rebatches_bitwise():
+    torch.manual_seed(2)
+    model = IWAE(30, [4], [[16, 16]]).double()
+    x = (torch.rand(34, 30, generator=torch.Generator().manual_seed(3)) < 0.5).double()
+    z = torch.randn(34, 3, 4, dtype=F64)
+    with torch.no_grad():
+        value, grad = model.log_joint_and_grad(x, z)
+    leaf = z.clone().requires_grad_()
+    expected = model.log_joint(x, leaf)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), leaf)
+    assert torch.allclose(value, expected.detach(), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(grad, expected_grad, rtol=1e-10, atol=1e-12)
+    options = dict(chains=2, steps=10, progress=False)
+    full = ais_log_weights(model.float(), x.float(), **options)
+    assert torch.equal(full[31:], ais_log_weights(model.float(), x[31:].float(), indices=[31, 32, 33], batch_size=1, **options))

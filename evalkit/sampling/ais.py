@@ -112,6 +112,14 @@ class _Path:
         self.model, self.x, self.initial = model, x, initial
 
     def endpoints(self, z: Tensor) -> Endpoints:
+        fast = getattr(self.model, "log_joint_and_grad", None)
+        if callable(fast):
+            with torch.enable_grad():
+                z_initial = z.detach().requires_grad_(True)
+                log_initial = initial_log_prob(self.initial, z_initial)
+                (grad_initial,) = torch.autograd.grad(log_initial.sum(), z_initial)
+            log_joint, grad_joint = fast(self.x, z)
+            return Endpoints(log_initial.detach(), log_joint, grad_initial, grad_joint)
         # Two leaves, so that one backward pass gives both gradients separately.
         with torch.enable_grad():
             z_initial, z_joint = z.detach().requires_grad_(True), z.detach().requires_grad_(True)
