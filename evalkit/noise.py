@@ -54,6 +54,15 @@ _MAX_UINT64 = 2**64 - 1
 _PURPOSE_NOISE = 0
 _PURPOSE_BINARIZE = 1
 _PURPOSE_BNN_WEIGHTS = 2  # a Bayesian network's weight noise; the index is the weight-sample index
+# Annealed importance sampling (:mod:`evalkit.sampling.ais`): each datapoint's initial draws,
+# HMC momenta and accept/reject uniforms, separately for forward and reverse runs, and the
+# simulation of (z, x) pairs for bidirectional Monte Carlo.
+_PURPOSE_AIS_INITIAL = 3
+_PURPOSE_AIS_MOMENTUM = 4
+_PURPOSE_AIS_ACCEPT = 5
+_PURPOSE_AIS_REVERSE_MOMENTUM = 6
+_PURPOSE_AIS_REVERSE_ACCEPT = 7
+_PURPOSE_BDMC_SIMULATION = 8
 
 
 def check_seed(seed: int) -> int:
@@ -77,7 +86,8 @@ def stream(seed: int, index: int, *, purpose: int = _PURPOSE_NOISE, block: int =
         Index of the datapoint in the full dataset, ``0 <= index < 2**64``.
     purpose : int, default 0
         0 for importance-sampling noise, 1 for binarisation, 2 for a Bayesian network's weight
-        noise (then ``index`` is the weight-sample index, not a datapoint).
+        noise (then ``index`` is the weight-sample index, not a datapoint), 3-8 for annealed
+        importance sampling and BDMC (the ``_PURPOSE_*`` constants).
     block : int, default 0
         Block of :data:`NOISE_BLOCK` sample columns.
 
@@ -154,9 +164,10 @@ class _Streams(threading.local):
         }
         return self.generator
 
-    def noise(self, seed: int, index: int, *, block: int = 0) -> np.random.Generator:
-        """Return :func:`noise_stream` ``(seed, index, block=block)``."""
-        words = self.get(seed, index, purpose=_PURPOSE_NOISE, block=block).bit_generator.random_raw(_SFC64_SEED_WORDS)
+    def noise(self, seed: int, index: int, *, block: int = 0, purpose: int = _PURPOSE_NOISE) -> np.random.Generator:
+        """Return :func:`noise_stream` ``(seed, index, block=block)``; another ``purpose`` gives
+        the SFC64 generator seeded the same way from ``stream(seed, index, purpose, block)``."""
+        words = self.get(seed, index, purpose=purpose, block=block).bit_generator.random_raw(_SFC64_SEED_WORDS)
         self.sfc64_state[:_SFC64_SEED_WORDS] = words  # the fourth word, SFC64's counter, starts at 1
         self.sfc64.state = {"bit_generator": "SFC64", "state": {"state": self.sfc64_state}, "has_uint32": 0, "uinteger": 0}
         self.sfc64.random_raw(12)  # numpy's seeding runs 12 rounds before the first output

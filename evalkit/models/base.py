@@ -12,6 +12,21 @@ A model is a :class:`torch.nn.Module` with
 
 The engine owns randomness: a model never draws random numbers, so its log-weights are a
 deterministic function of ``(x, noise)`` and evalkit can make them independent of batching.
+
+Annealed importance sampling (:mod:`evalkit.sampling.ais`) needs three more methods, the same
+names as :class:`EncoderDecoderModel`'s factories (which derives the first from the others):
+
+* ``log_joint(x, z) -> Tensor[B, C]`` -- the full normalised ``log p(x, z)`` (float64),
+  differentiable in ``z``, for ``x: [B, data_dim]`` and ``z: [B, C, *latent_shape]`` (``C``
+  chains per datapoint); rows independent, like ``log_weights``;
+* ``proposal(x) -> Distribution`` -- q(z | x), batch shape ``[B]``, event shape the latent's:
+  AIS's default initial distribution;
+* ``prior() -> Distribution`` -- p(z), batch shape ``[]`` (``init="prior"``).
+
+The initial distribution's ``log_prob`` must be differentiable, and its samples are made from
+evalkit's standard-normal noise by ``reparameterize(q, noise)`` (``noise: [B, C, *latent]``),
+which :class:`EncoderDecoderModel` provides for (Independent) Normal and multivariate normal
+families; :func:`evalkit.models.joint.check_ais_model` says what a model lacks.
 """
 from __future__ import annotations
 
@@ -100,6 +115,23 @@ class EncoderDecoderModel(LatentVariableModel):
 
     def likelihood(self, z: Tensor) -> Distribution:
         raise NotImplementedError
+
+    def log_joint(self, x: Tensor, z: Tensor) -> Tensor:
+        """Return ``log p(z) + log p(x | z)`` from :meth:`prior` and :meth:`likelihood`.
+
+        Parameters
+        ----------
+        x : Tensor, shape (B, data_dim)
+        z : Tensor, shape (B, C, *latent_shape)
+
+        Returns
+        -------
+        Tensor, shape (B, C), float64
+            Differentiable in ``z``; each term reduced over its event in the compute dtype.
+        """
+        from .joint import log_joint_from_factories
+
+        return log_joint_from_factories(self, x, z)
 
     def reparameterize(self, q: Distribution, noise: Tensor) -> Tensor:
         """Map standard-normal noise to samples of the proposal.

@@ -1,0 +1,130 @@
+"""What annealed importance sampling needs from a model: the log joint and an initial distribution.
+
+See the protocol in :mod:`evalkit.models.base`. These helpers check a model for it and apply
+it the same way to every model, so that :mod:`evalkit.sampling.ais` never asks what a model is.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.distributions import Distribution
+
+from ..errors import InputError
+
+AIS_METHODS = ("log_joint", "proposal", "prior")
+INITS = ("proposal", "prior")
+
+
+def _implemented(model: object, name: str) -> bool:
+    """True when ``model.name`` is callable and not the base class's NotImplementedError stub."""
+    from .base import EncoderDecoderModel
+
+    method = getattr(type(model), name, None) or getattr(model, name, None)
+    if not callable(method):
+        return False
+    return not (isinstance(model, EncoderDecoderModel) and name in ("proposal", "prior", "likelihood")
+                and method is getattr(EncoderDecoderModel, name))
+
+
+def check_ais_model(model: object, init: str = "proposal") -> None:
+    """Raise :class:`InputError` unless ``model`` has what AIS from ``init`` needs.
+
+    Needs ``log_joint(x, z)`` and ``proposal(x)`` (``init="proposal"``) or ``prior()``
+    (``init="prior"``); an :class:`~evalkit.models.EncoderDecoderModel` has ``log_joint`` once
+    it defines ``prior()`` and ``likelihood(z)``.
+    """
+    if init not in INITS:
+        raise InputError(f"Expected argument `init` to be 'proposal' or 'prior', got {init!r}.")
+    needed = ["log_joint", init] + (["prior", "likelihood"] if _is_factory_model(model) else [])
+    missing = [name for name in dict.fromkeys(needed) if not _implemented(model, name)]
+    if missing:
+        raise InputError(
+            f"{type(model).__name__} lacks {', '.join(m + '()' for m in missing)} needed by annealed importance "
+            "sampling; add log_joint(x, z) -> log p(x, z) of shape [B, C], proposal(x) -> q(z|x) and prior() -> p(z) "
+            "as torch.distributions, or subclass evalkit.models.EncoderDecoderModel (see evalkit.models.base)."
+        )
+
+
+def _is_factory_model(model: object) -> bool:
+    from .base import EncoderDecoderModel
+
+    return isinstance(model, EncoderDecoderModel) and type(model).log_joint is EncoderDecoderModel.log_joint
+
+
+def log_joint_from_factories(model, x: Tensor, z: Tensor) -> Tensor:
+    """Return ``prior().log_prob(z) + likelihood(z).log_prob(x)``, shape ``[B, C]``, float64.
+
+    Parameters
+    ----------
+    model : has ``prior()`` (batch shape ``[]``) and ``likelihood(z)`` (batch shape ``[B, C]``)
+    x : Tensor, shape (B, data_dim)
+    z : Tensor, shape (B, C, *latent_shape)
+    """
+    n_batch, n_chains = z.shape[0], z.shape[1]
+    log_prior = model.prior().log_prob(z)
+    likelihood = model.likelihood(z)
+    if tuple(likelihood.batch_shape) != (n_batch, n_chains) or math.prod(likelihood.event_shape) != x.shape[1]:
+        raise InputError(
+            f"{type(model).__name__}.likelihood(z) returned batch shape {tuple(likelihood.batch_shape)} and event "
+            f"shape {tuple(likelihood.event_shape)} for z of shape {tuple(z.shape)}; it must be ({n_batch}, {n_chains}) "
+            f"with {x.shape[1]} data elements as event shape (wrap it in torch.distributions.Independent)."
+        )
+    if tuple(log_prior.shape) != (n_batch, n_chains):
+        raise InputError(
+            f"{type(model).__name__}.prior().log_prob(z) has shape {tuple(log_prior.shape)}, expected "
+            f"({n_batch}, {n_chains}); give the prior batch shape [] with the latent as event shape."
+        )
+    log_likelihood = likelihood.log_prob(x.reshape(n_batch, 1, *likelihood.event_shape))
+    return log_prior.double() + log_likelihood.double()
+
+
+def initial_distribution(model, x: Tensor, init: str) -> Distribution:
+    """Return AIS's initial distribution f_0 for the datapoints ``x``, batch shape ``[B]``.
+
+    ``init="proposal"``: ``model.proposal(x)``; ``init="prior"``: ``model.prior()`` expanded
+    to batch shape ``[B]``.
+    """
+    n_batch = x.shape[0]
+    dist = model.proposal(x) if init == "proposal" else model.prior()
+    if init == "prior" and tuple(dist.batch_shape) == ():
+        dist = dist.expand(torch.Size([n_batch]))
+    if tuple(dist.batch_shape) != (n_batch,):
+        raise InputError(
+            f"{type(model).__name__}.{init}() gave batch shape {tuple(dist.batch_shape)} for {n_batch} datapoints; "
+            f"the {init} needs batch shape {'[B]' if init == 'proposal' else '[]'} with the latent as event shape "
+            "(wrap a Normal in torch.distributions.Independent(..., 1))."
+        )
+    return dist
+
+
+def initial_log_prob(dist: Distribution, z: Tensor) -> Tensor:
+    """Return ``log f_0(z)`` for ``z: [B, C, *event]`` and ``dist`` of batch shape ``[B]``: ``[B, C]`` float64.
+
+    torch.distributions broadcasts sample dimensions on the left, so the chains are moved first.
+    """
+    return dist.log_prob(z.movedim(1, 0)).movedim(0, 1).double()
+
+
+def initial_sample(model, dist: Distribution, noise: Tensor) -> Tensor:
+    """Return samples of ``dist`` (batch ``[B]``) from standard-normal ``noise: [B, C, *event]``.
+
+    Uses ``model.reparameterize(dist, noise)`` when the model has it, else the rule of
+    :meth:`evalkit.models.EncoderDecoderModel.reparameterize` (Normal and multivariate normal).
+    """
+    from .base import EncoderDecoderModel
+
+    reparameterize = getattr(model, "reparameterize", None)
+    if callable(reparameterize):
+        return reparameterize(dist, noise)
+    return EncoderDecoderModel.reparameterize(model, dist, noise)
+
+
+def latent_shape(dist: Distribution) -> tuple[int, ...]:
+    """Return the event shape of the latent (of the initial distribution)."""
+    return tuple(int(s) for s in dist.event_shape)
+
+
+__all__ = ["AIS_METHODS", "check_ais_model", "initial_distribution", "initial_log_prob", "initial_sample",
+           "latent_shape", "log_joint_from_factories"]
