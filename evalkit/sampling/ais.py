@@ -31,19 +31,9 @@ import torch
 from torch import Tensor
 
 from ..data import check_data_for_model
-from .engine import (
-    COMPUTE_DTYPES,
-    MAX_ROWS_PER_CALL,
-    ROW_ALIGN,
-    _check_indices,
-    _intra_op_threads,
-    _invalid_weights_error,
-    _make_batches,
-    _positive_int,
-    _progress_bar,
-    prepared_model,
-    resolve_device,
-)
+from .engine import COMPUTE_DTYPES, _check_indices, _positive_int, _progress_bar, prepared_model, resolve_device
+from .plan import MAX_ROWS_PER_CALL, ROW_ALIGN
+from .runner import _intra_op_threads, _invalid_weights_error, _make_batches
 from ..errors import InputError
 from .memory import default_memory_budget
 from ..models.joint import check_ais_model, initial_distribution, initial_log_prob, initial_sample, latent_shape

@@ -31,11 +31,11 @@ from torch import Tensor
 
 from ..data import check_data_for_model
 from .engine import _progress_bar, resolve_device
+from .plan import ROW_ALIGN
 from ..errors import InputError
 from ..models.bnn import BayesianMLP
 from ..noise import _PURPOSE_BNN_WEIGHTS, _STREAMS, check_seed
 
-ROW_ALIGN = 32
 DEFAULT_BATCH_SIZE = 512
 DEFAULT_MEMORY_BUDGET = 256 * 2**20
 """Bytes a sample chunk may use by default (noise, weights and activations)."""
