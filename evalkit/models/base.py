@@ -129,8 +129,6 @@ class EncoderDecoderModel(LatentVariableModel):
         Tensor, shape (B, C), float64
             Differentiable in ``z``; each term reduced over its event in the compute dtype.
         """
-        from .joint import log_joint_from_factories
-
         return log_joint_from_factories(self, x, z)
 
     def reparameterize(self, q: Distribution, noise: Tensor) -> Tensor:
@@ -256,3 +254,30 @@ def check_model(model: object) -> None:
             f"{name}.requires_binary_data must be True (Bernoulli decoder) or False, "
             f"got {getattr(model, 'requires_binary_data', None)!r}."
         )
+
+
+def log_joint_from_factories(model, x: Tensor, z: Tensor) -> Tensor:
+    """Return ``prior().log_prob(z) + likelihood(z).log_prob(x)``, shape ``[B, C]``, float64.
+
+    Parameters
+    ----------
+    model : has ``prior()`` (batch shape ``[]``) and ``likelihood(z)`` (batch shape ``[B, C]``)
+    x : Tensor, shape (B, data_dim)
+    z : Tensor, shape (B, C, *latent_shape)
+    """
+    n_batch, n_chains = z.shape[0], z.shape[1]
+    log_prior = model.prior().log_prob(z)
+    likelihood = model.likelihood(z)
+    if tuple(likelihood.batch_shape) != (n_batch, n_chains) or math.prod(likelihood.event_shape) != x.shape[1]:
+        raise InputError(
+            f"{type(model).__name__}.likelihood(z) returned batch shape {tuple(likelihood.batch_shape)} and event "
+            f"shape {tuple(likelihood.event_shape)} for z of shape {tuple(z.shape)}; it must be ({n_batch}, {n_chains}) "
+            f"with {x.shape[1]} data elements as event shape (wrap it in torch.distributions.Independent)."
+        )
+    if tuple(log_prior.shape) != (n_batch, n_chains):
+        raise InputError(
+            f"{type(model).__name__}.prior().log_prob(z) has shape {tuple(log_prior.shape)}, expected "
+            f"({n_batch}, {n_chains}); give the prior batch shape [] with the latent as event shape."
+        )
+    log_likelihood = likelihood.log_prob(x.reshape(n_batch, 1, *likelihood.event_shape))
+    return log_prior.double() + log_likelihood.double()

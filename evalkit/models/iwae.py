@@ -26,7 +26,7 @@ from torch.distributions import Bernoulli, Distribution, Independent, Normal
 from ..errors import CheckpointError, InputError
 from .base import LatentVariableModel, working_bytes
 from .gaussian_chain import GaussianChain
-from .joint import log_joint_from_factories
+from .base import log_joint_from_factories
 from .densities import (
     Tanh,
     bernoulli_log_likelihood,

@@ -5,13 +5,12 @@ it the same way to every model, so that :mod:`evalkit.sampling.ais` never asks w
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 from torch.distributions import Distribution
 
 from ..errors import InputError
+from .base import EncoderDecoderModel
 
 AIS_METHODS = ("log_joint", "proposal", "prior")
 INITS = ("proposal", "prior")
@@ -19,8 +18,6 @@ INITS = ("proposal", "prior")
 
 def _implemented(model: object, name: str) -> bool:
     """True when ``model.name`` is callable and not the base class's NotImplementedError stub."""
-    from .base import EncoderDecoderModel
-
     method = getattr(type(model), name, None) or getattr(model, name, None)
     if not callable(method):
         return False
@@ -48,36 +45,7 @@ def check_ais_model(model: object, init: str = "proposal") -> None:
 
 
 def _is_factory_model(model: object) -> bool:
-    from .base import EncoderDecoderModel
-
     return isinstance(model, EncoderDecoderModel) and type(model).log_joint is EncoderDecoderModel.log_joint
-
-
-def log_joint_from_factories(model, x: Tensor, z: Tensor) -> Tensor:
-    """Return ``prior().log_prob(z) + likelihood(z).log_prob(x)``, shape ``[B, C]``, float64.
-
-    Parameters
-    ----------
-    model : has ``prior()`` (batch shape ``[]``) and ``likelihood(z)`` (batch shape ``[B, C]``)
-    x : Tensor, shape (B, data_dim)
-    z : Tensor, shape (B, C, *latent_shape)
-    """
-    n_batch, n_chains = z.shape[0], z.shape[1]
-    log_prior = model.prior().log_prob(z)
-    likelihood = model.likelihood(z)
-    if tuple(likelihood.batch_shape) != (n_batch, n_chains) or math.prod(likelihood.event_shape) != x.shape[1]:
-        raise InputError(
-            f"{type(model).__name__}.likelihood(z) returned batch shape {tuple(likelihood.batch_shape)} and event "
-            f"shape {tuple(likelihood.event_shape)} for z of shape {tuple(z.shape)}; it must be ({n_batch}, {n_chains}) "
-            f"with {x.shape[1]} data elements as event shape (wrap it in torch.distributions.Independent)."
-        )
-    if tuple(log_prior.shape) != (n_batch, n_chains):
-        raise InputError(
-            f"{type(model).__name__}.prior().log_prob(z) has shape {tuple(log_prior.shape)}, expected "
-            f"({n_batch}, {n_chains}); give the prior batch shape [] with the latent as event shape."
-        )
-    log_likelihood = likelihood.log_prob(x.reshape(n_batch, 1, *likelihood.event_shape))
-    return log_prior.double() + log_likelihood.double()
 
 
 def initial_distribution(model, x: Tensor, init: str) -> Distribution:
@@ -113,8 +81,6 @@ def initial_sample(model, dist: Distribution, noise: Tensor) -> Tensor:
     Uses ``model.reparameterize(dist, noise)`` when the model has it, else the rule of
     :meth:`evalkit.models.EncoderDecoderModel.reparameterize` (Normal and multivariate normal).
     """
-    from .base import EncoderDecoderModel
-
     reparameterize = getattr(model, "reparameterize", None)
     if callable(reparameterize):
         return reparameterize(dist, noise)
@@ -127,4 +93,4 @@ def latent_shape(dist: Distribution) -> tuple[int, ...]:
 
 
 __all__ = ["AIS_METHODS", "check_ais_model", "initial_distribution", "initial_log_prob", "initial_sample",
-           "latent_shape", "log_joint_from_factories"]
+           "latent_shape"]
