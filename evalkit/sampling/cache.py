@@ -48,6 +48,8 @@ from .fingerprint import CACHE_FORMAT_VERSION, _combine, fingerprint_components,
 
 PathLike = Union[str, os.PathLike]
 
+from .sizes import check_matrix_fits
+
 logger = logging.getLogger(__name__)
 
 
@@ -179,6 +181,8 @@ def _fill(
 ) -> torch.Tensor:
     n = int(manifest["n"])
     ranges: Sequence[Sequence[int]] = manifest["shards"]
+    check_matrix_fits(n, k, what=f"the cached log-weights of all {n} datapoints",
+                      way_out=", or drop --cache (cache=None): without it the statistics stream over blocks of data")
     out = torch.empty((n, k), dtype=torch.float64)
     missing = []
     for start, stop in ranges:
