@@ -178,6 +178,15 @@ def errors_as_messages(debug: bool):
         if debug:
             raise
         raise click.ClickException(str(exc)) from None
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 -- a model's own exception, or a bug: still one line
+        if debug:
+            raise
+        raise click.ClickException(
+            f"{type(exc).__name__}: {exc} (raised inside the run, e.g. by the model's log_weights); "
+            "re-run with --debug for the traceback"
+        ) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _Terminated)
         if debug:
             raise
