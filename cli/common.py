@@ -186,11 +186,59 @@ def errors_as_messages(debug: bool):
         if debug:
             raise
         raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
+    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except Exception as exc:  # noqa: BLE001 -- a model's own exception, or a bug: still one line
         if debug:
             raise
-        click.echo("Interrupted.", err=True)
-        sys.exit(130)
+        raise click.ClickException(
+            f"{type(exc).__name__}: {exc} (raised inside the run, e.g. by the model's log_weights); "
+            "re-run with --debug for the traceback"
+        ) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _Terminated)
+        if debug:
+            raise
+        click.echo(interrupted_message(), err=True)
+        sys.exit(143 if isinstance(exc, _Terminated) else 130)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so that the same cleanup runs
+    (temporary files and staged directories removed, finished cache shards kept)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Turn SIGTERM into :class:`_Terminated` for the duration of a command (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def interrupted_message() -> str:
+    """The one line printed on Ctrl-C / SIGTERM: how far the run got and how to go on."""
+    from evalkit.sampling import progress
+
+    done, total, cache = progress.current()
+    if total == 0:
+        return "interrupted"
+    if cache is not None:
+        return (f"interrupted; {done} of {total} datapoints done and kept in the cache {cache!r}; "
+                "re-run the same command to continue")
+    return (f"interrupted; {done} of {total} datapoints done; "
+            "re-run the same command with --cache DIR to continue")
 
 
 @contextlib.contextmanager
@@ -228,8 +276,11 @@ def command_errors(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
+        from evalkit.sampling import progress
+
         debug = kwargs.get("debug", False)
-        with errors_as_messages(debug), messages_to_stderr(quiet=kwargs.get("quiet", False), debug=debug):
+        progress.reset()
+        with errors_as_messages(debug), sigterm_as_interrupt(), messages_to_stderr(quiet=kwargs.get("quiet", False), debug=debug):
             return f(*args, **kwargs)
 
     return wrapper

@@ -33,7 +33,7 @@ def _log_weights_suffix(ctx, param, value):
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="How to print the summary.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Write the summary to this file instead of stdout.")
+              help="Write the summary to this file instead of stdout ('-' is stdout).")
 @click.option("--per-example", type=click.Path(dir_okay=False, path_type=str), default=None,
               help="Also write one row per datapoint (CSV, or JSON if the name ends in .json).")
 @click.option("--save-log-weights", type=click.Path(dir_okay=False, path_type=str), default=None,
@@ -62,6 +62,7 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     from evalkit.analysis.estimate import DEFAULT_ESTIMATORS, estimate
     from evalkit.output.files import check_outputs, write_estimate_outputs
 
+    output = None if output == "-" else output  # `-o -` is stdout, where the summary goes anyway
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
     _check_distinct(outputs)
     # Fail before the (possibly long) run if an output cannot be written. Under torchrun only

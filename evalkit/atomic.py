@@ -1,37 +1,81 @@
-"""Atomic file output: every file evalkit writes appears whole or not at all.
+"""File output that respects the file system: every regular file evalkit writes appears whole or not at all.
 
-A file is written to a temporary sibling in the same directory, flushed and fsynced, then
-renamed over the destination with :func:`os.replace` (atomic on POSIX and Windows when source
-and destination are on the same file system). A crash leaves at most a stray ``.tmp`` file,
-never a truncated output.
+What an output path names decides how it is written:
+
+* a regular file, or a name that does not exist yet: written to a temporary sibling in the same
+  directory, flushed and fsynced, then renamed over the destination with :func:`os.replace`
+  (atomic on POSIX and Windows on one file system). A crash leaves at most a stray hidden
+  ``.tmp`` file, never a truncated output;
+* a symbolic link: followed; the file it points to is replaced atomically as above and the link
+  stays a link (a dangling link gets its target created);
+* ``-``, ``/dev/stdout``, a FIFO or a character device (``/dev/null``, a terminal): written
+  directly, without a temporary file or a rename (renaming would replace the device node or
+  the pipe with a regular file);
+* anything else (a directory, a socket, a block device, a symlink loop): refused with an
+  :class:`~evalkit.errors.OutputError`; nothing but a regular file is ever replaced.
+
+A write error (a full disk, ``ENOSPC`` from ``/dev/full``, an I/O error) is an
+:class:`~evalkit.errors.OutputError` naming the path and the reason, and leaves no partial file.
+:func:`atomic_directory` stages a new output directory under a hidden name and renames it into
+place when complete, so that a report directory appears whole or not at all.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import stat
+import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Iterator, List, Union
 
 from .errors import OutputError
 
 PathLike = Union[str, os.PathLike]
 
+STDOUT = "-"
+"""The output name that means standard output (``-o -``)."""
+
+
+def is_stream(path: PathLike) -> bool:
+    """Whether ``path`` is written directly (stdout, a FIFO, a character device), not by rename."""
+    if str(path) == STDOUT:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
+
 
 def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
     """Check before any work that ``path`` can be written; return it as a Path.
 
-    Raises :class:`OutputError` when the file exists and ``overwrite`` is false, when the
-    directory does not exist, or when it is not writable.
+    Raises :class:`OutputError` when the file exists and ``overwrite`` is false, when it is not
+    a regular file (a directory, a socket...), when the directory does not exist, or when it is
+    not writable. A FIFO, a character device and ``-`` (stdout) are always writable.
     """
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputError(f"output file {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
-    if path.exists() and path.is_dir():
-        raise OutputError(f"output path {str(path)!r} is a directory; give a file name")
-    parent = path.parent if str(path.parent) else Path(".")
+    if str(path) == STDOUT:
+        return path
+    real = _real_path(path)
+    mode = _mode(real)
+    if mode is not None:
+        if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            return path
+        if stat.S_ISDIR(mode):
+            raise OutputError(f"output path {str(path)!r} is a directory; give a file name")
+        if not stat.S_ISREG(mode):
+            raise OutputError(f"output path {str(path)!r} is a {_kind(mode)}, not a regular file; "
+                              "evalkit replaces only regular files, so give a file name")
+        if not overwrite:
+            raise OutputError(f"output file {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
+    parent = real.parent if str(real.parent) else Path(".")
     if not parent.exists():
         raise OutputError(f"output directory {str(parent)!r} does not exist; create it first")
+    if not parent.is_dir():
+        raise OutputError(f"{str(parent)!r} is not a directory, so {str(path)!r} cannot be created; choose another location")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {str(parent)!r} is not writable; choose another location")
     return path
@@ -39,23 +83,35 @@ def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
 
 @contextlib.contextmanager
 def atomic_path(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary path; on success it is fsynced and renamed to ``path``.
+    """Yield a temporary path to write; on success it becomes ``path`` (see the module docstring).
 
     Use for writers that want a file name (``torch.save``, ``fig.savefig``). On an exception
-    the temporary file is removed and ``path`` is left untouched.
+    the temporary file is removed and ``path`` is left untouched; an ``OSError`` while writing,
+    syncing or renaming becomes an :class:`OutputError`.
     """
     path = check_writable(path, overwrite=overwrite)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if is_stream(path):
+        with _streamed(path) as tmp:
+            yield tmp
+        return
+    real = _real_path(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     # mkstemp creates the file private (0600); outputs get the permissions a plain open() would.
     os.chmod(tmp_name, 0o666 & ~_current_umask())
     tmp = Path(tmp_name)
     try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_directory(path.parent)
+        try:
+            yield tmp
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, real)
+            _fsync_directory(real.parent)
+        except OSError as exc:
+            raise _write_error(path, exc) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -63,15 +119,136 @@ def atomic_path(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
 
 
 def atomic_write_bytes(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically; return the path."""
+    """Write ``data`` to ``path`` atomically (directly for stdout, a FIFO, a device); return the path."""
+    path = check_writable(path, overwrite=overwrite)
+    if is_stream(path):
+        _write_stream(path, data)
+        return path
     with atomic_path(path, overwrite=overwrite) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+    return path
 
 
 def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
     return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+
+
+@contextlib.contextmanager
+def atomic_directory(out: PathLike) -> Iterator[Path]:
+    """Yield the directory to fill; a new ``out`` appears whole, when the block ends, or not at all.
+
+    If ``out`` does not exist, the files go to a hidden sibling ``.<name>.<random>.tmp`` that is
+    renamed to ``out`` at the end; on an exception (or Ctrl-C) the staging directory and any
+    parent directories created for it are removed. An existing directory is filled in place
+    (each file is still atomic).
+    """
+    out = Path(out)
+    if out.is_dir():
+        yield out
+        return
+    created: List[Path] = []
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        created.append(ancestor)
+        ancestor = ancestor.parent
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        _remove_empty(created)
+        raise _write_error(out, exc) from None
+    try:
+        yield stage
+        os.chmod(stage, 0o777 & ~_current_umask())
+        try:
+            os.rename(stage, out)
+        except OSError as exc:
+            raise _write_error(out, exc) from None
+        _fsync_directory(out.parent)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        _remove_empty(created)
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _streamed(path: Path) -> Iterator[Path]:
+    # Writers that need a file name write to a private temporary file, then its bytes are streamed.
+    directory = tempfile.mkdtemp(prefix="evalkit-")
+    try:
+        tmp = Path(directory) / path.name.replace(os.sep, "_")
+        yield tmp
+        _write_stream(path, tmp.read_bytes())
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _write_stream(path: Path, data: bytes) -> None:
+    try:
+        if str(path) == STDOUT:
+            sys.stdout.flush()
+            out = getattr(sys.stdout, "buffer", None)
+            if out is None:
+                sys.stdout.write(data.decode("utf-8"))
+            else:
+                out.write(data)
+            sys.stdout.flush()
+            return
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+
+
+def _write_error(path: PathLike, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    return OutputError(f"cannot write {str(path)!r} ({reason}); free space or choose another location, "
+                       "nothing was written there")
+
+
+def _real_path(path: Path) -> Path:
+    """``path`` with symbolic links followed (a dangling link gives its target); refuses loops."""
+    if not path.is_symlink():
+        return path
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == 40 or "loop" in str(exc).lower():  # ELOOP
+            raise OutputError(f"output path {str(path)!r} is a symbolic link loop; give a file name") from None
+    return Path(os.path.realpath(path))
+
+
+def _mode(path: Path):
+    try:
+        return os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise OutputError(f"cannot use output path {str(path)!r} ({exc.strerror or exc}); give another file name") from None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
+
+
+def _remove_empty(directories: List[Path]) -> None:
+    for directory in directories:  # deepest first
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _current_umask() -> int:

@@ -65,7 +65,7 @@ def test_failed_rename_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(atomic.os, "replace", broken_replace)
     target = tmp_path / "out.bin"
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match=r"\(No space left on device\); free space or choose another location"):
         atomic_write_bytes(target, b"x" * 1000)
     assert not target.exists()
     assert leftovers(tmp_path) == []

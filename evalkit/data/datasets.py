@@ -6,6 +6,8 @@ source)``, so a subset binarises exactly as it does inside the full dataset.
 """
 from __future__ import annotations
 
+import warnings
+
 import os
 import pickle
 import zipfile
@@ -99,7 +101,10 @@ def _read_csv(path: Path) -> np.ndarray:
         skip = 1  # a header line
     delimiter = ";" if first.count(";") > first.count(",") else ","
     try:
-        return np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2)
+        with warnings.catch_warnings():
+            # An empty file is reported below as "holds no datapoints"; numpy's own warning says less.
+            warnings.filterwarnings("ignore", message="loadtxt: input contained no data", category=UserWarning)
+            return np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2)
     except ValueError as err:
         raise DataError(f"{path} is not a numeric CSV file ({err}); keep only numbers, with at most one header line.") from None
 

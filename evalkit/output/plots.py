@@ -66,7 +66,7 @@ def plot_estimates(result, ax=None):
     ax.set_ylabel("mean log p(x) estimate (nats)")
     ax.set_title(f"Estimate vs K (N = {result.metadata['n']}; band: 95% CI of estimate - reference)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     return fig
 
 
@@ -145,7 +145,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     ax.set_ylabel(f"|bias| (nats) vs {_ref_axis(result.reference)}")
     ax.set_title("|bias| vs K (hollow: within 2 SE of 0; bars: ± 2 SE)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7, ncol=2)
     return fig
 
 
@@ -199,7 +199,7 @@ def plot_variance(result, ax=None):
     ax.set_ylabel("variance of one estimate (nats^2)")
     ax.set_title("Monte Carlo variance vs K (bars: ± 2 SE over datapoints)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     return fig
 
 
@@ -241,7 +241,7 @@ def plot_khat(result, ax=None, *, bins: int = 30):
         f"{w.fraction_above_bad:.1%} > {w.bad:g}",
         fontsize=9,
     )
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     return fig
 
 
@@ -298,6 +298,13 @@ def figure_png_bytes(fig) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _legend(ax, **options) -> None:
+    # A sweep with nothing to draw (one K, one column) has no labelled artists; matplotlib would
+    # warn "No artists with labels found to put in legend", which tells the user nothing.
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**options)
 
 
 def _axes(ax):

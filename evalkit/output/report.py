@@ -5,7 +5,8 @@
   (figures embedded as base64 PNG, so the one file can be mailed or archived), with the tables,
   the exact command and the versions used.
 
-Every file goes through :mod:`evalkit.atomic`, so each appears whole or not at all; all target
+Every file goes through :mod:`evalkit.atomic`, so each appears whole or not at all, and a new
+directory is staged under a hidden name and renamed into place when complete; all target
 paths are checked before the first one is written (and, from the CLI, before the sweep runs).
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pandas as pd
 
 from ..analysis.diagnostics import mean_se
 from ..analysis.tables import pm
-from ..atomic import atomic_write_bytes, atomic_write_text, check_writable
+from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text, check_writable
 from ..errors import OutputError
 
 PathLike = Union[str, os.PathLike]
@@ -118,17 +119,18 @@ def write_sweep(result, out: PathLike, *, formats: Sequence[str] = ("png", "svg"
 
     paths = sweep_paths(out, formats=formats, per_datapoint=per_datapoint)
     check_output_dir(paths, overwrite=overwrite)
-    Path(out).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(paths["table_csv"], result.to_csv(), overwrite=overwrite)
-    atomic_write_text(paths["table_json"], result.to_json() + "\n", overwrite=overwrite)
-    atomic_write_text(paths["table_md"], result.to_markdown(), overwrite=overwrite)
-    atomic_write_text(paths["theory_csv"], _csv(result.theory), overwrite=overwrite)
-    atomic_write_text(paths["fits_csv"], _csv(result.fits), overwrite=overwrite)
-    atomic_write_text(paths["weights_csv"], _csv(result.weights.to_frame()), overwrite=overwrite)
-    if per_datapoint:
-        atomic_write_text(paths["per_datapoint_csv"], _csv(result.per_datapoint), overwrite=overwrite)
-    for name, fig in result.figures().items():
-        save_figure(fig, Path(out) / name, formats=formats, overwrite=overwrite)
+    with atomic_directory(out) as stage:  # a new directory appears whole or not at all
+        staged = sweep_paths(stage, formats=formats, per_datapoint=per_datapoint)
+        atomic_write_text(staged["table_csv"], result.to_csv(), overwrite=overwrite)
+        atomic_write_text(staged["table_json"], result.to_json() + "\n", overwrite=overwrite)
+        atomic_write_text(staged["table_md"], result.to_markdown(), overwrite=overwrite)
+        atomic_write_text(staged["theory_csv"], _csv(result.theory), overwrite=overwrite)
+        atomic_write_text(staged["fits_csv"], _csv(result.fits), overwrite=overwrite)
+        atomic_write_text(staged["weights_csv"], _csv(result.weights.to_frame()), overwrite=overwrite)
+        if per_datapoint:
+            atomic_write_text(staged["per_datapoint_csv"], _csv(result.per_datapoint), overwrite=overwrite)
+        for name, fig in result.figures().items():
+            save_figure(fig, stage / name, formats=formats, overwrite=overwrite)
     return paths
 
 
@@ -169,18 +171,21 @@ def write_report(result, out: PathLike, *, title: Optional[str] = None, command:
 
     paths = report_paths(out)
     check_output_dir(paths, overwrite=overwrite)
-    (Path(out) / "figures").mkdir(parents=True, exist_ok=True)
     pngs = {name: figure_png_bytes(fig) for name, fig in result.figures().items()}
     title = title or f"evalkit sweep: {result.metadata.get('model') or result.metadata.get('data')}"
     command = command or "(not recorded: made from Python without command=)"
-    atomic_write_text(paths["table_csv"], result.to_csv(), overwrite=overwrite)
-    atomic_write_text(paths["table_json"], result.to_json() + "\n", overwrite=overwrite)
-    atomic_write_text(paths["weights_csv"], _csv(result.weights.to_frame()), overwrite=overwrite)
-    for name, data in pngs.items():
-        atomic_write_bytes(paths[f"{name}_png"], data, overwrite=overwrite)
-    atomic_write_text(paths["report_md"], render_markdown(result, title=title, command=command), overwrite=overwrite)
-    atomic_write_text(paths["report_html"], render_html(result, pngs, title=title, command=command),
-                      overwrite=overwrite)
+    with atomic_directory(out) as stage:  # a new report directory appears whole or not at all
+        staged = report_paths(stage)
+        staged["report_md"].parent.joinpath("figures").mkdir(exist_ok=True)
+        atomic_write_text(staged["table_csv"], result.to_csv(), overwrite=overwrite)
+        atomic_write_text(staged["table_json"], result.to_json() + "\n", overwrite=overwrite)
+        atomic_write_text(staged["weights_csv"], _csv(result.weights.to_frame()), overwrite=overwrite)
+        for name, data in pngs.items():
+            atomic_write_bytes(staged[f"{name}_png"], data, overwrite=overwrite)
+        atomic_write_text(staged["report_md"], render_markdown(result, title=title, command=command),
+                          overwrite=overwrite)
+        atomic_write_text(staged["report_html"], render_html(result, pngs, title=title, command=command),
+                          overwrite=overwrite)
     return paths
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..estimators.arraykind import _MAX_POSITIONS_SHOWN
+from . import progress
 from .engine import ROW_ALIGN
 from ..errors import InputError
 
@@ -79,8 +80,11 @@ def engine_blocks(
 
     n = data.shape[0]
     index = torch.arange(n) if indices is None else torch.as_tensor(np.asarray(indices, dtype=np.int64))
+    progress.begin(n)
     if rows >= n:  # one block: the engine's own progress bar, exactly as before streaming
-        yield 0, log_weights(model, data, k, seed=seed, indices=None if indices is None else index, **engine_options)
+        block = log_weights(model, data, k, seed=seed, indices=None if indices is None else index, **engine_options)
+        progress.advance(n)
+        yield 0, block
         return
     # One bar over the run (the engine's bar lives for one call), advanced block by block.
     options = {**engine_options, "progress": False}
@@ -89,6 +93,7 @@ def engine_blocks(
             stop = min(start + rows, n)
             block = log_weights(model, data[start:stop], k, seed=seed, indices=index[start:stop], **options)
             bar.update((stop - start) * k)
+            progress.advance(stop)
             yield start, block
             del block  # freed before the next block is computed
 

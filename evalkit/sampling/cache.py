@@ -48,6 +48,9 @@ from .fingerprint import CACHE_FORMAT_VERSION, _combine, fingerprint_components,
 
 PathLike = Union[str, os.PathLike]
 
+from . import progress as run_progress
+from .sizes import check_matrix_fits
+
 logger = logging.getLogger(__name__)
 
 
@@ -179,14 +182,19 @@ def _fill(
 ) -> torch.Tensor:
     n = int(manifest["n"])
     ranges: Sequence[Sequence[int]] = manifest["shards"]
+    check_matrix_fits(n, k, what=f"the cached log-weights of all {n} datapoints",
+                      way_out=", or drop --cache (cache=None): without it the statistics stream over blocks of data")
     out = torch.empty((n, k), dtype=torch.float64)
     missing = []
+    run_progress.begin(n, cache=directory)
     for start, stop in ranges:
         loaded = _load_shard(directory, start, stop, k)
         if loaded is None:
             missing.append((start, stop))
         else:
             out[start:stop] = torch.from_numpy(loaded)
+    done = n - sum(stop - start for start, stop in missing)
+    run_progress.advance(done)
     if missing and len(missing) < len(ranges):
         logger.info(
             "resuming from cache %s: %d of %d shards already computed",
@@ -209,6 +217,8 @@ def _fill(
             manifest["_files"] = manifest.get("_files", []) + _store_shard(directory, start, stop, values)
             out[start:stop] = torch.from_numpy(values)
             bar.update((stop - start) * k)
+            done += stop - start
+            run_progress.advance(done)
     return out
 
 

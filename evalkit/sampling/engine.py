@@ -62,6 +62,7 @@ from ..errors import InputError, ResourceError
 from ..models.base import check_model
 from ..noise import check_seed
 from .memory import SampleCost, default_memory_budget, parse_memory_budget  # noqa: F401 (parse_memory_budget re-exported)
+from .sizes import check_matrix_fits
 from .plan import (CPU_CALL_BYTES, MAX_ROWS_PER_CALL, MEMORY_MARGIN, ROW_ALIGN, ChunkPlan,  # noqa: F401 (re-exported)
                    _plan_for_workers, call_columns, model_sample_cost, plan_chunks)
 from .runner import NOISE_THREADS, _CompiledCall, _make_batches, _pad_rows, compute_log_weights  # noqa: F401
@@ -307,6 +308,9 @@ def log_weights(
 
     if device.type == "cpu":
         _keep_freed_memory()
+    check_matrix_fits(data.shape[0], k, what=f"the log-weights of {data.shape[0]} datapoints",
+                      budget=budget if budget_is_explicit else None,
+                      way_out=", or run on a machine with more memory")
     out = torch.empty(data.shape[0], k, dtype=torch.float64)
     with _run_settings(model, device, dtype, tf32) as run_model:
         x_probe = _pad_rows(data[:ROW_ALIGN].to(device=device, dtype=dtype), max(0, ROW_ALIGN - len(data)))
