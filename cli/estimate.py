@@ -30,12 +30,13 @@ def _log_weights_suffix(ctx, param, value):
                    "See `evalkit estimators`.")
 @engine_options
 @cache_options
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="How to print the summary.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="How to write the summary (default: from the extension of --output: .json .csv .md .tex "
+                   ".txt; else table). Must agree with that extension.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Write the summary to this file instead of stdout.")
+              help="Write the summary to this file instead of stdout; its extension picks the format.")
 @click.option("--per-example", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Also write one row per datapoint (CSV, or JSON if the name ends in .json).")
+              help="Also write one row per datapoint: JSON if the name ends in .json, else CSV.")
 @click.option("--save-log-weights", type=click.Path(dir_okay=False, path_type=str), default=None,
               callback=_log_weights_suffix,
               help="Also save the [N, K] float64 log-weights (.npy or .pt).")
@@ -64,6 +65,7 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
 
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
     _check_distinct(outputs)
+    fmt = _formats(fmt, output, per_example)
     # Fail before the (possibly long) run if an output cannot be written. Under torchrun only
     # rank 0 writes; if it fails here, torchrun stops the other processes.
     if distributed.rank() == 0:
@@ -90,6 +92,20 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
         click.echo(text, nl=not text.endswith("\n"))
     else:
         echo_err(f"wrote {output}", quiet=params["quiet"])
+
+
+def _formats(fmt, output, per_example) -> str:
+    # A conflicting --format and file extension is usage (exit 2), seen before anything runs.
+    from evalkit.errors import InputError
+    from evalkit.output.formats import format_for_path
+
+    try:
+        chosen = format_for_path(output, fmt, what="--output")
+        if per_example is not None:
+            format_for_path(per_example, None, default="csv", allowed=("csv", "json"), what="--per-example")
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    return chosen
 
 
 def _check_distinct(outputs) -> None:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
 
 import pandas as pd
 import torch
@@ -139,6 +141,34 @@ class EstimateResult:
             "latex": self.to_latex,
         }
         return render(fmt, writers)
+
+    def save(self, path: Union[str, os.PathLike], *, format: Optional[str] = None,
+             overwrite: bool = False) -> Path:
+        """Write the summary to ``path`` (atomically), in the format its extension names.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            ``.json``, ``.csv``, ``.md``, ``.tex`` or ``.txt`` pick JSON, CSV, Markdown, LaTeX or
+            the terminal table; any other name needs ``format``.
+        format : str, optional
+            One of ``table``, ``json``, ``csv``, ``markdown``, ``latex``; must agree with a
+            recognised extension (:func:`evalkit.output.formats.format_for_path`).
+        overwrite : bool
+            Replace an existing file.
+
+        Returns
+        -------
+        Path
+            The file written.
+        """
+        from ..atomic import atomic_write_text
+        from ..output.formats import format_for_path
+
+        fmt = format_for_path(path, format, what="output file")
+        text = self.format(fmt)
+        atomic_write_text(os.fspath(path), text if text.endswith("\n") else text + "\n", overwrite=overwrite)
+        return Path(path)
 
     def __str__(self) -> str:
         return self.to_table()
