@@ -1,7 +1,11 @@
 """``evalkit estimate``: log p(x) estimates with standard errors for one checkpoint."""
 from __future__ import annotations
 
+import warnings
+
 import click
+
+from evalkit.errors import WeightWarning
 
 from .common import (FORMATS, cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
                      engine_options, input_kwargs, model_options, run_options)
@@ -60,7 +64,6 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     the datapoints between them; rank 0 prints and writes the same result as one process.
     """
     from evalkit.sampling import distributed
-    from evalkit.analysis.estimate import DEFAULT_ESTIMATORS, estimate
     from evalkit.output.files import check_outputs, write_estimate_outputs
 
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
@@ -70,8 +73,34 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     # rank 0 writes; if it fails here, torchrun stops the other processes.
     if distributed.rank() == 0:
         check_outputs(outputs, overwrite=overwrite)
+    # The weight warning is shown after the results (and hidden by --quiet); other warnings as they come.
+    with warnings.catch_warnings(record=True) as weight_warnings:
+        warnings.simplefilter("always", WeightWarning)
+        try:
+            result = _estimate(checkpoint, k, estimators, save_log_weights, params)
+        finally:
+            others = [r for r in weight_warnings if not issubclass(r.category, WeightWarning)]
+    for record in others:
+        warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+    if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
+        return
+    text = result.format(fmt)
+    write_estimate_outputs(result, outputs, text=text, overwrite=overwrite)
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        echo_err(f"wrote {output}", quiet=params["quiet"])
+    for record in weight_warnings:
+        if issubclass(record.category, WeightWarning):
+            echo_err(f"warning: {record.message}", quiet=params["quiet"])
+
+
+def _estimate(checkpoint, k, estimators, save_log_weights, params):
+    from evalkit.analysis.estimate import DEFAULT_ESTIMATORS, estimate
+    from evalkit.sampling import distributed
+
     try:
-        result = estimate(
+        return estimate(
             checkpoint,
             params["data"],
             k=k,
@@ -84,14 +113,6 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
         )
     finally:
         distributed.finish()
-    if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
-        return
-    text = result.format(fmt)
-    write_estimate_outputs(result, outputs, text=text, overwrite=overwrite)
-    if output is None:
-        click.echo(text, nl=not text.endswith("\n"))
-    else:
-        echo_err(f"wrote {output}", quiet=params["quiet"])
 
 
 def _formats(fmt, output, per_example) -> str:

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .. import estimators as estimator_registry
-from ..errors import InputError
+from ..errors import InputError, WeightWarning, user_stacklevel
 from ..estimators.arraykind import as_rows
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sources import LogWeightSource, MatrixSource, open_source
@@ -288,6 +288,8 @@ def _result(
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
+    if weights.warning:  # the same warning, in the same words, as sweep()
+        warnings.warn(weights.warning, WeightWarning, stacklevel=user_stacklevel())
     return EstimateResult(
         summary=summary,
         per_example=pd.DataFrame(per_example),

@@ -22,6 +22,10 @@ from .tables import jsonable, render
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
 JSON_SCHEMA_VERSION = 1
 
+#: Weight-diagnostic columns that :meth:`EstimateResult.to_csv` appends to every summary row.
+CSV_DIAGNOSTIC_COLUMNS = ("mean_ess_fraction", "max_psis_khat", "fraction_khat_above_0.5",
+                          "fraction_khat_above_0.7", "n_khat_above_0.7", "indices_khat_above_0.7")
+
 
 @dataclass
 class EstimateResult:
@@ -77,8 +81,28 @@ class EstimateResult:
         return json.dumps(self.to_dict(per_example=per_example), indent=indent, allow_nan=False)
 
     def to_csv(self) -> str:
-        """The summary table as CSV text."""
-        return self.summary.to_csv(index=False, float_format="%.17g")
+        """The summary table as CSV text, with the weight diagnostics as columns.
+
+        After ``estimator, k, estimate, se_data, se_mc, n`` come the dataset-wide diagnostics
+        (:data:`CSV_DIAGNOSTIC_COLUMNS`, the same on every row): ``mean_ess_fraction``,
+        ``max_psis_khat``, ``fraction_khat_above_0.5``, ``fraction_khat_above_0.7``,
+        ``n_khat_above_0.7`` and ``indices_khat_above_0.7`` (space-separated datapoint indices),
+        so that a spreadsheet of results still says which datapoints cannot be trusted.
+        """
+        d = self.diagnostics
+        frame = self.summary.copy()
+        flagged = list(d.get("indices_khat_above_0.7", []))
+        extra = {
+            "mean_ess_fraction": d.get("mean_ess_fraction"),
+            "max_psis_khat": d.get("max_psis_khat"),
+            "fraction_khat_above_0.5": d.get("fraction_khat_above_0.5"),
+            "fraction_khat_above_0.7": d.get("fraction_khat_above_0.7"),
+            "n_khat_above_0.7": len(flagged),
+            "indices_khat_above_0.7": " ".join(str(i) for i in flagged),
+        }
+        for column in CSV_DIAGNOSTIC_COLUMNS:
+            frame[column] = extra[column]
+        return frame.to_csv(index=False, float_format="%.17g")
 
     def to_markdown(self) -> str:
         """The summary table as a Markdown (GitHub) table."""
