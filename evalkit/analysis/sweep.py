@@ -236,6 +236,7 @@ def sweep_source(
     return SweepResult(
         table=pd.DataFrame(rows, columns=TABLE_COLUMNS),
         theory=dg.iwae_theory(pool.r2, pool.r3, ks_used),
+        theory_valid=dg.valid_iwae_theory(pool.r2, pool.r3, ks_used, pool.weights.khat),
         fits=pd.DataFrame(fit_rows, columns=FIT_COLUMNS),
         weights=pool.weights,
         reference=ref,
