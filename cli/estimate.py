@@ -1,7 +1,11 @@
 """``evalkit estimate``: log p(x) estimates with standard errors for one checkpoint."""
 from __future__ import annotations
 
+import warnings
+
 import click
+
+from evalkit.errors import WeightWarning
 
 from .common import (FORMATS, cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
                      engine_options, input_kwargs, model_options, run_options)
@@ -30,12 +34,13 @@ def _log_weights_suffix(ctx, param, value):
                    "See `evalkit estimators`.")
 @engine_options
 @cache_options
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="How to print the summary.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="How to write the summary (default: from the extension of --output: .json .csv .md .tex "
+                   ".txt; else table). Must agree with that extension.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Write the summary to this file instead of stdout ('-' is stdout).")
+              help="Write the summary to this file instead of stdout ('-' is stdout); its extension picks the format.")
 @click.option("--per-example", type=click.Path(dir_okay=False, path_type=str), default=None,
-              help="Also write one row per datapoint (CSV, or JSON if the name ends in .json).")
+              help="Also write one row per datapoint: JSON if the name ends in .json, else CSV.")
 @click.option("--save-log-weights", type=click.Path(dir_okay=False, path_type=str), default=None,
               callback=_log_weights_suffix,
               help="Also save the [N, K] float64 log-weights (.npy or .pt).")
@@ -59,18 +64,44 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     the datapoints between them; rank 0 prints and writes the same result as one process.
     """
     from evalkit.sampling import distributed
-    from evalkit.analysis.estimate import DEFAULT_ESTIMATORS, estimate
     from evalkit.output.files import check_outputs, write_estimate_outputs
 
     output = None if output == "-" else output  # `-o -` is stdout, where the summary goes anyway
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
     _check_distinct(outputs)
+    fmt = _formats(fmt, output, per_example)
     # Fail before the (possibly long) run if an output cannot be written. Under torchrun only
     # rank 0 writes; if it fails here, torchrun stops the other processes.
     if distributed.rank() == 0:
         check_outputs(outputs, overwrite=overwrite)
+    # The weight warning is shown after the results (and hidden by --quiet); other warnings as they come.
+    with warnings.catch_warnings(record=True) as weight_warnings:
+        warnings.simplefilter("always", WeightWarning)
+        try:
+            result = _estimate(checkpoint, k, estimators, save_log_weights, params)
+        finally:
+            others = [r for r in weight_warnings if not issubclass(r.category, WeightWarning)]
+    for record in others:
+        warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
+    if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
+        return
+    text = result.format(fmt)
+    write_estimate_outputs(result, outputs, text=text, overwrite=overwrite)
+    if output is None:
+        click.echo(text, nl=not text.endswith("\n"))
+    else:
+        echo_err(f"wrote {output}", quiet=params["quiet"])
+    for record in weight_warnings:
+        if issubclass(record.category, WeightWarning):
+            echo_err(f"warning: {record.message}", quiet=params["quiet"])
+
+
+def _estimate(checkpoint, k, estimators, save_log_weights, params):
+    from evalkit.analysis.estimate import DEFAULT_ESTIMATORS, estimate
+    from evalkit.sampling import distributed
+
     try:
-        result = estimate(
+        return estimate(
             checkpoint,
             params["data"],
             k=k,
@@ -83,14 +114,20 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
         )
     finally:
         distributed.finish()
-    if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
-        return
-    text = result.format(fmt)
-    write_estimate_outputs(result, outputs, text=text, overwrite=overwrite)
-    if output is None:
-        click.echo(text, nl=not text.endswith("\n"))
-    else:
-        echo_err(f"wrote {output}", quiet=params["quiet"])
+
+
+def _formats(fmt, output, per_example) -> str:
+    # A conflicting --format and file extension is usage (exit 2), seen before anything runs.
+    from evalkit.errors import InputError
+    from evalkit.output.formats import format_for_path
+
+    try:
+        chosen = format_for_path(output, fmt, what="--output")
+        if per_example is not None:
+            format_for_path(per_example, None, default="csv", allowed=("csv", "json"), what="--per-example")
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    return chosen
 
 
 def _check_distinct(outputs) -> None:

@@ -31,6 +31,15 @@ class OutputError(EvalkitError):
     """An output cannot be written (directory not writable, file exists without overwrite...)."""
 
 
+class WeightWarning(UserWarning):
+    """Importance weights that cannot be trusted at some datapoints (PSIS k-hat above 0.5 or 0.7).
+
+    :func:`evalkit.estimate` and :func:`evalkit.sweep` issue it once per call, naming the
+    datapoints and what to do; the command line prints it on stderr (``--quiet`` hides it).
+    Filter it like any warning: ``warnings.simplefilter("ignore", evalkit.errors.WeightWarning)``.
+    """
+
+
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes :func:`warnings.warn` name the first caller outside evalkit.
 

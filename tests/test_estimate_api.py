@@ -10,6 +10,7 @@ from scipy.special import logsumexp
 import evalkit
 from evalkit.errors import InputError
 from evalkit.models import LinearGaussianModel
+from evalkit.errors import WeightWarning  # heavy-tailed test weights warn: asserted below
 
 
 def gamma_log_weights(n=200, k=50, a=1.0, seed=0):
@@ -20,7 +21,8 @@ def gamma_log_weights(n=200, k=50, a=1.0, seed=0):
 def test_summary_matches_direct_formulas():
     log_w = gamma_log_weights()
     n, k = log_w.shape
-    result = evalkit.estimate_from_log_weights(log_w, ["elbo", "iwae", "dvi"])
+    with pytest.warns(WeightWarning):
+        result = evalkit.estimate_from_log_weights(log_w, ["elbo", "iwae", "dvi"])
     rows = result.summary.set_index("estimator")
 
     elbo = log_w.mean(axis=1)
@@ -42,7 +44,8 @@ def test_summary_matches_direct_formulas():
 
 
 def test_elbo_never_exceeds_iwae_per_datapoint():
-    result = evalkit.estimate_from_log_weights(gamma_log_weights(a=0.3, seed=4), ["elbo", "iwae"])
+    with pytest.warns(WeightWarning):
+        result = evalkit.estimate_from_log_weights(gamma_log_weights(a=0.3, seed=4), ["elbo", "iwae"])
     assert (result.per_example["elbo"] <= result.per_example["iwae"] + 1e-12).all()
 
 
@@ -71,9 +74,12 @@ def test_same_seed_same_numbers_and_different_seed_different_numbers():
     imperfect = model.with_proposal(torch.zeros(2, 5, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
                                     torch.eye(2, dtype=torch.float64))
     x = torch.randn(10, 5, generator=torch.Generator().manual_seed(2))
-    a = evalkit.estimate(imperfect, x, k=32, seed=5, progress=False, keep_log_weights=True)
-    b = evalkit.estimate(imperfect, x, k=32, seed=5, batch_size=3, progress=False, keep_log_weights=True)
-    c = evalkit.estimate(imperfect, x, k=32, seed=6, progress=False, keep_log_weights=True)
+    with pytest.warns(WeightWarning):
+        a = evalkit.estimate(imperfect, x, k=32, seed=5, progress=False, keep_log_weights=True)
+    with pytest.warns(WeightWarning):
+        b = evalkit.estimate(imperfect, x, k=32, seed=5, batch_size=3, progress=False, keep_log_weights=True)
+    with pytest.warns(WeightWarning):
+        c = evalkit.estimate(imperfect, x, k=32, seed=6, progress=False, keep_log_weights=True)
     assert torch.equal(a.log_weights, b.log_weights)
     assert not torch.equal(a.log_weights, c.log_weights)
     assert a.summary.equals(b.summary)
@@ -128,6 +134,7 @@ def test_weight_diagnostics_flag_heavy_tailed_datapoints():
     light = np.log(rng.gamma(5.0, 1.0, size=(10, 500)))
     # Pareto weights with tail index 1/1.2: k-hat near 1.2, far above 0.7.
     heavy = np.log(rng.pareto(1 / 1.2, size=(3, 500)) + 1)
-    result = evalkit.estimate_from_log_weights(np.vstack([light, heavy]), ["iwae"])
+    with pytest.warns(WeightWarning, match=r"\(10, 11, 12\)"):
+        result = evalkit.estimate_from_log_weights(np.vstack([light, heavy]), ["iwae"])
     assert result.diagnostics["indices_khat_above_0.7"] == [10, 11, 12]
     assert "k-hat > 0.7" in result.to_table()

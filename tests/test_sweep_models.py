@@ -22,6 +22,7 @@ from torch.distributions import MultivariateNormal, kl_divergence
 from evalkit.errors import InputError
 from evalkit.models.linear_gaussian import LinearGaussianModel
 from evalkit.analysis.sweep import sweep
+from evalkit.errors import WeightWarning  # heavy-tailed test weights warn: asserted below
 
 SHIFT, WIDEN = 0.8, 1.1
 N, K_MAX = 400, 2000
@@ -175,14 +176,16 @@ def test_one_model_pass_at_k_max(monkeypatch):
 
     monkeypatch.setattr(evalkit.sampling.engine, "log_weights", counting)
     model, _ = imperfect_model()
-    sweep(model, ks=[1, 10, 100], data=_sample(model)[:20], progress=False)
+    with pytest.warns(WeightWarning):
+        sweep(model, ks=[1, 10, 100], data=_sample(model)[:20], progress=False)
     assert calls == [100]
 
 
 def test_indices_keep_each_datapoints_random_stream(lg):
     model, _, x = lg
     part = sweep(model, ks=[1, 10, 100], data=x, indices=[7, 2, 30], seed=3, dtype=torch.float64, progress=False)
-    full = sweep(model, ks=[1, 10, 100], data=x[:31], seed=3, dtype=torch.float64, progress=False)
+    with pytest.warns(WeightWarning):
+        full = sweep(model, ks=[1, 10, 100], data=x[:31], seed=3, dtype=torch.float64, progress=False)
     a = part.per_datapoint.set_index(["estimator", "k", "index"])["mean"]
     b = full.per_datapoint.set_index(["estimator", "k", "index"])["mean"]
     for key, value in a.items():
@@ -218,9 +221,11 @@ class NoMarginal(torch.nn.Module):
 def test_without_an_exact_marginal_the_user_or_pool_reference_is_used(lg):
     model, _, x = lg
     plain = NoMarginal(model)
-    pool = sweep(plain, ks=[1, 10, 50], data=x[:30], dtype=torch.float64, progress=False)
+    with pytest.warns(WeightWarning):
+        pool = sweep(plain, ks=[1, 10, 50], data=x[:30], dtype=torch.float64, progress=False)
     assert pool.reference.kind == "pool" and pool.reference.estimator == "jvi2"
-    user = sweep(plain, ks=[1, 10, 50], data=x[:30], reference=-9.0, dtype=torch.float64, progress=False)
+    with pytest.warns(WeightWarning):
+        user = sweep(plain, ks=[1, 10, 50], data=x[:30], reference=-9.0, dtype=torch.float64, progress=False)
     assert user.reference.kind == "user" and np.all(user.reference.values == -9.0)
     np.testing.assert_array_equal(user.table["estimate"], pool.table["estimate"])  # same pool, same seed
 

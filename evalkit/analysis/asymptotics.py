@@ -103,6 +103,40 @@ def iwae_theory(r2: np.ndarray, r3: np.ndarray, ks: Sequence[int]) -> pd.DataFra
     )
 
 
+def valid_iwae_theory(r2: np.ndarray, r3: np.ndarray, ks: Sequence[int], khat: np.ndarray) -> pd.DataFrame:
+    """:func:`iwae_theory` only where its expansion holds: light-tailed datapoints, large enough K.
+
+    Parameters
+    ----------
+    r2, r3 : ndarray, shape (N,)
+        Weight-moment ratios per datapoint (:func:`moment_ratios`).
+    ks : sequence of int
+    khat : ndarray, shape (N,)
+        PSIS k-hat per datapoint (NaN where it could not be estimated).
+
+    Returns
+    -------
+    DataFrame
+        The columns of :func:`iwae_theory` plus ``datapoints`` (how many it averages): the mean
+        over the datapoints with finite k-hat < 0.5 (the moments the expansion needs exist), at
+        the K where both second-order terms are smaller in magnitude than the leading ones,
+        :math:`|c_b| / K^2 < |b_1| / K` and :math:`|c_v| / K^2 < v_1 / K`. So the variance through
+        ``1/K^2`` is always positive. Empty when no datapoint or no K qualifies.
+    """
+    khat = np.asarray(khat, dtype=np.float64)
+    good = np.isfinite(khat) & (khat < 0.5)
+    columns = ["k", "bias", "variance", "bias_2", "variance_2", "datapoints"]
+    if not good.any() or len(ks) == 0:
+        return pd.DataFrame({c: pd.Series(dtype=np.int64 if c in ("k", "datapoints") else np.float64)
+                             for c in columns})
+    frame = iwae_theory(np.asarray(r2)[good], np.asarray(r3)[good], ks)
+    lead_b, lead_v = frame["bias"].abs(), frame["variance"]
+    ok = ((frame["bias_2"] - frame["bias"]).abs() < lead_b) & ((frame["variance_2"] - frame["variance"]).abs() < lead_v)
+    frame = frame[ok.to_numpy() & np.isfinite(frame["variance_2"].to_numpy())].reset_index(drop=True)
+    frame["datapoints"] = int(good.sum())
+    return frame[columns]
+
+
 # ----------------------------------------------------------------------------------------------
 # The a + b/K + c/K^2 fit
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ Pure functions of a ``[N, K_max]`` log-weight matrix: no model, no devices, no I
 """
 from __future__ import annotations
 
-from .asymptotics import AsymptoticFit, BiasSlope, bias_slope, fit_inverse_k, iwae_theory, moment_ratios
+from .asymptotics import (AsymptoticFit, BiasSlope, bias_slope, fit_inverse_k, iwae_theory, moment_ratios,
+                          valid_iwae_theory)
 from .groups import (DEFAULT_MAX_ELEMENTS, BiasVariance, _positive_int, bias_variance, evaluate_groups,  # noqa: F401
                      group_columns, group_moments, ladder, mean_se, summarize_moments)
 from .weights import WeightDiagnostics, summarize_weights, weight_diagnostics
@@ -23,5 +24,5 @@ __all__ = [
     "DEFAULT_MAX_ELEMENTS", "AsymptoticFit", "BiasSlope", "BiasVariance", "WeightDiagnostics",
     "bias_slope", "bias_variance", "evaluate_groups", "fit_inverse_k", "group_columns", "group_moments",
     "iwae_theory", "ladder", "mean_se", "moment_ratios", "summarize_moments", "summarize_weights",
-    "weight_diagnostics",
+    "valid_iwae_theory", "weight_diagnostics",
 ]

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from .. import estimators as estimator_registry
-from ..errors import InputError
+from ..errors import InputError, WeightWarning, user_stacklevel
 from ..estimators.arraykind import as_rows
 from ..estimators.shared_columns import (jackknife_groups, jackknife_se, leave_group_out_elbo_sums,
                                          leave_group_out_iwae_sums)
@@ -317,6 +317,8 @@ def _result(
     if source.shared_columns:
         metadata["se_mc_method"] = (f"jackknife over the K samples that every row shares ({jackknife_groups(k)} "
                                     "groups of columns), of the ELBO for elbo and of IWAE for the others")
+    if weights.warning:  # the same warning, in the same words, as sweep()
+        warnings.warn(weights.warning, WeightWarning, stacklevel=user_stacklevel())
     return EstimateResult(
         summary=summary,
         per_example=pd.DataFrame(per_example),

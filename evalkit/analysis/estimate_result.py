@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
 
 import pandas as pd
 import torch
@@ -19,6 +21,10 @@ from .tables import jsonable, render
 
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
 JSON_SCHEMA_VERSION = 1
+
+#: Weight-diagnostic columns that :meth:`EstimateResult.to_csv` appends to every summary row.
+CSV_DIAGNOSTIC_COLUMNS = ("mean_ess_fraction", "max_psis_khat", "fraction_khat_above_0.5",
+                          "fraction_khat_above_0.7", "n_khat_above_0.7", "indices_khat_above_0.7")
 
 
 @dataclass
@@ -75,8 +81,28 @@ class EstimateResult:
         return json.dumps(self.to_dict(per_example=per_example), indent=indent, allow_nan=False)
 
     def to_csv(self) -> str:
-        """The summary table as CSV text."""
-        return self.summary.to_csv(index=False, float_format="%.17g")
+        """The summary table as CSV text, with the weight diagnostics as columns.
+
+        After ``estimator, k, estimate, se_data, se_mc, n`` come the dataset-wide diagnostics
+        (:data:`CSV_DIAGNOSTIC_COLUMNS`, the same on every row): ``mean_ess_fraction``,
+        ``max_psis_khat``, ``fraction_khat_above_0.5``, ``fraction_khat_above_0.7``,
+        ``n_khat_above_0.7`` and ``indices_khat_above_0.7`` (space-separated datapoint indices),
+        so that a spreadsheet of results still says which datapoints cannot be trusted.
+        """
+        d = self.diagnostics
+        frame = self.summary.copy()
+        flagged = list(d.get("indices_khat_above_0.7", []))
+        extra = {
+            "mean_ess_fraction": d.get("mean_ess_fraction"),
+            "max_psis_khat": d.get("max_psis_khat"),
+            "fraction_khat_above_0.5": d.get("fraction_khat_above_0.5"),
+            "fraction_khat_above_0.7": d.get("fraction_khat_above_0.7"),
+            "n_khat_above_0.7": len(flagged),
+            "indices_khat_above_0.7": " ".join(str(i) for i in flagged),
+        }
+        for column in CSV_DIAGNOSTIC_COLUMNS:
+            frame[column] = extra[column]
+        return frame.to_csv(index=False, float_format="%.17g")
 
     def to_markdown(self) -> str:
         """The summary table as a Markdown (GitHub) table."""
@@ -139,6 +165,35 @@ class EstimateResult:
             "latex": self.to_latex,
         }
         return render(fmt, writers)
+
+    def save(self, path: Union[str, os.PathLike], *, format: Optional[str] = None,
+             overwrite: bool = False) -> Path:
+        """Write the summary to ``path`` (atomically), in the format its extension names.
+
+        Parameters
+        ----------
+        path : str or PathLike
+            ``.json``, ``.csv``, ``.md``, ``.tex`` or ``.txt`` pick JSON, CSV, Markdown, LaTeX or
+            the terminal table; any other name needs ``format``.
+        format : str, optional
+            One of ``table``, ``json``, ``csv``, ``markdown``, ``latex``; must agree with a
+            recognised extension (:func:`evalkit.output.formats.format_for_path`).
+        overwrite : bool
+            Replace an existing file. Missing parent directories are created.
+
+        Returns
+        -------
+        Path
+            The file written.
+        """
+        from ..atomic import atomic_write_text
+        from ..output.formats import format_for_path
+
+        fmt = format_for_path(path, format, what="output file")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # like SweepResult.save's directory
+        text = self.format(fmt)
+        atomic_write_text(os.fspath(path), text if text.endswith("\n") else text + "\n", overwrite=overwrite)
+        return Path(path)
 
     def __str__(self) -> str:
         return self.to_table()

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 
 from . import diagnostics as dg
-from ..errors import InputError, user_stacklevel
+from ..errors import InputError, WeightWarning, user_stacklevel
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sampling.engine import _progress_bar
 from ..sources import LogWeightSource, MatrixSource, load_log_weights, open_source  # noqa: F401 (load_log_weights re-exported)
@@ -242,6 +242,7 @@ def sweep_source(
     return SweepResult(
         table=pd.DataFrame(rows, columns=TABLE_COLUMNS),
         theory=dg.iwae_theory(pool.r2, pool.r3, ks_used),
+        theory_valid=dg.valid_iwae_theory(pool.r2, pool.r3, ks_used, pool.weights.khat),
         fits=pd.DataFrame(fit_rows, columns=FIT_COLUMNS),
         weights=pool.weights,
         reference=ref,
@@ -406,7 +407,7 @@ def _issue_warnings(pool: _PoolStatistics) -> List[str]:
         warnings.warn(text, category, stacklevel=user_stacklevel())
     if pool.weights.warning:
         issued.append(pool.weights.warning)
-        warnings.warn(pool.weights.warning, UserWarning, stacklevel=user_stacklevel())
+        warnings.warn(pool.weights.warning, WeightWarning, stacklevel=user_stacklevel())
     return issued
 
 

@@ -19,7 +19,7 @@ import torch
 
 from . import diagnostics as dg
 from .reference import Reference
-from .tables import jsonable, num, pm, records, render
+from .tables import jsonable, num, pm, records, render, sig2, slope_text
 
 #: Version of the JSON document written by :meth:`SweepResult.to_json`.
 JSON_SCHEMA_VERSION = 1
@@ -87,6 +87,8 @@ class SweepResult:
     metadata: Dict[str, Any] = field(default_factory=dict)
     notes: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
+    #: ``theory`` restricted to where the expansion holds (:func:`evalkit.analysis.asymptotics.valid_iwae_theory`).
+    theory_valid: Optional[pd.DataFrame] = None
     log_weights: Optional[torch.Tensor] = field(default=None, repr=False)
 
     # -- text -----------------------------------------------------------------------------------
@@ -108,7 +110,7 @@ class SweepResult:
                 "k": t["k"],
                 "groups": t["groups"],
                 "estimate": [pm(v, s) for v, s in zip(t["estimate"], t["estimate_se"])],
-                "MC SE": [num(v) for v in t["mc_se"]],
+                "MC SE": [sig2(v) for v in t["mc_se"]],
                 "bias": [pm(v, s) for v, s in zip(t["bias"], t["bias_se"])],
                 "variance": [pm(v, s) for v, s in zip(t["variance"], t["variance_se"])],
                 "RMSE": [pm(v, s) for v, s in zip(t["rmse"], t["rmse_se"])],
@@ -133,10 +135,17 @@ class SweepResult:
                 "c (1/K^2)": [num(v) for v in f["c"]],
                 "ks": [f"{lo}..{hi} ({p} points)" if p else "-" for lo, hi, p in zip(f["k_min"], f["k_max"], f["points"])],
                 "note": f["note"],
-                "|bias| slope": [pm(v, s) for v, s in zip(f["bias_slope"], f["bias_slope_se"])],
-                "slope ks": [ks or "-" for ks in f["bias_slope_ks"]],
+                "|bias| slope": [slope_text(v, s, n) for v, s, n in zip(f["bias_slope"], f["bias_slope_se"],
+                                                                         f["bias_slope_note"])],
+                "slope ks": [ks.replace(",", ", ") if ks else "-" for ks in f["bias_slope_ks"]],
             }
         )
+
+    def theory_in_range(self) -> pd.DataFrame:
+        """The IWAE theory rows where the expansion holds (computed now for results made without it)."""
+        if self.theory_valid is not None:
+            return self.theory_valid
+        return self.theory.iloc[0:0].assign(datapoints=pd.Series(dtype="int64"))
 
     def weights_text(self) -> str:
         """One or two lines on whether the importance weights can be trusted."""

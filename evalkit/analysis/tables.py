@@ -40,6 +40,24 @@ def pm(value: float, se: float) -> str:
     return f"{value:.{decimals}f} ± {se:.{decimals}f}"
 
 
+def sig2(value: float) -> str:
+    """Two significant digits, trailing zeros kept (``0.0020``, ``0.0015``), or ``n/a``."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:#.2g}".rstrip(".")
+
+
+def slope_text(value: float, se: float, note: str = "") -> str:
+    """A fitted slope with its SE, or with the reason it has none (``-1.02 (no SE: 2 points)``)."""
+    if value is None or not math.isfinite(value):
+        return f"n/a ({note})" if note else "n/a"
+    if se is None or not math.isfinite(se):
+        reason = note or "too few points"
+        reason = reason.replace(": no SE", "")
+        return f"{value:.2f} (no SE: {reason})"
+    return pm(value, se)
+
+
 def jsonable(value: Any) -> Any:
     """``value`` with numpy scalars and arrays as Python ones and non-finite floats as None."""
     if isinstance(value, dict):

@@ -135,8 +135,10 @@ def summarize_weights(ess_fraction: np.ndarray, khat: np.ndarray, k: int, *,
         warning = (
             f"PSIS k-hat > {good:g} at {above_good.size} of {n} datapoints ({_name_indices(above_good)})"
             + (f", > {bad:g} at {above_bad.size} ({_name_indices(above_bad)})" if above_bad.size else "")
-            + ": their importance weights have infinite variance, so the bias/variance asymptotics and "
-            "theory curves do not hold there; use a better proposal or treat their estimates as unreliable"
+            + f" (k-hat estimated from K = {k} samples per datapoint): their importance weights have "
+            "infinite variance, so the IWAE/JVI asymptotics, theory curves and standard errors do not hold "
+            "there; more samples will not fix it: improve the proposal q(z | x) or report those datapoints' "
+            "estimates as unreliable (per-datapoint k-hat in the psis_khat / khat column)"
         )
     return WeightDiagnostics(
         index=idx,

@@ -149,7 +149,7 @@ def write_report(result, out: PathLike, *, title: Optional[str] = None, command:
     out : path
         Report directory (created if missing), e.g. ``reports/my-model``.
     title : str, optional
-        Report title; default ``"evalkit sweep: <model>"``.
+        Report title; default ``"evalkit report: <model>"``.
     command : str, optional
         The exact command that produced the result (the CLI passes its command line); from
         Python, say how it was made, e.g. ``"evalkit.sweep(model, data=x, ks=...)"``.
@@ -172,7 +172,7 @@ def write_report(result, out: PathLike, *, title: Optional[str] = None, command:
     paths = report_paths(out)
     check_output_dir(paths, overwrite=overwrite)
     pngs = {name: figure_png_bytes(fig) for name, fig in result.figures().items()}
-    title = title or f"evalkit sweep: {result.metadata.get('model') or result.metadata.get('data')}"
+    title = title or f"evalkit report: {result.metadata.get('model') or result.metadata.get('data')}"
     command = command or "(not recorded: made from Python without command=)"
     with atomic_directory(out) as stage:  # a new report directory appears whole or not at all
         staged = report_paths(stage)
@@ -243,17 +243,22 @@ def findings(result) -> List[str]:
 def render_markdown(result, *, title: str, command: str) -> str:
     """The report as Markdown; figures are linked as ``figures/<name>.png``."""
     m = result.metadata
+    main, main_notes = footnoted(result.display_table())
+    fits, fit_notes = footnoted(result.fits_display(), start=len(main_notes) + 1)
     out = [f"# {title}", "", _overview(result), "", "## Findings", ""]
     out += [f"* {line}" for line in findings(result)]
     out += ["", "## Bias, variance and RMSE over K", "", f"Reference: {result.reference.label}.", "",
-            result.display_table().to_markdown(index=False), "",
+            main.to_markdown(index=False), ""] + _md_notes(main_notes, 1) + [
             "## Extrapolation a + b/K + c/K^2", "",
             "Weighted least squares on the per-K estimates; the SE of a is over datapoints "
             "(the Ks share samples, so a textbook WLS SE would be wrong).", "",
-            result.fits_display().to_markdown(index=False), "",
+            fits.to_markdown(index=False), ""] + _md_notes(fit_notes, len(main_notes) + 1) + [
             "## IWAE theory (from the pool's weight moments)", "",
-            _theory_frame(result).to_markdown(index=False), "",
-            "## Figures", ""]
+            theory_sentence(result), ""]
+    theory = _theory_frame(result)
+    if not theory.empty:
+        out += [theory.to_markdown(index=False), ""]
+    out += ["## Figures", ""]
     for name in FIGURE_NAMES:
         out += [f"![{name}](figures/{name}.png)", "", f"*{_FIGURE_CAPTIONS[name]}*", ""]
     if result.notes or result.warnings:
@@ -268,17 +273,21 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     """The report as one HTML file with the figures embedded as base64 PNG."""
     esc = html.escape
     m = result.metadata
+    main, main_notes = footnoted(result.display_table())
+    fits, fit_notes = footnoted(result.fits_display(), start=len(main_notes) + 1)
+    theory = _theory_frame(result)
     body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(_overview(result))}</p>", "<h2>Findings</h2>", "<ul>"]
     body += [f"<li>{esc(line)}</li>" for line in findings(result)]
     body += ["</ul>", "<h2>Bias, variance and RMSE over K</h2>",
              f"<p>Reference: {esc(result.reference.label)}.</p>",
-             result.display_table().to_html(index=False, border=0, classes="t"),
+             main.to_html(index=False, border=0, classes="t"), _html_notes(main_notes, 1),
              "<h2>Extrapolation a + b/K + c/K^2</h2>",
              "<p>Weighted least squares on the per-K estimates; the SE of a is over datapoints "
              "(the Ks share samples, so a textbook WLS SE would be wrong).</p>",
-             result.fits_display().to_html(index=False, border=0, classes="t"),
+             fits.to_html(index=False, border=0, classes="t"), _html_notes(fit_notes, len(main_notes) + 1),
              "<h2>IWAE theory (from the pool's weight moments)</h2>",
-             _theory_frame(result).to_html(index=False, border=0, classes="t"),
+             f"<p>{esc(theory_sentence(result))}</p>",
+             theory.to_html(index=False, border=0, classes="t") if not theory.empty else "",
              "<h2>Figures</h2>"]
     for name in FIGURE_NAMES:
         data = base64.b64encode(pngs[name]).decode("ascii")
@@ -291,7 +300,8 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     body += ["</table>"]
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
-             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right}"
+             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right;white-space:nowrap}"
+             "ol.notes{font-size:0.85rem;color:#444}"
              "pre{background:#f4f4f4;padding:0.5rem;overflow-x:auto}img{max-width:100%}"
              "figcaption{font-size:0.85rem;color:#444}")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
@@ -307,8 +317,57 @@ def _overview(result) -> str:
             f"Estimators: {', '.join(m.get('estimators', []))}.")
 
 
+def footnoted(frame: pd.DataFrame, *, start: int = 1) -> tuple:
+    """``(frame, notes)``: every ``note`` cell of ``frame`` replaced by numbered markers ``[1]``.
+
+    Each distinct note (cells may join several with ``"; "``) gets one number, counting from
+    ``start``; the notes are returned in that order, to be listed under the table.
+    """
+    if "note" not in frame.columns:
+        return frame, []
+    notes: List[str] = []
+    markers = []
+    for cell in frame["note"].fillna(""):
+        parts = [part.strip() for part in str(cell).split("; ") if part.strip()]
+        for part in parts:
+            if part not in notes:
+                notes.append(part)
+        markers.append(" ".join(f"[{start + notes.index(part)}]" for part in parts))
+    out = frame.copy()
+    out["note"] = markers
+    return out, notes
+
+
+def _md_notes(notes: List[str], start: int) -> List[str]:
+    # One line each, "[n] text", with Markdown's hard line break (two trailing spaces).
+    return [f"[{i}] {text}  " for i, text in enumerate(notes, start)] + [""] if notes else []
+
+
+def _html_notes(notes: List[str], start: int) -> str:
+    if not notes:
+        return ""
+    items = "".join(f"<li>{html.escape(text)}</li>" for text in notes)
+    return f'<ol class="notes" start="{start}">{items}</ol>'
+
+
+def theory_sentence(result) -> str:
+    """What the IWAE theory table is, and where it stops."""
+    t = result.theory_in_range()
+    head = ("Leading-order bias -mu2/(2 K mu^2) and variance mu2/(K mu^2) of IWAE-K (Nowozin 2018), and the same "
+            "through 1/K^2, from the moments of the pooled weights, averaged over the datapoints with PSIS "
+            "k-hat < 0.5 (for the others these moments do not exist). ")
+    if t.empty:
+        return head + ("Not shown: no datapoint has k-hat < 0.5, or at no K of the sweep is the second-order "
+                       "term smaller than the leading one, so the expansion does not apply here.")
+    ks = t["k"].to_numpy()
+    return head + (f"Shown only where the expansion holds, i.e. where the 1/K^2 term is smaller than the leading "
+                   f"one: K >= {int(ks.min())} here ({int(t['datapoints'].iloc[0])} of {result.metadata['n']} "
+                   "datapoints averaged); below that the series diverges (at small K it would even give a "
+                   "negative variance).")
+
+
 def _theory_frame(result) -> pd.DataFrame:
-    t = result.theory
+    t = result.theory_in_range()
     return pd.DataFrame({"K": t["k"], "bias (leading)": t["bias"].map("{:.4g}".format),
                          "bias (to 1/K^2)": t["bias_2"].map("{:.4g}".format),
                          "variance (leading)": t["variance"].map("{:.4g}".format),
