@@ -26,7 +26,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,18 +38,14 @@ from .memory import default_memory_budget
 from ..models.joint import check_ais_model, initial_distribution, initial_log_prob, initial_sample, latent_shape
 from ..noise import (
     _PURPOSE_AIS_ACCEPT,
-    _PURPOSE_AIS_INITIAL,
     _PURPOSE_AIS_MOMENTUM,
     _PURPOSE_AIS_REVERSE_ACCEPT,
     _PURPOSE_AIS_REVERSE_MOMENTUM,
-    _STREAMS,
     check_seed,
 )
 from . import hmc
+from .chain_noise import ChainNoise
 from .schedules import make_schedule
-
-STEP_BLOCK = 64
-"""Transitions whose momenta and uniforms are drawn together from one stream position."""
 
 INITIAL_STEP_SIZE = 0.01
 """Leapfrog step size of the first transition when adapting (that of the reference code)."""
@@ -136,44 +131,6 @@ class _Path:
         return hmc.HMCState(z, *self.tempered(ends, beta), ends)
 
 
-class _ChainNoise:
-    """Per-datapoint random numbers of one call: initial noise, momenta, log-uniforms.
-
-    Slot ``s`` of the call belongs to dataset index ``slot_indices[s]`` (None: an unused slot,
-    which gets zeros). Transition ``j``'s numbers are row ``j % STEP_BLOCK`` of block
-    ``j // STEP_BLOCK`` of the datapoint's streams, drawn whole whatever the batching.
-    """
-
-    def __init__(self, seed: int, slot_indices: Sequence[Optional[int]], rows: int, event: tuple[int, ...],
-                 purposes: tuple[int, int], dtype: torch.dtype, device: torch.device) -> None:
-        self.seed, self.slot_indices, self.rows, self.event = seed, list(slot_indices), rows, event
-        self.purposes, self.dtype, self.device = purposes, dtype, device
-        self._block, self._momenta, self._log_u = -1, None, None
-
-    def initial(self) -> Tensor:
-        out = np.zeros((len(self.slot_indices), self.rows, *self.event))
-        for slot, index in enumerate(self.slot_indices):
-            if index is not None:
-                _STREAMS.noise(self.seed, index, purpose=_PURPOSE_AIS_INITIAL).standard_normal(out=out[slot])
-        return torch.from_numpy(out).to(device=self.device, dtype=self.dtype)
-
-    def transition(self, j: int) -> tuple[Tensor, Tensor]:
-        """Return momenta ``[S, rows, *event]`` (compute dtype) and ``log u`` ``[S, rows]`` (float64) of transition ``j``."""
-        block = j // STEP_BLOCK
-        if block != self._block:
-            n_slots = len(self.slot_indices)
-            momenta = np.zeros((n_slots, STEP_BLOCK, self.rows, *self.event))
-            uniforms = np.ones((n_slots, STEP_BLOCK, self.rows))
-            for slot, index in enumerate(self.slot_indices):
-                if index is not None:
-                    _STREAMS.noise(self.seed, index, purpose=self.purposes[0], block=block).standard_normal(out=momenta[slot])
-                    _STREAMS.noise(self.seed, index, purpose=self.purposes[1], block=block).random(out=uniforms[slot])
-            self._momenta = torch.from_numpy(momenta).to(device=self.device, dtype=self.dtype)
-            self._log_u = torch.from_numpy(uniforms).to(self.device).log_()
-            self._block = block
-        return self._momenta[:, j % STEP_BLOCK], self._log_u[:, j % STEP_BLOCK]
-
-
 def _row_mean(values: Tensor) -> Tensor:
     """Mean over the last dimension as a left-to-right sum of columns (the same bits in any layout)."""
     total = values[..., 0]
@@ -182,7 +139,7 @@ def _row_mean(values: Tensor) -> Tensor:
     return total / values.shape[-1]
 
 
-def _anneal_call(path: _Path, z0: Tensor, betas: Tensor, noise: _ChainNoise, *, chains: int, adapt_rows: slice,
+def _anneal_call(path: _Path, z0: Tensor, betas: Tensor, noise: ChainNoise, *, chains: int, adapt_rows: slice,
                  step_size: Union[float, Tensor, None], target_accept: float, leapfrog: int,
                  progress, n_real: int) -> tuple[Tensor, Tensor, Tensor]:
     """Run every chain of one call along ``betas``; return log-weights ``[S, rows]``, step sizes ``[S, T-1]``, acceptance ``[S]``."""
@@ -256,7 +213,7 @@ def _anneal(model, data: Tensor, indices: Tensor, betas: Tensor, *, z_exact: Opt
                     slot_indices[slot] = index
                 x = data[batch.slot_rows].to(device=device, dtype=dtype)
                 initial = initial_distribution(run_model, x, init)
-                noise = _ChainNoise(seed, slot_indices, rows, latent_shape(initial), purposes, dtype, device)
+                noise = ChainNoise(seed, slot_indices, rows, latent_shape(initial), purposes, dtype, device)
                 if z_exact is None:
                     z0 = initial_sample(run_model, initial, noise.initial())
                 else:
