@@ -31,6 +31,7 @@ from ..sources import LogWeightSource, MatrixSource, open_source
 from ..sources.inputs import DataLike, ModelLike
 from .diagnostics import summarize_weights, weight_diagnostics
 from .estimate_result import JSON_SCHEMA_VERSION, EstimateResult  # noqa: F401 (re-exported)
+from .tables import jsonable
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 
@@ -50,6 +51,8 @@ def estimate(
     binarize: str = "none",
     quantity: Optional[str] = None,
     target: Optional[str] = None,
+    method: str = "is",
+    ais: Optional[Dict[str, Any]] = None,
     cache: Optional[Any] = None,
     cache_shard_size: Optional[int] = None,
     block_size: Optional[int] = None,
@@ -80,6 +83,12 @@ def estimate(
         predictive density log p(y | x) per datapoint with K weight samples shared by all rows
         (default; the MC SE is then the jackknife over the samples), or the evidence log p(D)
         of the whole (by default training) split as one row (:mod:`evalkit.sources.bayesian`).
+    method : {"is", "ais"}
+        ``"is"``: importance sampling from the proposal q(z | x) (the engine). ``"ais"``:
+        annealed importance sampling from q(z | x) (or the prior) to p(x, z) with ``k`` chains
+        per datapoint and the options in ``ais`` (``steps``, ``schedule``, ``init``,
+        ``leapfrog``, ``step_size``, ``target_accept``, ...; :func:`evalkit.sampling.ais.ais_run`);
+        each chain's weight is a column, so IWAE over the chains, JVI, ESS and k-hat apply.
     keep_log_weights : bool
         Keep the ``[N, k]`` log-weights on the result (the whole matrix is then computed at once).
     cache : str or path, optional
@@ -126,7 +135,7 @@ def estimate(
     check_block_size(block_size)
     started = time.perf_counter()
     source = open_source(model, data=data, k=k, seed=seed, factory=factory, prefix=prefix,
-                         allow_pickle=allow_pickle, split=split, binarize=binarize, quantity=quantity, target=target, cache=cache,
+                         allow_pickle=allow_pickle, split=split, binarize=binarize, quantity=quantity, target=target, method=method, ais=ais, cache=cache,
                          cache_shard_size=cache_shard_size, engine_options=engine_options)
     result = estimate_source(source, estimators, keep_log_weights=keep_log_weights, block_size=block_size)
     if result is not None:
@@ -314,6 +323,8 @@ def _result(
     }
     if source.quantity_label != LogWeightSource.quantity_label:
         metadata["quantity"] = source.quantity_label
+    if source.details:
+        metadata["sampler"] = jsonable(source.details)
     if source.shared_columns:
         metadata["se_mc_method"] = (f"jackknife over the K samples that every row shares ({jackknife_groups(k)} "
                                     "groups of columns), of the ELBO for elbo and of IWAE for the others")

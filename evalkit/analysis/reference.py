@@ -24,9 +24,10 @@ class Reference:
 
     Attributes
     ----------
-    kind : {"exact", "user", "pool"}
-        The model's exact ``log_marginal``; a user-supplied number or per-datapoint values; or,
-        failing both, the best estimate available at ``K_max`` on the same samples.
+    kind : {"exact", "ais", "user", "pool"}
+        The model's exact ``log_marginal``; annealed importance sampling on the same data; a
+        user-supplied number or per-datapoint values; or, failing all, the best estimate
+        available at ``K_max`` on the same samples.
     label : str
         Human-readable description, printed in every table and plot.
     values : ndarray, shape (N,)
@@ -68,6 +69,10 @@ def user_reference(reference: Any, n: int) -> Optional[Reference]:
     """A user-supplied reference (number, per-datapoint values or file) as a Reference, or None."""
     if reference is None:
         return None
+    if isinstance(reference, Reference):  # e.g. evalkit.analysis.annealing.ais_reference
+        if reference.values.shape != (n,):
+            raise InputError(f"reference has {reference.values.size} values for {n} datapoints; give one per datapoint")
+        return reference
     if isinstance(reference, (str, os.PathLike)):
         values = np.asarray(_as_float64(load_array(reference, what="reference", key="reference")))
         source = f"from {reference}"

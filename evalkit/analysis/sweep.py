@@ -27,9 +27,10 @@ from . import diagnostics as dg
 from ..errors import InputError, WeightWarning, user_stacklevel
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sampling.engine import _progress_bar
-from ..sources import LogWeightSource, MatrixSource, load_log_weights, open_source  # noqa: F401 (load_log_weights re-exported)
+from ..sources import ImportanceSamplingSource, LogWeightSource, MatrixSource, load_log_weights, open_source  # noqa: F401
 from .reference import Reference, bias_order, pool_best, resolve_reference, user_reference  # noqa: F401
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
+from .tables import jsonable
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
 
@@ -55,6 +56,9 @@ def sweep(
     binarize: str = "none",
     quantity: Optional[str] = None,
     target: Optional[str] = None,
+    method: str = "is",
+    ais: Optional[Dict[str, Any]] = None,
+    reference_ais: Optional[Dict[str, Any]] = None,
     indices: Optional[Sequence[int]] = None,
     cache: Optional[Union[str, os.PathLike]] = None,
     cache_shard_size: Optional[int] = None,
@@ -83,12 +87,17 @@ def sweep(
     estimators : sequence of str
         Names from :func:`evalkit.estimators.available`. A cell with ``k < min_k`` of an
         estimator is skipped (and listed in ``notes``).
-    reference : float, array-like of shape (N,), or path, optional
+    reference : float, array-like of shape (N,), path, "ais" or Reference, optional
         What the bias is measured against. The model's exact ``log_marginal`` is used when it
         has one (then ``reference`` must be ``None``). Otherwise a number (same for every
         datapoint), per-datapoint values, or a ``.npy``/``.pt``/``.csv``/``.txt`` file of
-        them. Failing all, the least biased requested estimator at ``K_max`` on the same samples
-        is used and labelled so in every table and plot.
+        them. ``"ais"`` runs annealed importance sampling on the same datapoints (options in
+        ``reference_ais``: ``chains``, ``steps``, ``schedule``, ...; default 16 chains x 1000
+        steps) and measures bias against its per-datapoint estimate, labelled with its settings
+        and Monte Carlo SE (:func:`evalkit.analysis.annealing.ais_reference`); a
+        :class:`~evalkit.analysis.reference.Reference` is used as it is. Failing all, the least
+        biased requested estimator at ``K_max`` on the same samples is used and labelled so in
+        every table and plot.
     seed : int
         Seed of the engine's per-datapoint random streams (and Bernoulli binarisation). Unused
         for a log-weight matrix.
@@ -103,6 +112,10 @@ def sweep(
         Compute the pool through the resumable on-disk cache of
         :func:`evalkit.sampling.cache.cached_log_weights` (as in :func:`evalkit.analysis.estimate`); an
         interrupted sweep resumes bitwise identically. Not with ``indices``.
+    method, ais : optional
+        Draw the pool by annealed importance sampling instead (as :func:`evalkit.estimate`).
+    reference_ais : dict, optional
+        Options of the AIS run behind ``reference="ais"``.
     fit_min_k : int
         Start of the asymptotic range: the ``a + b/k + c/k^2`` fit and the |bias| slope use
         the ks ``>= fit_min_k`` (default 10).
@@ -162,11 +175,14 @@ def sweep(
     source = open_source(model_or_log_weights, data=data, k=ks_given[-1] if ks_given else DEFAULT_K_MAX,
                          seed=seed, factory=factory, prefix=prefix, allow_pickle=allow_pickle, split=split,
                          binarize=binarize, indices=indices, cache=cache, cache_shard_size=cache_shard_size,
-                         engine_options=engine_options, quantity=quantity, target=target)
+                         engine_options=engine_options, quantity=quantity, target=target,
+                         method=method, ais=ais)
     if ks_given is not None and ks_given[-1] > source.k:
         raise InputError(f"k = {ks_given[-1]} exceeds the {source.k} log-weights per datapoint; use ks up to {source.k}")
     if reference is not None and source.has_exact_log_marginal:
         raise InputError("this model has an exact log_marginal, which is the reference; drop reference=")
+    if isinstance(reference, str) and reference == "ais":
+        reference = _ais_reference(source, seed, reference_ais, engine_options)
     user_ref = user_reference(reference, source.n)  # checked before the long model pass
     return sweep_source(source, ks_given, estimators, user_ref, fit_min_k=fit_min_k,
                         keep_log_weights=keep_log_weights, max_elements=max_elements, threads=threads,
@@ -235,6 +251,7 @@ def sweep_source(
         "model": source.model_label,
         "data": source.data_label,
         "fit_min_k": fit_min_k,
+        **({"sampler": jsonable(source.details)} if source.details else {}),
         "versions": versions(),
         "seconds": {"log_weights": round(pool.seconds_source, 3), "statistics": round(seconds_stats, 3),
                     "total": round(time.perf_counter() - started, 3)},
@@ -252,6 +269,20 @@ def sweep_source(
         warnings=issued,
         log_weights=pool.log_weights,
     )
+
+
+def _ais_reference(source: LogWeightSource, seed: int, options: Optional[Dict[str, Any]],
+                   engine_options: Dict[str, Any]) -> Reference:
+    """``reference="ais"``: AIS on the same datapoints (their own streams), as the reference."""
+    from .annealing import ais_reference
+
+    if not isinstance(source, ImportanceSamplingSource) or source.sampler is not None:
+        raise InputError("reference='ais' runs annealed importance sampling on the model's data; "
+                         "it needs a model swept by importance sampling (method='is')")
+    run = {name: engine_options[name] for name in ("batch_size", "device", "dtype", "progress")
+           if engine_options.get(name) is not None}
+    return ais_reference(source.model, source.data, seed=seed, indices=torch.from_numpy(source.index),
+                         **run, **dict(options or {}))
 
 
 def _cells(chosen: Sequence[Any], ks: Sequence[int]) -> tuple:

@@ -341,10 +341,12 @@ def _ref_legend(ref) -> str:
         return f"{_pretty(ref.estimator)} at K = {ref.k} (no exact log p(x))"
     if ref.kind == "exact":
         return "exact log p(x)"
+    if ref.kind == "ais":
+        return "AIS log p(x) (reference)"
     return "user-supplied log p(x)"
 
 
 def _ref_axis(ref) -> str:
     if ref.kind == "pool":
         return f"{_pretty(ref.estimator)} at K={ref.k} (no exact)"
-    return "exact log p(x)" if ref.kind == "exact" else "user reference"
+    return {"exact": "exact log p(x)", "ais": "AIS reference"}.get(ref.kind, "user reference")

@@ -206,7 +206,8 @@ def findings(result) -> List[str]:
         row = last.loc["iwae"]
         text = f"IWAE at K = {k_max}: {pm(row['estimate'], row['estimate_se'])} nats (mean over {result.metadata['n']} datapoints, SE over datapoints)."
         if ref.kind != "pool":
-            text += f" Measured bias against the {('exact' if ref.kind == 'exact' else 'user-supplied')} reference: {pm(row['bias'], row['bias_se'])} nats."
+            kind = {"exact": "exact", "ais": "AIS"}.get(ref.kind, "user-supplied")
+            text += f" Measured bias against the {kind} reference ({ref.label}): {pm(row['bias'], row['bias_se'])} nats."
         if not theory_last.empty:
             text += (f" Leading-order theory from the pool's weight moments puts IWAE's remaining bias at "
                      f"{theory_last['bias'].iloc[0]:.3g} nats (valid only where k-hat < 0.5).")

@@ -69,14 +69,21 @@ def engine_blocks(
     rows: int,
     engine_options: Dict[str, Any],
     indices: Optional[np.ndarray] = None,
+    sampler: Optional[Any] = None,
 ) -> Iterator[Tuple[int, torch.Tensor]]:
     """Yield ``(start, log_w[start:start + rows])`` of the engine's ``[N, k]`` matrix, one block at a time.
 
     ``indices`` are the dataset indices of ``data``'s rows (default ``0 .. N-1``); each block is
     computed with its slice of them, so its noise, and so its rows, are bitwise those of a
-    whole run. The caller drops a block before asking for the next.
+    whole run. The caller drops a block before asking for the next. ``sampler``, when given,
+    replaces the engine: a callable with :func:`evalkit.log_weights`'s signature (annealed
+    importance sampling, :class:`evalkit.sources.annealed.AISSampler`).
     """
-    from .engine import _progress_bar, log_weights
+    from . import engine
+    from .engine import _progress_bar
+
+    def log_weights(*args: Any, **kwargs: Any) -> torch.Tensor:
+        return (sampler or engine.log_weights)(*args, **kwargs)  # looked up at call time (tests patch it)
 
     n = data.shape[0]
     index = torch.arange(n) if indices is None else torch.as_tensor(np.asarray(indices, dtype=np.int64))

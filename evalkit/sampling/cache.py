@@ -62,6 +62,7 @@ def cached_log_weights(
     cache_dir: PathLike,
     seed: int = 0,
     shard_size: Optional[int] = None,
+    sampler: Optional[Any] = None,
     **engine_options: Any,
 ) -> torch.Tensor:
     """Compute ``[N, k]`` log-weights through a resumable on-disk cache.
@@ -83,6 +84,9 @@ def cached_log_weights(
         Datapoints per shard of a new cache (default: at most 16 MiB and at most 1/8 of the
         data per shard). An existing cache keeps its own shards; the value does not change
         the numbers.
+    sampler : callable, optional
+        Computes the shards instead of the engine (same signature) and has ``settings``, which
+        join the fingerprint: annealed importance sampling (:class:`evalkit.sources.annealed.AISSampler`).
     **engine_options
         Passed to :func:`evalkit.log_weights` (``batch_size``, ``k_chunk``, ``memory_budget``,
         ``device``, ``dtype``, ``progress``). ``indices`` is not accepted: the cache always
@@ -116,6 +120,8 @@ def cached_log_weights(
     """
     k, n = _checked_arguments(data, k, shard_size, engine_options)
     components = _components(model, data, k, seed, engine_options)
+    if sampler is not None:  # e.g. annealed importance sampling: its settings determine the numbers too
+        components["sampler"] = sampler.settings
     fingerprint = _combine(components)
     directory = Path(cache_dir)
     if directory.is_dir():
@@ -123,7 +129,7 @@ def cached_log_weights(
     created = _make_directory(directory)
     with _cleaned_up_on_failure(directory, created) as manifest, _locked(directory):
         manifest.update(_open_manifest(directory, fingerprint, components, n, k, shard_size))
-        return _fill(directory, manifest, model, data, k, seed, engine_options)
+        return _fill(directory, manifest, model, data, k, seed, {**engine_options, "sampler": sampler})
 
 
 def _checked_arguments(data: Any, k: Any, shard_size: Any, engine_options: Dict[str, Any]) -> Tuple[int, int]:
@@ -229,9 +235,9 @@ def _progress_bar(progress: Any, total: int):
 
 
 def _compute_shard(model, data, k, seed, start, stop, engine_options) -> np.ndarray:
-    log_w = _engine_log_weights(
-        model, data[start:stop], k, seed=seed, indices=torch.arange(start, stop), **engine_options
-    )
+    options = dict(engine_options)
+    compute = options.pop("sampler", None) or _engine_log_weights
+    log_w = compute(model, data[start:stop], k, seed=seed, indices=torch.arange(start, stop), **options)
     values = log_w.detach().to("cpu", torch.float64).numpy()
     if values.shape != (stop - start, k):
         raise RuntimeError(f"engine returned shape {values.shape} for shard {start}..{stop}, expected {(stop - start, k)}")

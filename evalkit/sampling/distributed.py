@@ -131,7 +131,7 @@ def shard(n: int, rank: int, world_size: int) -> tuple[int, int]:
     return n * rank // world_size, n * (rank + 1) // world_size
 
 
-def log_weights(model: torch.nn.Module, data: torch.Tensor, k: int, *, seed: int = 0,
+def log_weights(model: torch.nn.Module, data: torch.Tensor, k: int, *, seed: int = 0, sampler: Optional[Any] = None,
                 **engine_options: Any) -> Optional[torch.Tensor]:
     """Compute :func:`evalkit.log_weights` with the datapoints split across torchrun's processes.
 
@@ -143,14 +143,18 @@ def log_weights(model: torch.nn.Module, data: torch.Tensor, k: int, *, seed: int
         Passed on (``batch_size``, ``k_chunk``, ``memory_budget``, ``dtype``, ``threads``,
         ``compile``, ``tf32``, ``progress``); ``device`` chooses between GPUs and the CPU
         (see :func:`init`). ``indices`` is not accepted: shards are ranges of ``data``'s rows.
+    sampler : callable, optional
+        Replaces the engine (same signature), e.g. annealed importance sampling.
 
     Returns
     -------
     Tensor, shape (N, k), float64, CPU, on rank 0; None on the other ranks
         Without torchrun, simply ``evalkit.log_weights(model, data, k, seed=seed, ...)``.
     """
-    from .engine import log_weights as engine_log_weights
+    from .engine import log_weights as plain_engine_log_weights
     from .memory import default_memory_budget
+
+    engine_log_weights = sampler or plain_engine_log_weights  # annealed importance sampling, or the engine
 
     if "indices" in engine_options:
         raise InputError("log_weights under torchrun shards the rows of `data`; pass the rows you want as data, not indices.")

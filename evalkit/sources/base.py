@@ -44,6 +44,9 @@ class LogWeightSource(abc.ABC):
         the rows' Monte Carlo errors are then correlated.
     quantity_label : str
         What the estimators estimate per row: ``log p(x)``, ``log p(y | x)``, ``log p(D)``.
+    details : dict
+        How the weights were drawn when that is more than importance sampling from q(z | x)
+        (annealed importance sampling: its settings and acceptance rate); empty otherwise.
     """
 
     n: int
@@ -74,6 +77,10 @@ class LogWeightSource(abc.ABC):
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    @property
+    def details(self) -> dict:
+        return {}
 
     def exact_log_marginal(self) -> Optional[np.ndarray]:
         """The exact log p(x_n) of every row (shape ``(n,)``) when the model has one, else None."""

@@ -39,22 +39,32 @@ class ImportanceSamplingSource(LogWeightSource):
         Passed to :func:`evalkit.log_weights` (``batch_size``, ``device``, ``progress``, ...).
     model_label, data_label : str
         Descriptions for tables.
+    sampler : callable, optional
+        Replaces the engine's importance sampling from q(z | x): annealed importance sampling
+        (:class:`evalkit.sources.annealed.AISSampler`, k = chains). Its ``summary()`` is the
+        source's ``details``.
     """
 
     def __init__(self, model: torch.nn.Module, data: torch.Tensor, k: int, *, seed: int,
                  index: Optional[np.ndarray] = None, engine_options: Optional[Dict[str, Any]] = None,
-                 model_label: Optional[str] = None, data_label: str = "data") -> None:
+                 model_label: Optional[str] = None, data_label: str = "data", sampler: Optional[Any] = None) -> None:
         self.model, self.data, self.k, self.seed = model, data, int(k), seed
         self.n = int(data.shape[0])
         self._given_index = None if index is None else np.asarray(index, dtype=np.int64)
         self.index = np.arange(self.n) if index is None else self._given_index
         self.engine_options = dict(engine_options or {})
         self.model_label, self.data_label = model_label, data_label
+        self.sampler = sampler
+
+    @property
+    def details(self) -> Dict[str, Any]:
+        """How the weights were drawn, beyond plain importance sampling (empty for the engine)."""
+        return self.sampler.summary() if self.sampler is not None else {}
 
     def blocks(self, rows: int) -> Iterator[Block]:
         # Each block draws the streams of its own dataset indices: bitwise the rows of one call.
         return engine_blocks(self.model, self.data, self.k, seed=self.seed, rows=rows,
-                             engine_options=self.engine_options, indices=self._given_index)
+                             engine_options=self.engine_options, indices=self._given_index, sampler=self.sampler)
 
     @property
     def has_exact_log_marginal(self) -> bool:
@@ -101,7 +111,7 @@ class CachedSource(_WholeMatrixSource):
         from ..sampling.cache import cached_log_weights
 
         return cached_log_weights(self.model, self.data, self.k, cache_dir=self.cache_dir, seed=self.seed,
-                                  shard_size=self.shard_size, **self.engine_options)
+                                  shard_size=self.shard_size, sampler=self.sampler, **self.engine_options)
 
 
 class TorchrunSource(_WholeMatrixSource):
@@ -116,4 +126,5 @@ class TorchrunSource(_WholeMatrixSource):
         self.is_main = distributed.rank() == 0
 
     def _compute(self) -> Optional[torch.Tensor]:
-        return distributed.log_weights(self.model, self.data, self.k, seed=self.seed, **self.engine_options)
+        return distributed.log_weights(self.model, self.data, self.k, seed=self.seed, sampler=self.sampler,
+                                       **self.engine_options)

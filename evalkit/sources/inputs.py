@@ -17,6 +17,8 @@ import torch
 from ..errors import DataError, InputError
 from ..sampling import distributed
 from .base import LogWeightSource
+from ..models.joint import check_ais_model
+from .annealed import AIS_OPTIONS, AISSampler
 from .bayesian import QUANTITIES, EvidenceSource, PredictiveSource
 from .importance import CachedSource, ImportanceSamplingSource, TorchrunSource
 from .matrix import MatrixSource, check_log_weights
@@ -127,6 +129,8 @@ def open_source(
     matrix_label: str = "log-weight matrix",
     quantity: Optional[str] = None,
     target: Optional[str] = None,
+    method: str = "is",
+    ais: Optional[Dict[str, Any]] = None,
 ) -> LogWeightSource:
     """The log-weight source for what the user handed the API: the one place that decides it.
 
@@ -151,6 +155,9 @@ def open_source(
         For a Bayes-by-backprop network (:class:`~evalkit.models.BayesianMLP`):
         ``"predictive"`` (default) or ``"evidence"`` (:mod:`evalkit.sources.bayesian`), and the
         target key or CSV column of labelled data (data may also be an ``(x, y)`` pair).
+    method : {"is", "ais"}
+        Importance sampling from q(z | x) (the engine), or annealed importance sampling with
+        ``k`` chains per datapoint and the options ``ais`` (:class:`~evalkit.sources.annealed.AISSampler`).
 
     Under torchrun a model's rows are split across the processes (:class:`TorchrunSource`).
     Nothing is computed until the source's blocks are asked for.
@@ -186,12 +193,32 @@ def open_source(
         row_index = np.asarray(row_index.cpu() if isinstance(row_index, torch.Tensor) else row_index)
     common = dict(seed=seed, index=row_index, engine_options=engine_options,
                   model_label=describe_model(model_or_log_weights, model),
-                  data_label=describe_data(data, split, binarize))
+                  data_label=describe_data(data, split, binarize), sampler=_sampler(method, ais, model))
     if cache is not None:
         return CachedSource(model, x, k, cache_dir=cache, shard_size=cache_shard_size, **common)
     if distributed.launched_by_torchrun():
         return TorchrunSource(model, x, k, **common)
     return ImportanceSamplingSource(model, x, k, **common)
+
+
+def _sampler(method: str, ais: Optional[Dict[str, Any]], model: Any) -> Optional[AISSampler]:
+    """None for the engine's importance sampling; an :class:`AISSampler` for ``method="ais"``."""
+    if method not in METHODS:
+        raise InputError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    if method == "is":
+        if ais:
+            raise InputError("AIS options (steps, schedule, leapfrog, ...) apply to method='ais'; drop them or set it")
+        return None
+    options = dict(ais or {})
+    unknown = sorted(set(options) - set(AIS_OPTIONS))
+    if unknown:
+        raise InputError(f"unknown AIS options {unknown}; the options are {', '.join(AIS_OPTIONS)}")
+    check_ais_model(model, options.get("init", "proposal"))
+    return AISSampler(**options)
+
+
+METHODS = ("is", "ais")
+"""How a model's log-weights are drawn: importance sampling from q(z | x), or annealed importance sampling."""
 
 
 def _bayesian_source(model: Any, model_arg: Any, data: Any, *, k: int, seed: int, split: Optional[str],
