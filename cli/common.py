@@ -114,6 +114,39 @@ cache_options = _compose(
                       "Does not change the numbers."),
 )
 
+method_options = _compose(
+    click.option("--method", type=click.Choice(["is", "ais"]), default="is", show_default=True,
+                 help="is: importance sampling from q(z|x). ais: annealed importance sampling from q(z|x) to "
+                      "p(x, z) with HMC; each of --chains chains per datapoint is a column."),
+    click.option("--chains", type=click.IntRange(min=1), default=None,
+                 help="AIS chains per datapoint (--method ais, or --reference ais); default 16."),
+    click.option("--steps", type=click.IntRange(min=2), default=None,
+                 help="AIS annealing steps T (default 1000)."),
+    click.option("--schedule", type=click.Choice(["sigmoid", "linear", "geometric"]), default=None,
+                 help="AIS schedule of the b_t (default sigmoid)."),
+    click.option("--leapfrog", type=click.IntRange(min=1), default=None,
+                 help="Leapfrog steps per HMC transition (default 5)."),
+    click.option("--init", "ais_init", type=click.Choice(["proposal", "prior"]), default=None,
+                 help="Where the AIS chains start: q(z|x) (default) or the prior p(z)."),
+)
+
+
+def ais_settings(params: Dict[str, Any]) -> Dict[str, Any]:
+    """The AIS options given on the command line (``chains`` included), without the unset ones."""
+    given = {"chains": params.get("chains"), "steps": params.get("steps"), "schedule": params.get("schedule"),
+             "leapfrog": params.get("leapfrog"), "init": params.get("ais_init")}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def method_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """``method`` and ``ais`` for :func:`evalkit.estimate` / ``sweep`` (AIS options need --method ais)."""
+    settings = ais_settings(params)
+    settings.pop("chains", None)
+    if params.get("method", "is") == "ais":
+        return {"method": "ais", "ais": settings}
+    return {"method": "is"}
+
+
 run_options = _compose(
     click.option("--quiet", "-q", is_flag=True, default=False, help="No progress bar or messages on stderr."),
     click.option("--debug", is_flag=True, default=False, help="Show the full traceback on errors."),

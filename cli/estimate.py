@@ -7,8 +7,9 @@ import click
 
 from evalkit.errors import WeightWarning
 
-from .common import (FORMATS, cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
-                     engine_options, input_kwargs, model_options, run_options)
+from .common import (FORMATS, ais_settings, cache_kwargs, cache_options, command_errors, data_options, echo_err,
+                     engine_kwargs, engine_options, input_kwargs, method_kwargs, method_options, model_options,
+                     run_options)
 from .main import main
 
 
@@ -28,10 +29,11 @@ def _log_weights_suffix(ctx, param, value):
 @model_options
 @data_options
 @click.option("-k", "k", type=int, default=5000, show_default=True, callback=_positive_k,
-              help="Importance samples per datapoint.")
+              help="Importance samples per datapoint (with --method ais: --chains instead).")
 @click.option("-e", "--estimator", "estimators", multiple=True, metavar="NAME",
               help="Estimator to report (repeat for several); default: elbo iwae jvi1 jvi2 dvi. "
                    "See `evalkit estimators`.")
+@method_options
 @engine_options
 @cache_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
@@ -100,6 +102,7 @@ def _estimate(checkpoint, k, estimators, save_log_weights, params):
     from evalkit.analysis.estimate import DEFAULT_ESTIMATORS, estimate
     from evalkit.sampling import distributed
 
+    k = _samples(k, params)
     try:
         return estimate(
             checkpoint,
@@ -111,9 +114,24 @@ def _estimate(checkpoint, k, estimators, save_log_weights, params):
             **input_kwargs(params),
             **engine_kwargs(params),
             **cache_kwargs(params),
+            **method_kwargs(params),
         )
     finally:
         distributed.finish()
+
+
+def _samples(k: int, params) -> int:
+    """Columns per datapoint: -k for importance sampling, --chains (default 16) for AIS."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    if params.get("method") == "ais":
+        if ctx.get_parameter_source("k") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("with --method ais the columns are the chains: give --chains C instead of -k")
+        return ais_settings(params).get("chains", 16)
+    if ais_settings(params):
+        raise click.UsageError("--chains, --steps, --schedule, --leapfrog and --init apply to --method ais")
+    return k
 
 
 def _formats(fmt, output, per_example) -> str:
