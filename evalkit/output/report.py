@@ -29,9 +29,16 @@ FIGURE_NAMES = ("estimate", "bias", "variance", "khat")
 
 _FIGURE_CAPTIONS = {
     "estimate": "Mean estimate vs K with 95% bands (of estimate - reference) and the reference line.",
-    "bias": "|bias| vs K on log-log axes with slope guides -1, -2, -3 and IWAE's leading-order theory.",
-    "variance": "Monte Carlo variance of one estimate vs K on log-log axes with IWAE's leading-order theory.",
-    "khat": "Per-datapoint PSIS k-hat at K_max with the 0.5 and 0.7 thresholds.",
+    "bias": ("|bias| vs K on log-log axes with slope guides -1, -2, -3 and IWAE's leading-order theory (drawn only "
+             "where the expansion holds). A downward triangle marks an error bar whose lower end reaches zero: "
+             "the log axis cuts it. Points whose |bias| is not above 2 SE are drawn hollow."),
+    "variance": ("Monte Carlo variance of one estimate vs K on log-log axes with IWAE's leading-order theory (only "
+                 "where it holds); triangles mark bars cut at zero. There is no point at K = K_max: the pool "
+                 "holds one group of K_max samples per datapoint, and one group has no variance."),
+    "khat": ("Per-datapoint PSIS k-hat at K_max with the 0.5 and 0.7 thresholds. k-hat is itself estimated from "
+             "the K samples of each datapoint (its tail has about 3 sqrt(K) weights), so which datapoints cross a "
+             "threshold varies with K: `evalkit estimate` at K = 1000 and this report at K_max can flag "
+             "different ones near the threshold."),
 }
 
 
