@@ -350,5 +350,5 @@ def _mark_clipped(ax, k, value, se, color) -> None:
     zero: on a log axis they are cut, and the triangle says so (the figure captions explain it)."""
     clipped = value - 2 * se <= 0
     if clipped.any():
-        ax.plot(k[clipped], value[clipped] * 1e-3, linestyle="none", marker="v", ms=4, color=color, alpha=0.7,
+        ax.plot(k[clipped], value[clipped] / 2.5, linestyle="none", marker="v", ms=4, color=color, alpha=0.7,
                 clip_on=True)

@@ -303,7 +303,7 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
              "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right;white-space:nowrap}"
-             "ol.notes{font-size:0.85rem;color:#444}"
+             "table.t td:last-child{white-space:normal}ol.notes{font-size:0.85rem;color:#444}"
              "pre{background:#f4f4f4;padding:0.5rem;overflow-x:auto}img{max-width:100%}"
              "figcaption{font-size:0.85rem;color:#444}")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
