@@ -79,6 +79,12 @@ def run_sweep(ctx: click.Context, checkpoint: Optional[str], log_weights: Option
         raise click.UsageError("give a CHECKPOINT or --log-weights FILE, not both")
     from evalkit.sampling import distributed
 
+    if params.get("quiet"):  # --quiet hides the weight warning here as in `estimate` (the report keeps it)
+        import warnings
+
+        from evalkit.errors import WeightWarning
+
+        warnings.filterwarnings("ignore", category=WeightWarning)
     common = dict(ks=ks, estimators=estimators or DEFAULT_ESTIMATORS, reference=_reference(reference),
                   fit_min_k=fit_min_k)
     if log_weights is not None:

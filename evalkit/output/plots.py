@@ -113,10 +113,11 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
         if bars.any():
             low = np.maximum(b[bars] - 2 * se[bars], b[bars] * 1e-3)
             ax.vlines(k[bars], low, b[bars] + 2 * se[bars], color=color, alpha=0.5, linewidth=1)
+            _mark_clipped(ax, k[bars], b[bars], se[bars], color)
         plotted.extend(b.tolist())
         if name == "iwae" or anchor is None:
             anchor = (float(k[0]), float(b[0]))
-    theory = result.theory
+    theory = result.theory_in_range()  # only where the expansion holds (no curve outside it)
     tk = theory["k"].to_numpy(float)
     tb = np.abs(theory["bias"].to_numpy(float))
     good = np.isfinite(tb) & (tb > 0)
@@ -125,7 +126,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
                 label="IWAE theory: mu2 / (2 K mu^2)")
         plotted.extend(tb[good].tolist())
     if anchor is not None and plotted:
-        k_all = np.geomspace(anchor[0], max(tk.max(), anchor[0] * 1.0001), 50)
+        k_all = np.geomspace(anchor[0], max(tk.max() if tk.size else 0.0, k.max(), anchor[0] * 1.0001), 50)
         for s in slopes:
             ax.plot(k_all, anchor[1] * (k_all / anchor[0]) ** (-float(s)), color="0.45", linewidth=0.9,
                     linestyle=_SLOPE_STYLES.get(s, ":"), label=f"slope -{s}")
@@ -183,7 +184,8 @@ def plot_variance(result, ax=None):
         if bars.any():
             low = np.maximum(v[bars] - 2 * se[bars], v[bars] * 1e-3)
             ax.vlines(k[bars], low, v[bars] + 2 * se[bars], color=color, alpha=0.5, linewidth=1)
-    theory = result.theory
+            _mark_clipped(ax, k[bars], v[bars], se[bars], color)
+    theory = result.theory_in_range()
     tk = theory["k"].to_numpy(float)
     tv = theory["variance"].to_numpy(float)
     good = np.isfinite(tv) & (tv > 0)
@@ -350,3 +352,12 @@ def _ref_axis(ref) -> str:
     if ref.kind == "pool":
         return f"{_pretty(ref.estimator)} at K={ref.k} (no exact)"
     return {"exact": "exact log p(x)", "ais": "AIS reference"}.get(ref.kind, "user reference")
+
+
+def _mark_clipped(ax, k, value, se, color) -> None:
+    """Mark with a downward triangle the error bars whose lower end (value - 2 SE) is at or below
+    zero: on a log axis they are cut, and the triangle says so (the figure captions explain it)."""
+    clipped = value - 2 * se <= 0
+    if clipped.any():
+        ax.plot(k[clipped], value[clipped] / 2.5, linestyle="none", marker="v", ms=4, color=color, alpha=0.7,
+                clip_on=True)

@@ -30,9 +30,16 @@ FIGURE_NAMES = ("estimate", "bias", "variance", "khat")
 
 _FIGURE_CAPTIONS = {
     "estimate": "Mean estimate vs K with 95% bands (of estimate - reference) and the reference line.",
-    "bias": "|bias| vs K on log-log axes with slope guides -1, -2, -3 and IWAE's leading-order theory.",
-    "variance": "Monte Carlo variance of one estimate vs K on log-log axes with IWAE's leading-order theory.",
-    "khat": "Per-datapoint PSIS k-hat at K_max with the 0.5 and 0.7 thresholds.",
+    "bias": ("|bias| vs K on log-log axes with slope guides -1, -2, -3 and IWAE's leading-order theory (drawn only "
+             "where the expansion holds). A downward triangle marks an error bar whose lower end reaches zero: "
+             "the log axis cuts it. Points whose |bias| is not above 2 SE are drawn hollow."),
+    "variance": ("Monte Carlo variance of one estimate vs K on log-log axes with IWAE's leading-order theory (only "
+                 "where it holds); triangles mark bars cut at zero. There is no point at K = K_max: the pool "
+                 "holds one group of K_max samples per datapoint, and one group has no variance."),
+    "khat": ("Per-datapoint PSIS k-hat at K_max with the 0.5 and 0.7 thresholds. k-hat is itself estimated from "
+             "the K samples of each datapoint (its tail has about 3 sqrt(K) weights), so which datapoints cross a "
+             "threshold varies with K: `evalkit estimate` at K = 1000 and this report at K_max can flag "
+             "different ones near the threshold."),
 }
 
 
@@ -302,7 +309,7 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
              "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right;white-space:nowrap}"
-             "ol.notes{font-size:0.85rem;color:#444}"
+             "table.t td:last-child{white-space:normal}ol.notes{font-size:0.85rem;color:#444}"
              "pre{background:#f4f4f4;padding:0.5rem;overflow-x:auto}img{max-width:100%}"
              "figcaption{font-size:0.85rem;color:#444}")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
