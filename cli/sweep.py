@@ -13,14 +13,16 @@ from typing import Any, Dict, Optional
 import click
 from click.core import ParameterSource
 
-from .common import (cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
-                     engine_options, input_kwargs, model_options, parse_ks, run_options)
+from .common import (ais_settings, cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
+                     engine_options, input_kwargs, method_kwargs, method_options, model_options, parse_ks,
+                     run_options)
 from .main import main
 
 SWEEP_FORMATS = ("table", "json", "csv", "markdown")
 
 #: Options that only mean something when a model is run (refused with --log-weights).
-MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "quantity", "target", "seed", "device", "batch_size",
+MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "quantity", "target", "method",
+              "chains", "steps", "schedule", "leapfrog", "ais_init", "seed", "device", "batch_size",
               "k_chunk", "memory_budget", "dtype", "cache", "cache_shard_size")
 
 
@@ -57,12 +59,14 @@ sweep_inputs = _compose(
                       "size K_max. Default: 1-2-5 ladder up to 5000 (or up to the width of --log-weights)."),
     click.option("-e", "--estimator", "estimators", multiple=True, metavar="NAME",
                  help="Estimator to sweep (repeat for several); default: iwae jvi1 jvi2. See `evalkit estimators`."),
-    click.option("--reference", default=None, metavar="NUMBER|FILE",
-                 help="log p(x) to measure bias against when the model has no exact one: a number, or a "
-                      "file with one value per datapoint (.npy, .pt, .csv, .txt). Default: the least biased "
+    click.option("--reference", default=None, metavar="NUMBER|FILE|ais",
+                 help="log p(x) to measure bias against when the model has no exact one: a number, a "
+                      "file with one value per datapoint (.npy, .pt, .csv, .txt), or 'ais' (annealed importance "
+                      "sampling on the same data; --chains, --steps, ... set it). Default: the least biased "
                       "estimator at K_max, labelled as such."),
     click.option("--fit-min-k", type=click.IntRange(min=1), default=10, show_default=True,
                  help="Smallest K used by the a + b/K + c/K^2 extrapolation."),
+    method_options,
     engine_options,
     cache_options,
 )
@@ -97,6 +101,7 @@ def run_sweep(ctx: click.Context, checkpoint: Optional[str], log_weights: Option
             raise click.UsageError("--log-weights needs no model pass to share; run it as one process, not under torchrun")
         return sweep(load_log_weights(log_weights), threads=params.get("threads"),
                      progress=False if params.get("quiet") else None, **common)
+    common.update(_annealing(common, params))
     try:
         return sweep(checkpoint, seed=params["seed"], data=params["data"], **common, **input_kwargs(params),
                      **cache_kwargs(params), **engine_kwargs(params))
@@ -109,13 +114,34 @@ def command_line() -> str:
     return shlex.join(["evalkit", *sys.argv[1:]])
 
 
+def _annealing(common: Dict[str, Any], params: Dict[str, Any]) -> Dict[str, Any]:
+    """``method``/``ais`` (and the pool's ks) for --method ais, ``reference_ais`` for --reference ais."""
+    from evalkit.analysis.diagnostics import ladder
+
+    settings = ais_settings(params)
+    if common["reference"] == "ais":
+        if params.get("method") == "ais":
+            raise click.UsageError("--reference ais compares importance sampling with AIS; drop --method ais")
+        return {"reference_ais": settings}
+    if params.get("method") != "ais":
+        if settings:
+            raise click.UsageError("--chains, --steps, --schedule, --leapfrog and --init apply to --method ais "
+                                   "or --reference ais")
+        return {}
+    chains = settings.get("chains", 16)
+    ks = common["ks"] or ladder(chains)
+    if ks[-1] != chains and "chains" in settings:
+        raise click.UsageError(f"with --method ais the pool is the {chains} chains; the largest of --ks must be {chains}")
+    return {"ks": ks, **method_kwargs(params)}
+
+
 def _reference(text: Optional[str]):
     if text is None:
         return None
     try:
         return float(text)
     except ValueError:
-        return text  # a file path; evalkit.analysis.sweep reads and checks it
+        return text  # "ais" or a file path; evalkit.analysis.sweep reads and checks it
 
 
 @main.command("sweep")

@@ -132,6 +132,11 @@ class EstimateResult:
         head = (
             f"{meta.get('quantity', 'log p(x)')} estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
         )
+        sampler = meta.get("sampler")
+        if sampler and sampler.get("method") == "ais":
+            head += (f"\nannealed importance sampling: {sampler['steps']} {sampler['schedule']} steps from the "
+                     f"{sampler['init']}, {sampler['leapfrog']} leapfrog steps, K = chains per datapoint; mean "
+                     f"acceptance {sampler.get('mean_acceptance_rate', float('nan')):.2f}")
         return f"{head}\n{text}\n{self.diagnostics_text()}\n"
 
     def diagnostics_text(self) -> str:

@@ -46,3 +46,21 @@ def write_estimate_outputs(result, paths: Dict[str, Optional[str]], *, text: str
                     np.save(fh, result.log_weights.numpy())
             else:
                 torch.save(result.log_weights, tmp)
+
+
+def write_bdmc(report, out, *, overwrite: bool = False) -> Path:
+    """Write :func:`evalkit.bdmc`'s tables (CSV, full precision) and figure (PNG, SVG) to directory ``out``.
+
+    A new directory appears whole or not at all (:func:`evalkit.atomic.atomic_directory`).
+    """
+    from ..atomic import atomic_directory
+    from .plots import plot_bdmc, save_figure
+
+    tables = {"bdmc.csv": report.bounds.summary, "bdmc_per_datapoint.csv": report.bounds.per_datapoint,
+              "importance.csv": report.importance}
+    with atomic_directory(out) as directory:
+        for name, frame in tables.items():
+            atomic_write_text(Path(directory) / name, frame.to_csv(index=False, float_format="%.17g"),
+                              overwrite=overwrite)
+        save_figure(plot_bdmc(report), Path(directory) / "bdmc", formats=("png", "svg"), overwrite=overwrite)
+    return Path(out)

@@ -24,7 +24,7 @@ DPI = 120
 _SLOPE_STYLES = {1: ":", 2: "-.", 3: (0, (4, 1, 1, 1, 1, 1))}
 
 
-__all__ = ["FIGURE_FORMATS", "check_formats", "figure_png_bytes", "plot_bias", "plot_estimates", "plot_khat",
+__all__ = ["FIGURE_FORMATS", "check_formats", "figure_png_bytes", "plot_bdmc", "plot_bias", "plot_estimates", "plot_khat",
            "plot_variance", "save_figure", "sweep_figures"]
 
 def plot_estimates(result, ax=None):
@@ -361,3 +361,29 @@ def _mark_clipped(ax, k, value, se, color) -> None:
     if clipped.any():
         ax.plot(k[clipped], value[clipped] / 2.5, linestyle="none", marker="v", ms=4, color=color, alpha=0.7,
                 clip_on=True)
+
+
+def plot_bdmc(report, ax=None):
+    """BDMC bounds against AIS steps, with IWAE/JVI on the same simulated data against K.
+
+    ``report`` is :func:`evalkit.bdmc`'s result. Lower (forward AIS) and upper (reverse AIS)
+    bounds with 2-SE bars; the true log p(x) of the simulated data lies between them, and where
+    IWAE-K sits below the lower bound it is at least that far from it.
+    """
+    fig, ax = _axes(ax)
+    summary = report.bounds.summary
+    steps = summary["steps"].to_numpy()
+    for column, label, color in (("lower", "AIS lower bound (forward)", "C0"), ("upper", "AIS upper bound (reverse)", "C3")):
+        ax.errorbar(steps, summary[column], yerr=2 * summary[f"{column}_se"], marker="o", color=color, label=label,
+                    capsize=3)
+    if "exact" in summary:
+        ax.axhline(float(summary["exact"].iloc[0]), color="black", linestyle=":", label="exact log p(x)")
+    for i, (name, rows) in enumerate(report.importance.groupby("estimator", sort=False)):
+        ax.plot(rows["k"], rows["estimate"], marker="s", linestyle="--", color=f"C{i + 1}",
+                label=f"{_pretty(name)} (x axis: K)")
+    ax.set_xscale("log")
+    ax.set_xlabel("AIS steps T  /  importance samples K")
+    ax.set_ylabel("mean log p(x) of the simulated data (nats)")
+    ax.set_title("Bidirectional Monte Carlo")
+    _legend(ax, fontsize=8)
+    return fig
