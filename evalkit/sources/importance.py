@@ -126,5 +126,11 @@ class TorchrunSource(_WholeMatrixSource):
         self.is_main = distributed.rank() == 0
 
     def _compute(self) -> Optional[torch.Tensor]:
-        return distributed.log_weights(self.model, self.data, self.k, seed=self.seed, sampler=self.sampler,
-                                       **self.engine_options)
+        log_w = distributed.log_weights(self.model, self.data, self.k, seed=self.seed, sampler=self.sampler,
+                                        **self.engine_options)
+        if self.sampler is not None:  # its per-datapoint acceptance rates: rank 0 reports them all
+            rates = self.sampler.acceptance_rates
+            local = torch.cat(rates) if rates else torch.empty(0, dtype=torch.float64)
+            gathered = distributed.gather_rows(local.to(torch.float64), self.n, distributed.init())
+            self.sampler.acceptance_rates = [] if gathered is None else [gathered]
+        return log_w
