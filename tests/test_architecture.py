@@ -18,8 +18,9 @@ ALLOWED = {  # package -> the evalkit packages (besides the foundation) it may i
     "analysis": {"data", "estimators", "models", "sampling", "sources"},
     "output": {"analysis", "estimators"},
 }
-# The one reach upwards: SweepResult.figures/save/report import evalkit.output when called.
-UPWARD_ON_CALL = {("analysis.sweep_result", "output")}
+# The one reach upwards: the results' convenience writers (EstimateResult.save, SweepResult.figures/
+# save/report) import evalkit.output when called.
+UPWARD_ON_CALL = {("analysis.sweep_result", "output"), ("analysis.estimate_result", "output")}
 
 
 def _modules():

@@ -10,5 +10,5 @@
 Every consumer takes a :class:`~evalkit.sources.LogWeightSource` and never asks where the
 log-weights came from. May import :mod:`evalkit.sources`, :mod:`evalkit.sampling`,
 :mod:`evalkit.estimators`, :mod:`evalkit.models`, :mod:`evalkit.data` and the foundation
-modules; :mod:`evalkit.output` only on call, from the result's ``figures``/``save``/``report``.
+modules; :mod:`evalkit.output` only on call, from the results' ``save`` / ``figures`` / ``report``.
 """

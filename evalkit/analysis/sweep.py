@@ -8,16 +8,15 @@ estimator at every k on the ``floor(K_max / k)`` disjoint groups of k columns
 (:mod:`evalkit.analysis.diagnostics`), so the whole sweep costs about one model pass at ``K_max``.
 
 Two passes: per block of datapoints, the per-datapoint moments of every (estimator, k) cell
-(:func:`_block_statistics`); then, over the whole dataset, the table, fits and slopes
-(:func:`_estimator_rows`). Neither needs the whole ``[N, K_max]`` pool at once.
+(:mod:`evalkit.analysis.pool_statistics`); then, over the whole dataset, the table, fits and
+slopes (:func:`_estimator_rows`). Neither needs the whole ``[N, K_max]`` pool at once.
 """
 from __future__ import annotations
 
 import os
-import re
 import time
 import warnings
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
@@ -26,9 +25,9 @@ import torch
 from . import diagnostics as dg
 from ..errors import InputError, WeightWarning, user_stacklevel
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
-from ..sampling.engine import _progress_bar
 from ..sources import ImportanceSamplingSource, LogWeightSource, MatrixSource, load_log_weights, open_source  # noqa: F401
-from .reference import Reference, bias_order, pool_best, resolve_reference, user_reference  # noqa: F401
+from .reference import Reference, bias_order, resolve_reference, user_reference  # noqa: F401 (bias_order re-exported)
+from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
 from .tables import jsonable
 
@@ -225,7 +224,7 @@ def sweep_source(
     seconds_matrix = time.perf_counter() - t0
     blocks = MatrixSource(log_w).blocks(rows) if log_w is not None else source.blocks(rows)
     t_stats = time.perf_counter()
-    pool = _first_pass(blocks, source, cells, chosen, max_elements, threads, progress)
+    pool = first_pass(blocks, source, cells, chosen, max_elements, threads, progress)
     pool = pool._replace(seconds_source=pool.seconds_source + seconds_matrix, log_weights=log_w)
     ref = resolve_reference(reference, source, k_max, (pool.best_name, pool.best))
     rows, long_parts, fit_rows = [], [], []
@@ -297,101 +296,7 @@ def _cells(chosen: Sequence[Any], ks: Sequence[int]) -> tuple:
     return notes, cells
 
 
-class _BlockStatistics(NamedTuple):
-    """Per-datapoint results of one block of rows: ``{(name, k): (mean, var, groups)}``, the pool's
-    best estimate at K_max, ESS/K, k-hat and the weight-moment ratios (each of shape (rows,))."""
-
-    moments: Dict[tuple, tuple]
-    best_name: str
-    best: np.ndarray
-    ess_fraction: np.ndarray
-    khat: np.ndarray
-    r2: np.ndarray
-    r3: np.ndarray
-
-
-#: Default upper bound on the threads of a sweep's statistical half.
-_STAT_THREADS = 8
-
-
-class _PoolStatistics(NamedTuple):
-    """The first pass over the whole pool: per-datapoint results of every block, in row order.
-
-    ``moments[(name, k)] = (mean, var, groups)`` over the groups of k columns; ``best`` the least
-    biased estimate at K_max (``best_name``); the weight diagnostics and moment ratios; the
-    recorded warnings; seconds spent waiting for the source; the whole pool where it was kept.
-    """
-
-    moments: Dict[tuple, tuple]
-    best_name: str
-    best: np.ndarray
-    weights: dg.WeightDiagnostics
-    r2: np.ndarray
-    r3: np.ndarray
-    cell_warnings: list
-    pool_warnings: list
-    seconds_source: float
-    log_weights: Optional[torch.Tensor]
-
-
-def _first_pass(blocks, source: LogWeightSource, cells: list, chosen: Sequence[Any], max_elements: int,
-                threads: Optional[int], progress: Optional[bool]) -> _PoolStatistics:
-    """Run :func:`_block_statistics` on every block of the source and join the results.
-
-    Only per-datapoint results outlive a block, so memory does not grow with
-    N x K_max. The estimators' warnings are recorded here (in this thread; worker threads only add
-    to the list) and issued by :func:`_issue_warnings`.
-    """
-    k_max = source.k
-    bar = _progress_bar(progress, source.n * sum((k_max // k) * k for _, k in cells), desc="statistics")
-    parts: List[_BlockStatistics] = []
-    cell_warnings: list = []
-    pool_warnings: list = []
-    seconds_source = 0.0
-    with bar:
-        while True:
-            t0 = time.perf_counter()
-            try:
-                start, block = next(blocks)
-            except StopIteration:
-                break
-            seconds_source += time.perf_counter() - t0
-            part, caught_cells, caught_pool = _block_statistics(block, cells, chosen, k_max, max_elements,
-                                                                threads, bar)
-            parts.append(part)
-            cell_warnings += caught_cells
-            pool_warnings += [(start, record) for record in caught_pool]
-            del block
-    moments = {key: (np.concatenate([p.moments[key][0] for p in parts]),
-                     np.concatenate([p.moments[key][1] for p in parts]), groups)
-               for key, (_, _, groups) in parts[0].moments.items()}
-    weights = dg.summarize_weights(np.concatenate([p.ess_fraction for p in parts]),
-                                   np.concatenate([p.khat for p in parts]), k_max, index=source.index)
-    return _PoolStatistics(moments, parts[0].best_name, np.concatenate([p.best for p in parts]), weights,
-                           np.concatenate([p.r2 for p in parts]), np.concatenate([p.r3 for p in parts]),
-                           cell_warnings, pool_warnings, seconds_source, None)
-
-
-def _block_statistics(block: torch.Tensor, cells: list, chosen: Sequence[Any], k_max: int, max_elements: int,
-                      threads: Optional[int], bar: Any) -> tuple:
-    """``(statistics, cell warnings, pool warnings)`` of one ``[rows, K_max]`` block."""
-    # The estimators name rows of the chunk of groups they were given, which means nothing to
-    # the caller: their warnings are returned and issued once each, without those positions.
-    with warnings.catch_warnings(record=True) as cell_warnings:
-        warnings.simplefilter("always")
-        moments = _cell_moments(block, cells, max_elements, threads, bar)
-        # The least biased estimate at K_max (a cell already when K_max is among the ks):
-        # the reference when there is no other, and the anchor of the paired gap column.
-        best_name, best = pool_best(chosen, k_max, block, moments, max_elements)
-    with warnings.catch_warnings(record=True) as pool_warnings:
-        warnings.simplefilter("always")
-        weights = dg.weight_diagnostics(block)
-        r2, r3 = dg.moment_ratios(block)
-    return (_BlockStatistics(moments, best_name, best, weights.ess_fraction, weights.khat, r2, r3),
-            cell_warnings, pool_warnings)
-
-
-def _estimator_rows(est: Any, ks: Sequence[int], pool: _PoolStatistics, ref: Reference,
+def _estimator_rows(est: Any, ks: Sequence[int], pool: PoolStatistics, ref: Reference,
                     source: LogWeightSource, fit_min_k: int) -> tuple:
     """The second pass for one estimator: ``(table rows, per-datapoint frames, fit row)``."""
     rows: List[Dict[str, Any]] = []
@@ -429,78 +334,17 @@ def _estimator_rows(est: Any, ks: Sequence[int], pool: _PoolStatistics, ref: Ref
     return rows, long_parts, fit_row
 
 
-def _issue_warnings(pool: _PoolStatistics) -> List[str]:
+def _issue_warnings(pool: PoolStatistics) -> List[str]:
     """Issue the pass's warnings once each (pool-wide ones naming datapoints); return their texts."""
     reissue_warnings(pool.pool_warnings)
     issued: List[str] = []
-    for category, text in _without_positions(pool.cell_warnings):
+    for category, text in without_positions(pool.cell_warnings):
         issued.append(text)
         warnings.warn(text, category, stacklevel=user_stacklevel())
     if pool.weights.warning:
         issued.append(pool.weights.warning)
         warnings.warn(pool.weights.warning, WeightWarning, stacklevel=user_stacklevel())
     return issued
-
-
-#: Default upper bound on the threads of a sweep's statistical half.
-_STAT_THREADS = 8
-
-
-def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: Optional[int],
-                  bar: Any) -> Dict[tuple, tuple]:
-    """``{(name, k): (mean, var, groups)}`` for every (estimator, k) cell, on ``threads`` threads.
-
-    The cells are independent and numpy releases the GIL inside its loops, so on a CPU with
-    spare cores they run side by side (default: torch's thread count, like the engine); each
-    cell is computed by one thread alone, so the numbers do not depend on the thread count.
-    Small k first: there the estimators see the most rows and cost the most. ``bar`` (a tqdm
-    bar) counts the log-weights evaluated.
-    """
-    import threading
-
-    n = log_w.shape[0]
-    lock = threading.Lock()  # tqdm's update is not safe from several threads at once
-
-    def run(cell):
-        est, k = cell
-        values = dg.evaluate_groups(log_w, k, est.fn, max_elements=max_elements)
-        with lock:
-            bar.update(n * values.shape[1] * k)
-        return dg.group_moments(values) + (values.shape[1],)
-
-    order = sorted(cells, key=lambda cell: cell[1])
-    # Each thread holds up to max_elements log-weights and the estimators' temporaries over them
-    # (a few hundred MB at the default), so a many-core machine gets at most _STAT_THREADS.
-    workers = max(1, min(int(threads or min(torch.get_num_threads(), _STAT_THREADS)), len(order)))
-    if workers == 1:
-        results = [run(cell) for cell in order]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep") as pool:
-            results = list(pool.map(run, order))
-    return {(est.name, k): result for (est, k), result in zip(order, results)}
-
-
-# How evalkit's estimators name rows in a warning (arraykind.format_positions).
-
-
-# How evalkit's estimators name rows in a warning (arraykind.format_positions).
-_POSITIONS = re.compile(r" in (?:rows \([\d, ]*\)(?:, \([\d, ]*\))*(?: and \d+ more)?|the only row)")
-
-
-def _without_positions(records) -> List[tuple]:
-    """``(category, text)`` of each distinct warning, its row positions replaced by "in some groups".
-
-    The positions refer to a chunk of groups of one (estimator, k) cell; the table's notes name
-    the datapoints whose estimates are not finite.
-    """
-    distinct: Dict[tuple, None] = {}
-    for record in records:
-        text = _POSITIONS.sub(" in some groups of k samples (the table notes name the datapoints whose "
-                              "estimate is affected)", str(record.message), count=1)
-        distinct.setdefault((record.category, "sweep statistics: " + text), None)
-    return list(distinct)
 
 
 def _check_ks(ks: Sequence[int]) -> List[int]:
