@@ -349,12 +349,13 @@ def test_bad_input(case: Case, files: Path, monkeypatch):
 
 def test_overwrite_replaces_an_existing_output(files: Path, monkeypatch):
     monkeypatch.chdir(files)
-    (files / "replace_me.txt").write_text("old\n")
-    result = CliRunner().invoke(main, est("good.pt", "--data", "binary.npy", "-k", "4", "-q", "-o", "replace_me.txt",
+    (files / "replace_me.csv").write_text("old\n")
+    result = CliRunner().invoke(main, est("good.pt", "--data", "binary.npy", "-k", "4", "-q", "-o", "replace_me.csv",
                                           "--overwrite", "--format", "csv"))
     assert result.exit_code == 0, result.output
-    assert (files / "replace_me.txt").read_text().startswith("estimator,k,estimate,se_data,se_mc,n\n")
-    (files / "replace_me.txt").unlink()
+    # The summary's columns, then the weight diagnostics (README, "Weight warnings").
+    assert (files / "replace_me.csv").read_text().startswith("estimator,k,estimate,se_data,se_mc,n,mean_ess_fraction")
+    (files / "replace_me.csv").unlink()
 
 
 def _table_ids() -> List[str]:

@@ -163,7 +163,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(cli_run):
     out, err = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, err
     assert f"resuming from cache cache_killed: {len(done)} of {total} shards already computed" in err
-    assert "warning" not in err
+    assert _warnings_besides_the_weights(err) == []
     assert len(_shards(cache)) == total and not list(cache.glob(".*.tmp"))
 
     full = d / "log_w_full.npy"
@@ -195,7 +195,7 @@ def test_truncated_shard_is_detected_and_recomputed_by_the_cli(cli_run, tmp_path
     assert proc.returncode == 0, err
     assert (f"warning: cache shard {str(victim)!r} is damaged (its checksum does not match (truncated or "
             "corrupted)); recomputing it") in err.splitlines()
-    assert err.count("warning:") == 1
+    assert len(_warnings_besides_the_weights(err)) == 1
     assert (tmp_path / "log_w.npy").read_bytes() == (d / "log_w_full.npy").read_bytes()
     assert victim.read_bytes() == (d / "cache_full" / "shard-16-24.npy").read_bytes()
 
@@ -211,3 +211,9 @@ def test_cli_refuses_a_cache_from_another_seed(cli_run, tmp_path):
     assert err == ("Error: cache directory 'cache_full' was made for a different seed (cached seed=3; now seed=4); "
                    "use another --cache directory or delete it\n")
     assert not (d / "summary_other.json").exists()
+
+
+def _warnings_besides_the_weights(err: str) -> list:
+    """stderr's warning lines other than the PSIS k-hat one, which this untrained model earns
+    (README, "Weight warnings") and which says nothing about the cache."""
+    return [line for line in err.splitlines() if "warning" in line.lower() and "k-hat" not in line]
