@@ -11,6 +11,7 @@ from .common import (FORMATS, ais_settings, cache_kwargs, cache_options, command
                      engine_kwargs, engine_options, input_kwargs, method_kwargs, method_options, model_options,
                      run_options)
 from .main import main
+from .units import units_kwargs, units_options
 
 
 def _positive_k(ctx, param, value):
@@ -36,6 +37,7 @@ def _log_weights_suffix(ctx, param, value):
 @method_options
 @engine_options
 @cache_options
+@units_options
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="How to write the summary (default: from the extension of --output: .json .csv .md .tex "
                    ".txt; else table). Must agree with that extension.")
@@ -59,6 +61,8 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     Example:
 
         evalkit estimate examples/digits_iwae.pt --data digits --binarize bernoulli -k 1000
+
+    Image models: --units bpd prints bits per dimension (JSON always has both units).
 
     With --cache DIR a long run can be killed and re-run: it continues where it stopped.
 
@@ -115,6 +119,7 @@ def _estimate(checkpoint, k, estimators, save_log_weights, params):
             **engine_kwargs(params),
             **cache_kwargs(params),
             **method_kwargs(params),
+            **units_kwargs(params),
         )
     finally:
         distributed.finish()

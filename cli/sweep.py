@@ -17,6 +17,7 @@ from .common import (ais_settings, cache_kwargs, cache_options, command_errors, 
                      engine_options, input_kwargs, method_kwargs, method_options, model_options, parse_ks,
                      run_options)
 from .main import main
+from .units import units_kwargs, units_options
 
 SWEEP_FORMATS = ("table", "json", "csv", "markdown")
 
@@ -69,6 +70,7 @@ sweep_inputs = _compose(
     method_options,
     engine_options,
     cache_options,
+    units_options,
 )
 
 
@@ -90,7 +92,7 @@ def run_sweep(ctx: click.Context, checkpoint: Optional[str], log_weights: Option
 
         warnings.filterwarnings("ignore", category=WeightWarning)
     common = dict(ks=ks, estimators=estimators or DEFAULT_ESTIMATORS, reference=_reference(reference),
-                  fit_min_k=fit_min_k)
+                  fit_min_k=fit_min_k, **units_kwargs(params))
     if log_weights is not None:
         given = [name for name in MODEL_ONLY
                  if ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)]

@@ -30,6 +30,7 @@ from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sources import LogWeightSource, MatrixSource, open_source
 from ..sources.inputs import DataLike, ModelLike
 from .diagnostics import summarize_weights, weight_diagnostics
+from .in_units import check_units, resolve_dims, units_note
 from .estimate_result import JSON_SCHEMA_VERSION, EstimateResult  # noqa: F401 (re-exported)
 from .tables import jsonable
 
@@ -56,6 +57,8 @@ def estimate(
     cache: Optional[Any] = None,
     cache_shard_size: Optional[int] = None,
     block_size: Optional[int] = None,
+    units: str = "nats",
+    dims: Optional[int] = None,
     **engine_options: Any,
 ) -> Optional[EstimateResult]:
     """Estimate mean log p(x) over ``data`` with K importance samples per datapoint.
@@ -104,6 +107,13 @@ def estimate(
         :data:`STATISTICS_BUDGET`). The result does not depend on it, bit for bit. Where the
         whole matrix is computed anyway (``keep_log_weights``, ``cache``, torchrun), the
         statistics still run over row blocks of it.
+    units : {"nats", "bpd"}
+        The unit of the result's tables (:meth:`EstimateResult.table_in`): nats per datapoint,
+        or bits per dimension ``bpd = -log p(x) / (D ln 2)``. The JSON carries both whatever
+        the choice (``estimate_bpd``, ``se_data_bpd``, ``se_mc_bpd`` beside the nats fields).
+    dims : int, optional
+        D, the data dimensions of one datapoint. A model's ``data_dim`` by default; needed for
+        bits per dimension of a log-weight source without one (a matrix).
     **engine_options
         Passed to :func:`evalkit.log_weights` (``batch_size``, ``k_chunk``, ``memory_budget``,
         ``device``, ``dtype``, ``progress``, ...). ``memory_budget`` is the engine's working
@@ -133,11 +143,13 @@ def estimate(
     k = int(k)
     _check_estimators(estimators, k)
     check_block_size(block_size)
+    check_units(units, 1)  # a bad name fails before the run; a missing D once the source is known
     started = time.perf_counter()
     source = open_source(model, data=data, k=k, seed=seed, factory=factory, prefix=prefix,
                          allow_pickle=allow_pickle, split=split, binarize=binarize, quantity=quantity, target=target, method=method, ais=ais, cache=cache,
                          cache_shard_size=cache_shard_size, engine_options=engine_options)
-    result = estimate_source(source, estimators, keep_log_weights=keep_log_weights, block_size=block_size)
+    result = estimate_source(source, estimators, keep_log_weights=keep_log_weights, block_size=block_size,
+                             units=units, dims=dims)
     if result is not None:
         result.metadata["elapsed_seconds"] = round(time.perf_counter() - started, 3)
     return result
@@ -149,6 +161,8 @@ def estimate_from_log_weights(
     *,
     keep_log_weights: bool = False,
     block_size: Optional[int] = None,
+    units: str = "nats",
+    dims: Optional[int] = None,
 ) -> EstimateResult:
     """Build an :class:`EstimateResult` from a precomputed ``[N, K]`` log-weight matrix.
 
@@ -156,7 +170,8 @@ def estimate_from_log_weights(
     metadata is ``None``. The statistics run over blocks of ``block_size`` rows (default
     :func:`~evalkit.sampling.blocks.block_rows`), so their temporaries stay within
     :data:`~evalkit.sampling.blocks.STATISTICS_BUDGET` whatever N; the result does not depend on
-    the block size, bit for bit.
+    the block size, bit for bit. ``units`` and ``dims`` are :func:`estimate`'s (a matrix has no
+    D of its own: bits per dimension need ``dims``).
     """
     log_w = torch.as_tensor(log_w)
     if log_w.ndim != 2 or log_w.shape[1] == 0 or log_w.shape[0] == 0:
@@ -170,7 +185,7 @@ def estimate_from_log_weights(
     # NaN / +inf are refused here, naming rows of the whole matrix (a block would name its own rows).
     as_rows(log_w)
     return estimate_source(MatrixSource(log_w, data_label="log-weights"), estimators,
-                           keep_log_weights=keep_log_weights, block_size=block_size)
+                           keep_log_weights=keep_log_weights, block_size=block_size, units=units, dims=dims)
 
 
 def estimate_source(
@@ -179,6 +194,8 @@ def estimate_source(
     *,
     keep_log_weights: bool = False,
     block_size: Optional[int] = None,
+    units: str = "nats",
+    dims: Optional[int] = None,
 ) -> Optional[EstimateResult]:
     """Estimates from any :class:`~evalkit.sources.LogWeightSource`, one block of rows at a time.
 
@@ -192,6 +209,8 @@ def estimate_source(
         Keep the whole ``[N, K]`` matrix on the result (produced at once, then reduced by blocks).
     block_size : int, optional
         Rows per block (default :func:`~evalkit.sampling.blocks.block_rows`); no effect on the numbers.
+    units, dims
+        As in :func:`estimate`; ``dims`` defaults to ``source.dims``.
 
     Returns
     -------
@@ -199,6 +218,8 @@ def estimate_source(
     """
     chosen = _check_estimators(estimators, source.k)
     check_block_size(block_size)
+    dims = resolve_dims(source.dims, dims)
+    check_units(units, dims)
     rows = int(block_size) if block_size else block_rows(source.n, source.k)
     log_w = source.matrix() if keep_log_weights else None  # the whole matrix, when it is itself wanted
     if not source.is_main:
@@ -207,7 +228,9 @@ def estimate_source(
         return None
     blocks = MatrixSource(log_w).blocks(rows) if log_w is not None else source.blocks(rows)
     stats = _stream_statistics(blocks, chosen, source.shared_columns)
-    return _result(stats, chosen, source, log_w)
+    result = _result(stats, chosen, source, log_w, dims)
+    result.units = units
+    return result
 
 
 @dataclass
@@ -281,6 +304,7 @@ def _result(
     chosen: Sequence[Any],
     source: LogWeightSource,
     log_w: Optional[torch.Tensor] = None,
+    dims: Optional[int] = None,
 ) -> EstimateResult:
     """Assemble the :class:`EstimateResult` from the per-datapoint statistics of all the source's rows."""
     n, k = source.n, source.k
@@ -317,6 +341,8 @@ def _result(
         "seed": source.seed,
         "model": source.model_label,
         "data": source.data_label,
+        "dims": dims,
+        "units": units_note(dims),
         "evalkit_version": _version(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

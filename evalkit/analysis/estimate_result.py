@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from ..estimators.psis import MIN_TAIL_LENGTH
+from .in_units import SUMMARY_COLUMNS, bpd_fields, check_units, convert_frame
 from .tables import jsonable, render
 
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
@@ -50,6 +51,10 @@ class EstimateResult:
         k, seed, N, what the model and data were, versions, elapsed seconds.
     log_weights : Tensor or None
         The ``[N, K]`` float64 log-weights, when asked for with ``keep_log_weights=True``.
+    units : {"nats", "bpd"}
+        The unit of the terminal, Markdown and LaTeX tables (:meth:`table_in`). ``summary`` and
+        the JSON's ``estimate``/``se_*`` fields are always nats; the JSON adds their bits per
+        dimension (``*_bpd``) beside them, with D in ``metadata["dims"]``.
     """
 
     summary: pd.DataFrame
@@ -57,16 +62,26 @@ class EstimateResult:
     diagnostics: Dict[str, Any]
     metadata: Dict[str, Any]
     log_weights: Optional[torch.Tensor] = field(default=None, repr=False)
+    units: str = "nats"
+
+    def table_in(self, units: Optional[str] = None) -> pd.DataFrame:
+        """The summary in ``units`` (default :attr:`units`): nats, or bits per dimension.
+
+        In ``"bpd"`` the ``estimate`` column is ``-estimate / (D ln 2)`` and ``se_data``,
+        ``se_mc`` are divided by ``D ln 2`` (:mod:`evalkit.analysis.in_units`).
+        """
+        units = check_units(self.units if units is None else units, self.metadata.get("dims"))
+        if units == "nats":
+            return self.summary.copy()
+        return convert_frame(self.summary, self.metadata["dims"], **SUMMARY_COLUMNS)
 
     def to_dict(self, *, per_example: bool = False) -> Dict[str, Any]:
         """The JSON document as a dict (schema in the README, "JSON output")."""
         doc: Dict[str, Any] = {
             "schema_version": JSON_SCHEMA_VERSION,
             "metadata": self.metadata,
-            "estimates": [
-                {key: jsonable(value) for key, value in row.items()}
-                for row in self.summary.to_dict(orient="records")
-            ],
+            "estimates": [_with_bpd({key: jsonable(value) for key, value in row.items()}, self.metadata.get("dims"))
+                          for row in self.summary.to_dict(orient="records")],
             "diagnostics": {key: jsonable(value) for key, value in self.diagnostics.items()},
         }
         if per_example:
@@ -106,27 +121,26 @@ class EstimateResult:
 
     def to_markdown(self) -> str:
         """The summary table as a Markdown (GitHub) table."""
-        return _display_frame(self.summary).to_markdown(index=False) + "\n"
+        return _display_frame(self.table_in(), self.units).to_markdown(index=False) + "\n"
 
     def to_latex(self) -> str:
         """The summary table as a LaTeX ``tabular`` (booktabs style)."""
-        frame = _display_frame(self.summary)
+        frame = _display_frame(self.table_in(), self.units)
+        quantity = r"$\log p(x)$" if self.units == "nats" else r"bits/dim"
         lines = [
             r"\begin{tabular}{lrrrr}",
             r"\toprule",
-            r"Estimator & $K$ & $\log p(x)$ & SE (data) & SE (MC) \\",
+            f"Estimator & $K$ & {quantity} & SE (data) & SE (MC) \\\\",
             r"\midrule",
         ]
         for row in frame.itertuples(index=False):
-            lines.append(
-                f"{_latex_escape(row.estimator)} & {row.k} & {row.estimate} & {row.se_data} & {row.se_mc} \\\\"
-            )
+            lines.append(f"{_latex_escape(row.estimator)} & {row.k} & {row[2]} & {row.se_data} & {row.se_mc} \\\\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         return "\n".join(lines) + "\n"
 
     def to_table(self) -> str:
         """A plain-text table for the terminal, followed by the weight diagnostics."""
-        frame = _display_frame(self.summary)
+        frame = _display_frame(self.table_in(), self.units)
         text = frame.to_string(index=False)
         meta = self.metadata
         head = (
@@ -137,6 +151,8 @@ class EstimateResult:
             head += (f"\nannealed importance sampling: {sampler['steps']} {sampler['schedule']} steps from the "
                      f"{sampler['init']}, {sampler['leapfrog']} leapfrog steps, K = chains per datapoint; mean "
                      f"acceptance {sampler.get('mean_acceptance_rate', float('nan')):.2f}")
+        if self.units == "bpd":
+            head += f"\nin bits per dimension: bpd = -log p(x) / (D ln 2), D = {meta['dims']}"
         return f"{head}\n{text}\n{self.diagnostics_text()}\n"
 
     def diagnostics_text(self) -> str:
@@ -206,15 +222,22 @@ class EstimateResult:
     def _repr_html_(self) -> str:
         # Jupyter shows the summary table and the diagnostics line.
         diag = self.diagnostics_text().replace("\n", "<br>")
-        return _display_frame(self.summary).to_html(index=False) + f"<p>{diag}</p>"
+        return _display_frame(self.table_in(), self.units).to_html(index=False) + f"<p>{diag}</p>"
 
 
-def _display_frame(summary: pd.DataFrame) -> pd.DataFrame:
+def _with_bpd(row: Dict[str, Any], dims: Optional[int]) -> Dict[str, Any]:
+    """A JSON estimate row with ``estimate_bpd``, ``se_data_bpd``, ``se_mc_bpd`` (null without D)."""
+    return {**row, **bpd_fields(row, dims, **SUMMARY_COLUMNS)}
+
+
+def _display_frame(summary: pd.DataFrame, units: str = "nats") -> pd.DataFrame:
+    """Rounded strings; in bits per dimension the estimate column is named ``bpd``."""
     frame = summary.copy()
     frame["estimate"] = frame["estimate"].map(lambda v: f"{v:.4f}")
     for column in ("se_data", "se_mc"):
         frame[column] = frame[column].map(lambda v: "n/a" if not math.isfinite(v) else f"{v:.4f}")
-    return frame.drop(columns=["n"])
+    frame = frame.drop(columns=["n"])
+    return frame.rename(columns={"estimate": "bpd"}) if units == "bpd" else frame
 
 
 def _latex_escape(text: str) -> str:

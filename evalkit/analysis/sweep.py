@@ -29,6 +29,7 @@ from ..sources import ImportanceSamplingSource, LogWeightSource, MatrixSource, l
 from .reference import Reference, bias_order, resolve_reference, user_reference  # noqa: F401 (bias_order re-exported)
 from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
+from .in_units import check_units, resolve_dims, units_note
 from .tables import jsonable
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
@@ -67,6 +68,8 @@ def sweep(
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
     block_size: Optional[int] = None,
+    units: str = "nats",
+    dims: Optional[int] = None,
     **engine_options: Any,
 ) -> Optional[SweepResult]:
     """Measure bias, variance and RMSE of estimators over K from one pool of samples.
@@ -135,6 +138,13 @@ def sweep(
         :func:`evalkit.sampling.blocks.block_rows` for ``K_max``: within about 128 MiB). Without
         ``keep_log_weights``, ``cache`` or torchrun the ``[N, K_max]`` pool is never held
         whole. No effect on the numbers, bit for bit.
+    units : {"nats", "bpd"}
+        The unit of the tables, figures and report (:meth:`SweepResult.shown`): nats per
+        datapoint, or bits per dimension ``-log p(x) / (D ln 2)``. ``table`` and the CSV stay in
+        nats (with ``units="bpd"`` the CSV adds ``*_bpd`` columns); the JSON carries both.
+    dims : int, optional
+        D, the data dimensions; a model's ``data_dim`` by default, needed for bits per
+        dimension of a matrix.
     **engine_options
         Passed to :func:`evalkit.log_weights`: ``batch_size``, ``k_chunk``, ``memory_budget``,
         ``device``, ``dtype``, ``compile``, ``tf32``. Not allowed with a matrix.
@@ -166,6 +176,7 @@ def sweep(
     _check_estimators(estimators)
     fit_min_k = dg._positive_int(fit_min_k, "fit_min_k")
     check_block_size(block_size)
+    check_units(units, 1)  # a bad name fails before the run; a missing D once the source is known
     if not isinstance(model_or_log_weights, (torch.Tensor, np.ndarray, LogWeightSource)):
         # For a model, threads and progress apply to its engine pass too.
         engine_options["progress"] = progress
@@ -176,6 +187,7 @@ def sweep(
                          binarize=binarize, indices=indices, cache=cache, cache_shard_size=cache_shard_size,
                          engine_options=engine_options, quantity=quantity, target=target,
                          method=method, ais=ais)
+    check_units(units, resolve_dims(source.dims, dims))  # before the long model pass
     if ks_given is not None and ks_given[-1] > source.k:
         raise InputError(f"k = {ks_given[-1]} exceeds the {source.k} log-weights per datapoint; use ks up to {source.k}")
     if reference is not None and source.has_exact_log_marginal:
@@ -185,7 +197,7 @@ def sweep(
     user_ref = user_reference(reference, source.n)  # checked before the long model pass
     return sweep_source(source, ks_given, estimators, user_ref, fit_min_k=fit_min_k,
                         keep_log_weights=keep_log_weights, max_elements=max_elements, threads=threads,
-                        progress=progress, block_size=block_size, started=started)
+                        progress=progress, block_size=block_size, started=started, units=units, dims=dims)
 
 
 def sweep_source(
@@ -201,6 +213,8 @@ def sweep_source(
     progress: Optional[bool] = None,
     block_size: Optional[int] = None,
     started: Optional[float] = None,
+    units: str = "nats",
+    dims: Optional[int] = None,
 ) -> Optional[SweepResult]:
     """The sweep of :func:`sweep` over any :class:`~evalkit.sources.LogWeightSource`.
 
@@ -211,6 +225,8 @@ def sweep_source(
     """
     started = time.perf_counter() if started is None else started
     chosen = _check_estimators(estimators)
+    dims = resolve_dims(source.dims, dims)
+    check_units(units, dims)
     k_max = source.k
     ks_used = _check_ks(ks) if ks is not None else dg.ladder(k_max)
     notes, cells = _cells(chosen, ks_used)
@@ -249,6 +265,8 @@ def sweep_source(
         "seed": source.seed,
         "model": source.model_label,
         "data": source.data_label,
+        "dims": dims,
+        "units": units_note(dims),
         "fit_min_k": fit_min_k,
         **({"sampler": jsonable(source.details)} if source.details else {}),
         "versions": versions(),
@@ -267,6 +285,7 @@ def sweep_source(
         notes=notes,
         warnings=issued,
         log_weights=pool.log_weights,
+        units=units,
     )
 
 

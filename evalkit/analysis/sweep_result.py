@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
@@ -18,7 +18,11 @@ import pandas as pd
 import torch
 
 from . import diagnostics as dg
+from .in_units import FIT_COLUMNS as FIT_UNITS
+from .in_units import (PER_DATAPOINT_COLUMNS, SWEEP_TABLE_COLUMNS, THEORY_COLUMNS, UNIT_LABELS, bpd_fields,
+                       check_units, convert_frame)
 from .reference import Reference
+from ..units import bits_per_dim
 from .tables import jsonable, num, pm, records, render, sig2, slope_text
 
 #: Version of the JSON document written by :meth:`SweepResult.to_json`.
@@ -28,6 +32,8 @@ TABLE_COLUMNS = [
     "estimator", "k", "groups", "estimate", "estimate_se", "mc_se", "bias", "bias_se",
     "variance", "variance_se", "rmse", "rmse_se", "gap_to_kmax", "gap_to_kmax_se", "reference", "note",
 ]
+
+_CONVERTED = tuple(c for group in SWEEP_TABLE_COLUMNS.values() for c in group)
 
 FIT_COLUMNS = [
     "estimator", "a", "a_se", "a_minus_reference", "a_minus_reference_se", "b", "c", "k_min", "k_max", "points", "note",
@@ -76,6 +82,10 @@ class SweepResult:
         Warnings (also issued with :mod:`warnings`), e.g. datapoints with k-hat > 0.5.
     log_weights : Tensor or None
         The ``[N, K_max]`` pool when asked for with ``keep_log_weights=True``.
+    units : {"nats", "bpd"}
+        The unit of the terminal and Markdown tables, the figures and the report
+        (:meth:`shown`). The attributes above, the CSV's columns and the JSON's fields are
+        nats; the JSON adds bits per dimension (``*_bpd``), with D in ``metadata["dims"]``.
     """
 
     table: pd.DataFrame
@@ -90,6 +100,38 @@ class SweepResult:
     #: ``theory`` restricted to where the expansion holds (:func:`evalkit.analysis.asymptotics.valid_iwae_theory`).
     theory_valid: Optional[pd.DataFrame] = None
     log_weights: Optional[torch.Tensor] = field(default=None, repr=False)
+    units: str = "nats"
+    #: The unit the tables above hold: "nats", except in the copy that :meth:`shown` returns.
+    numbers_in: str = field(default="nats", repr=False)
+
+    # -- units ----------------------------------------------------------------------------------
+
+    def shown(self, units: Optional[str] = None) -> "SweepResult":
+        """This result with its tables, reference and fits in ``units`` (default :attr:`units`).
+
+        In ``"bpd"`` log-likelihoods, biases and fit coefficients become ``-x / (D ln 2)``,
+        standard errors and RMSEs ``s / (D ln 2)``, variances ``v / (D ln 2)^2``
+        (:mod:`evalkit.analysis.in_units`); the weights and slopes have no unit. For display:
+        save and serialise the result itself.
+        """
+        units = check_units(self.units if units is None else units, self.metadata.get("dims"))
+        if units == self.numbers_in:
+            return self
+        if self.numbers_in != "nats":
+            return self.shown("nats") if units == "nats" else self
+        dims = self.metadata["dims"]
+        ref = replace(self.reference, values=bits_per_dim(self.reference.values, dims))
+        theory_valid = None if self.theory_valid is None else convert_frame(self.theory_valid, dims, **THEORY_COLUMNS)
+        return replace(self, table=convert_frame(self.table, dims, **SWEEP_TABLE_COLUMNS),
+                       theory=convert_frame(self.theory, dims, **THEORY_COLUMNS), theory_valid=theory_valid,
+                       fits=convert_frame(self.fits, dims, **FIT_UNITS), reference=ref,
+                       per_datapoint=convert_frame(self.per_datapoint, dims, **PER_DATAPOINT_COLUMNS),
+                       units=units, numbers_in=units)
+
+    @property
+    def unit_label(self) -> str:
+        """``nats`` or ``bits/dim``: how tables, axes and sentences name :attr:`units`."""
+        return UNIT_LABELS[self.units]
 
     # -- text -----------------------------------------------------------------------------------
 
@@ -99,11 +141,12 @@ class SweepResult:
         return (
             f"sweep over K: {m.get('data', 'log-weights')}, N = {m['n']}, K_max = {m['k_max']}, "
             f"seed = {m.get('seed')}; reference: {self.reference.label}"
-        )
+        ) + (f"; in bits per dimension (D = {m['dims']})" if self.units == "bpd" else "")
 
     def display_table(self) -> pd.DataFrame:
         """The table with ``value ± SE`` strings, rounded to the SE (for Markdown and terminals)."""
-        t = self.table
+        shown = self.shown()
+        t = shown.table
         frame = pd.DataFrame(
             {
                 "estimator": t["estimator"],
@@ -124,11 +167,11 @@ class SweepResult:
 
     def fits_display(self) -> pd.DataFrame:
         """The fits with ``a ± SE`` strings."""
-        f = self.fits
+        f = self.shown().fits
         return pd.DataFrame(
             {
                 "estimator": f["estimator"],
-                "log p(x) extrapolated (a)": [pm(v, s) for v, s in zip(f["a"], f["a_se"])],
+                "log p(x) extrapolated (a)" if self.units == "nats" else "bits/dim extrapolated (a)": [pm(v, s) for v, s in zip(f["a"], f["a_se"])],
                 "a - reference (paired)": [pm(v, s) for v, s in zip(f["a_minus_reference"],
                                                                      f["a_minus_reference_se"])],
                 "b (1/K)": [num(v) for v in f["b"]],
@@ -143,9 +186,10 @@ class SweepResult:
 
     def theory_in_range(self) -> pd.DataFrame:
         """The IWAE theory rows where the expansion holds (computed now for results made without it)."""
-        if self.theory_valid is not None:
-            return self.theory_valid
-        return self.theory.iloc[0:0].assign(datapoints=pd.Series(dtype="int64"))
+        shown = self.shown()
+        if shown.theory_valid is not None:
+            return shown.theory_valid
+        return shown.theory.iloc[0:0].assign(datapoints=pd.Series(dtype="int64"))
 
     def weights_text(self) -> str:
         """One or two lines on whether the importance weights can be trusted."""
@@ -164,7 +208,7 @@ class SweepResult:
         parts = [
             f"**{self.headline()}**",
             "",
-            bias_sentence(self.reference),
+            bias_sentence(self.shown().reference, self.unit_label),
             "",
             self.display_table().to_markdown(index=False),
             "",
@@ -180,26 +224,32 @@ class SweepResult:
 
     def to_table(self) -> str:
         """Plain text for a terminal."""
-        text = [self.headline(), bias_sentence(self.reference), self.display_table().to_string(index=False), "",
+        text = [self.headline(), bias_sentence(self.shown().reference, self.unit_label), self.display_table().to_string(index=False), "",
                 "extrapolation a + b/K + c/K^2:", self.fits_display().to_string(index=False), "",
                 self.weights_text()]
         text += [f"note: {note}" for note in self.notes]
         return "\n".join(text) + "\n"
 
     def to_csv(self) -> str:
-        """The full-precision table as CSV."""
-        return self.table.to_csv(index=False, float_format="%.17g")
+        """The full-precision table as CSV (nats; with ``units="bpd"`` also ``<column>_bpd`` columns)."""
+        if self.units != "bpd":
+            return self.table.to_csv(index=False, float_format="%.17g")
+        bpd = self.shown().table
+        extra = bpd[[c for c in bpd.columns if c in _CONVERTED]].add_suffix("_bpd")
+        return pd.concat([self.table, extra], axis=1).to_csv(index=False, float_format="%.17g")
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON document as a dict (NaN becomes ``None``)."""
+        dims = self.metadata.get("dims")
+        reference = {"kind": self.reference.kind, "label": self.reference.label,
+                     "estimator": self.reference.estimator, "mean": jsonable(self.reference.mean)}
         return {
             "schema_version": JSON_SCHEMA_VERSION,
             "metadata": jsonable(self.metadata),
-            "reference": {"kind": self.reference.kind, "label": self.reference.label,
-                          "estimator": self.reference.estimator, "mean": jsonable(self.reference.mean)},
-            "table": records(self.table),
-            "theory_iwae": records(self.theory),
-            "fits": records(self.fits),
+            "reference": {**reference, **bpd_fields(reference, dims, values=("mean",))},
+            "table": [{**row, **bpd_fields(row, dims, **SWEEP_TABLE_COLUMNS)} for row in records(self.table)],
+            "theory_iwae": [{**row, **bpd_fields(row, dims, **THEORY_COLUMNS)} for row in records(self.theory)],
+            "fits": [{**row, **bpd_fields(row, dims, **FIT_UNITS)} for row in records(self.fits)],
             "weights": jsonable(self.weights.summary()),
             "notes": list(self.notes),
             "warnings": list(self.warnings),
@@ -245,11 +295,11 @@ class SweepResult:
         return write_report(self, out, title=title, command=command, overwrite=overwrite)
 
 
-def bias_sentence(ref: Reference) -> str:
+def bias_sentence(ref: Reference, unit: str = "nats") -> str:
     if ref.kind == "pool":
         return (f"Reference: {ref.label}. No exact log p(x) was available, so 'bias' is the difference "
                 f"from this estimate; it understates the true bias by that estimate's own bias.")
-    return f"Reference: {ref.label} (mean {ref.mean:.6g} nats)."
+    return f"Reference: {ref.label} (mean {ref.mean:.6g} {unit})."
 
 
 def versions() -> Dict[str, str]:

@@ -46,6 +46,7 @@ def plot_estimates(result, ax=None):
     uncertainty of the distance to the dashed reference line, which is what the plot is for.
     The x axis is logarithmic.
     """
+    result = result.shown()  # in the unit the result is shown in (nats or bits/dim)
     fig, ax = _axes(ax)
     table = result.table
     for color, name in _estimator_colors(result):
@@ -63,7 +64,7 @@ def plot_estimates(result, ax=None):
     ax.axhline(ref.mean, color="black", linestyle="--", linewidth=1.2, label=f"reference: {_ref_legend(ref)}")
     ax.set_xscale("log")
     ax.set_xlabel("K (samples per datapoint)")
-    ax.set_ylabel("mean log p(x) estimate (nats)")
+    ax.set_ylabel("mean log p(x) estimate (nats)" if result.units == "nats" else "mean bits per dimension (bits/dim)")
     ax.set_title(f"Estimate vs K (N = {result.metadata['n']}; band: 95% CI of estimate - reference)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax, fontsize=8)
@@ -92,6 +93,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     leading-order IWAE bias ``mu2 / (2 K mu^2)`` from the pool's sample moments. Points that
     are exactly zero (the reference estimator at K_max) cannot be drawn on a log axis.
     """
+    result = result.shown()  # in the unit the result is shown in (nats or bits/dim)
     fig, ax = _axes(ax)
     table = result.table
     plotted: List[float] = []
@@ -143,7 +145,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("K (samples per datapoint)")
-    ax.set_ylabel(f"|bias| (nats) vs {_ref_axis(result.reference)}")
+    ax.set_ylabel(f"|bias| ({result.unit_label}) vs {_ref_axis(result.reference)}")
     ax.set_title("|bias| vs K (hollow: within 2 SE of 0; bars: ± 2 SE)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax, fontsize=7, ncol=2)
@@ -167,6 +169,7 @@ def plot_variance(result, ax=None):
     Variance needs at least two disjoint groups, so K > K_max / 2 is absent. Bars are ± 2 SE
     over datapoints; the dashed curve is IWAE's leading-order ``mu2 / (K mu^2)``.
     """
+    result = result.shown()  # in the unit the result is shown in (nats or bits/dim)
     fig, ax = _axes(ax)
     table = result.table
     plotted: List[float] = []
@@ -198,7 +201,7 @@ def plot_variance(result, ax=None):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("K (samples per datapoint)")
-    ax.set_ylabel("variance of one estimate (nats^2)")
+    ax.set_ylabel(f"variance of one estimate (({result.unit_label})^2)" if result.units == "bpd" else "variance of one estimate (nats^2)")
     ax.set_title("Monte Carlo variance vs K (bars: ± 2 SE over datapoints)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax, fontsize=8)

@@ -205,19 +205,22 @@ def findings(result) -> List[str]:
     3. whether the weights can be trusted (PSIS k-hat).
     """
 
+    nats = result
+    result = result.shown()  # the findings in the unit the result is shown in
+    u = result.unit_label
     table, ref, k_max = result.table, result.reference, result.metadata["k_max"]
     lines: List[str] = []
     last = table[table["k"] == k_max].set_index("estimator")
     theory_last = result.theory[result.theory["k"] == k_max]
     if "iwae" in last.index:
         row = last.loc["iwae"]
-        text = f"IWAE at K = {k_max}: {pm(row['estimate'], row['estimate_se'])} nats (mean over {result.metadata['n']} datapoints, SE over datapoints)."
+        text = f"IWAE at K = {k_max}: {pm(row['estimate'], row['estimate_se'])} {u} (mean over {result.metadata['n']} datapoints, SE over datapoints){_in_other_unit(nats, k_max)}."
         if ref.kind != "pool":
             kind = {"exact": "exact", "ais": "AIS"}.get(ref.kind, "user-supplied")
-            text += f" Measured bias against the {kind} reference ({ref.label}): {pm(row['bias'], row['bias_se'])} nats."
+            text += f" Measured bias against the {kind} reference ({ref.label}): {pm(row['bias'], row['bias_se'])} {u}."
         if not theory_last.empty:
             text += (f" Leading-order theory from the pool's weight moments puts IWAE's remaining bias at "
-                     f"{theory_last['bias'].iloc[0]:.3g} nats (valid only where k-hat < 0.5).")
+                     f"{theory_last['bias'].iloc[0]:.3g} {u} (valid only where k-hat < 0.5).")
         lines.append(text)
     per = result.per_datapoint
     at_max = per[per["k"] == k_max].pivot(index="index", columns="estimator", values="mean")
@@ -225,17 +228,17 @@ def findings(result) -> List[str]:
         if est == "iwae" or "iwae" not in last.index:
             continue
         diff, diff_se = mean_se((at_max[est] - at_max["iwae"]).to_numpy())
-        text = (f"{est} - IWAE at K = {k_max}: {pm(diff, diff_se)} nats (paired over datapoints); "
+        text = (f"{est} - IWAE at K = {k_max}: {pm(diff, diff_se)} {u} (paired over datapoints); "
                 f"a debiased estimator removes IWAE's O(1/K) bias")
         if not theory_last.empty:
-            text += f", which the leading-order theory puts at {-theory_last['bias'].iloc[0]:.3g} nats"
+            text += f", which the leading-order theory puts at {-theory_last['bias'].iloc[0]:.3g} {u}"
         lines.append(text + ".")
     fits = result.fits.dropna(subset=["a"])
     if not fits.empty:
         parts = [f"{r.estimator} {pm(r.a, r.a_se)} (minus the reference: "
                  f"{pm(r.a_minus_reference, r.a_minus_reference_se)})" for r in fits.itertuples()]
-        lines.append("Extrapolated log p(x) (fit a + b/K + c/K^2 over K >= "
-                     f"{result.metadata.get('fit_min_k')}): " + "; ".join(parts) + " nats.")
+        lines.append(f"Extrapolated {'log p(x)' if u == 'nats' else u} (fit a + b/K + c/K^2 over K >= "
+                     f"{result.metadata.get('fit_min_k')}): " + "; ".join(parts) + f" {u}.")
     w = result.weights
     lines.append(
         f"Weights at K = {k_max}: mean ESS/K = {w.ess_fraction.mean():.3g}; PSIS k-hat > 0.5 for "
@@ -248,12 +251,37 @@ def findings(result) -> List[str]:
     return lines
 
 
+def _in_other_unit(result, k_max: int) -> str:
+    """IWAE at K_max in the unit the report is not shown in (bits/dim needs D), with the conversion."""
+    other = "nats" if result.units == "bpd" else "bpd"
+    dims = result.metadata.get("dims")
+    if dims is None:
+        return ""
+    table = result.shown(other).table
+    row = table[(table["k"] == k_max) & (table["estimator"] == "iwae")].iloc[0]
+    name = "nats per datapoint" if other == "nats" else "bits per dimension"
+    return f"; in {name} {pm(row['estimate'], row['estimate_se'])} (bpd = -nats / (D ln 2), D = {dims})"
+
+
+def units_sentence(result) -> str:
+    """What unit the report's tables and figures are in, and how to get the other (both are in sweep.json)."""
+    dims = result.metadata.get("dims")
+    if result.units == "bpd":
+        return (f"Units: bits per dimension, bpd = -log p(x) / (D ln 2) with D = {dims} data dimensions "
+                "(standard errors: se / (D ln 2)); sweep.json holds every value in nats and in bits/dim, "
+                "sweep.csv has the nats columns and their *_bpd twins.")
+    if dims is None:
+        return "Units: nats per datapoint (D unknown: pass dims= for bits per dimension)."
+    return (f"Units: nats per datapoint; bits per dimension are -nats / ({dims} ln 2) (D = {dims}), "
+            "in sweep.json's *_bpd fields.")
+
+
 def render_markdown(result, *, title: str, command: str) -> str:
     """The report as Markdown; figures are linked as ``figures/<name>.png``."""
     m = result.metadata
     main, main_notes = footnoted(result.display_table())
     fits, fit_notes = footnoted(result.fits_display(), start=len(main_notes) + 1)
-    out = [f"# {title}", "", _overview(result), "", "## Findings", ""]
+    out = [f"# {title}", "", _overview(result), "", units_sentence(result), "", "## Findings", ""]
     out += [f"* {line}" for line in findings(result)]
     out += ["", "## Bias, variance and RMSE over K", "", f"Reference: {result.reference.label}.", "",
             main.to_markdown(index=False), ""] + _md_notes(main_notes, 1) + [
@@ -284,7 +312,8 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     main, main_notes = footnoted(result.display_table())
     fits, fit_notes = footnoted(result.fits_display(), start=len(main_notes) + 1)
     theory = _theory_frame(result)
-    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(_overview(result))}</p>", "<h2>Findings</h2>", "<ul>"]
+    body = [f"<h1>{esc(title)}</h1>", f"<p>{esc(_overview(result))}</p>", f"<p>{esc(units_sentence(result))}</p>",
+            "<h2>Findings</h2>", "<ul>"]
     body += [f"<li>{esc(line)}</li>" for line in findings(result)]
     body += ["</ul>", "<h2>Bias, variance and RMSE over K</h2>",
              f"<p>Reference: {esc(result.reference.label)}.</p>",

@@ -44,6 +44,10 @@ class LogWeightSource(abc.ABC):
         the rows' Monte Carlo errors are then correlated.
     quantity_label : str
         What the estimators estimate per row: ``log p(x)``, ``log p(y | x)``, ``log p(D)``.
+    dims : int or None
+        D, the number of data dimensions of one datapoint (a model's ``data_dim``: C x H x W
+        for images), which converts nats per datapoint to bits per dimension
+        (:mod:`evalkit.units`); None where it is unknown (a bare matrix: pass ``dims=``).
     details : dict
         How the weights were drawn when that is more than importance sampling from q(z | x)
         (annealed importance sampling: its settings and acceptance rate); empty otherwise.
@@ -58,6 +62,7 @@ class LogWeightSource(abc.ABC):
     is_main: bool = True
     shared_columns: bool = False
     quantity_label: str = "log p(x)"
+    dims: Optional[int] = None
 
     @abc.abstractmethod
     def blocks(self, rows: int) -> Iterator[Block]:

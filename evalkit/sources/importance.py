@@ -55,6 +55,7 @@ class ImportanceSamplingSource(LogWeightSource):
         self.engine_options = dict(engine_options or {})
         self.model_label, self.data_label = model_label, data_label
         self.sampler = sampler
+        self.dims = model_dims(model, data)
 
     @property
     def details(self) -> Dict[str, Any]:
@@ -77,6 +78,12 @@ class ImportanceSamplingSource(LogWeightSource):
             values = self.model.log_marginal(self.data)
         return values.detach().to("cpu", torch.float64).numpy() if isinstance(values, torch.Tensor) \
             else np.asarray(values, dtype=np.float64)
+
+
+def model_dims(model: Any, data: torch.Tensor) -> int:
+    """D of bits per dimension: the model's ``data_dim`` (C x H x W for images), else the data's width."""
+    dims = getattr(model, "data_dim", None)
+    return int(dims) if isinstance(dims, (int, np.integer)) and not isinstance(dims, bool) else int(data.shape[1])
 
 
 class _WholeMatrixSource(ImportanceSamplingSource):

@@ -61,10 +61,20 @@ def resolve_data(
         When given, the data dimension and (for Bernoulli decoders) binariness are checked.
     split, binarize, seed
         As in :func:`evalkit.data.load_data`; ``binarize`` also applies to in-memory data.
+
+    Notes
+    -----
+    A model with a discrete decoder (an int ``data_levels``) takes integer images: ``"digits"``
+    is then its 17 grey levels 0..16 and a ``.npy``/``.npz``/``.pt`` file or an in-memory
+    ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` array is read by
+    :func:`evalkit.data.load_images` (layout detected, unscaled) and flattened channel-major
+    to ``[N, C*H*W]``. Other models get :func:`evalkit.data.load_data`'s floats.
     """
     from .. import data as data_module
 
-    if isinstance(data, (str, os.PathLike)):
+    if _takes_images(model, data, binarize):
+        tensor = _image_rows(data, split)
+    elif isinstance(data, (str, os.PathLike)):
         tensor = data_module.load_data(data, split=split, binarize=binarize, seed=seed)
     else:
         if isinstance(data, np.ndarray):
@@ -91,6 +101,31 @@ def resolve_data(
     if model is not None:
         data_module.check_data_for_model(tensor, model)
     return tensor
+
+
+_IMAGE_SUFFIXES = (".npy", ".npz", ".pt", ".pth")
+
+
+def _takes_images(model: Any, data: Any, binarize: str) -> bool:
+    """Whether ``data`` is read as integer images: a discrete decoder's data, unbinarised, not a CSV or a table."""
+    levels = getattr(model, "data_levels", None)
+    if model is None or binarize != "none" or isinstance(levels, bool) or not isinstance(levels, (int, np.integer)):
+        return False
+    if isinstance(data, (str, os.PathLike)):
+        return str(data) == "digits" or os.path.splitext(os.fspath(data))[1].lower() in _IMAGE_SUFFIXES
+    return isinstance(data, (np.ndarray, torch.Tensor)) and data.ndim >= 3
+
+
+def _image_rows(data: Any, split: str) -> torch.Tensor:
+    """Integer images ``[N, C, H, W]`` flattened to ``[N, C*H*W]`` rows (float, values unscaled)."""
+    from ..data import load_images
+
+    dtype = torch.float32  # exact for integers up to 2^24; float64 data stay float64
+    if isinstance(data, torch.Tensor) and data.dtype == torch.float64 or \
+            isinstance(data, np.ndarray) and data.dtype == np.float64:
+        dtype = torch.float64
+    images = load_images(data.detach().cpu() if isinstance(data, torch.Tensor) else data, split=split)
+    return images.reshape(images.shape[0], -1).to(dtype)
 
 
 def describe_model(model: Any, model_obj: Any) -> str:

@@ -25,16 +25,20 @@ class MatrixSource(LogWeightSource):
         Dataset indices of the rows (default ``0 .. N-1``).
     model_label, seed : optional
         Where the matrix came from, when evalkit computed it.
+    dims : int, optional
+        D, the data dimensions of one datapoint, when known (for bits per dimension).
     """
 
     def __init__(self, log_w: torch.Tensor, *, data_label: str = "log-weight matrix",
                  index: Optional[np.ndarray] = None, model_label: Optional[str] = None,
-                 seed: Optional[int] = None, shared_columns: bool = False) -> None:
+                 seed: Optional[int] = None, shared_columns: bool = False,
+                 dims: Optional[int] = None) -> None:
         self.log_w = log_w
         self.n, self.k = log_w.shape
         self.index = np.arange(self.n) if index is None else np.asarray(index, dtype=np.int64)
         self.data_label, self.model_label, self.seed = data_label, model_label, seed
         self.shared_columns = shared_columns
+        self.dims = dims
 
     def blocks(self, rows: int) -> Iterator[Block]:
         for start in range(0, self.n, rows):
