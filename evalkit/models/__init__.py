@@ -10,6 +10,7 @@ from .bnn import BayesianMLP
 from .conv import ConvVAE
 from .iwae import IWAE
 from .linear_gaussian import LinearGaussianModel
+from .parameterisation import diagonal_normal
 from .vae import MLPVAE
 
 BUILTIN_MODELS = {cls.__name__: cls for cls in (MLPVAE, IWAE, LinearGaussianModel, BayesianMLP, ConvVAE)}
@@ -25,4 +26,5 @@ __all__ = [
     "LinearGaussianModel",
     "MLPVAE",
     "check_model",
+    "diagonal_normal",
 ]

@@ -234,6 +234,13 @@ def check_model(model: object) -> None:
             f"Expected a torch.nn.Module with log_weights(x, noise), got {name}; see docs/model-protocol.md."
         )
     if not callable(getattr(model, "log_weights", None)):
+        inner = _inner_model(model)
+        if inner is not None:
+            raise InputError(
+                f"{name} has no log_weights(x, noise); its attribute `{inner}` ({type(model.get_submodule(inner)).__name__}) "
+                f"has one: build that in your factory (return the `{inner}` module; the checkpoint's '{inner}.' key "
+                "prefix is then stripped), or pass it to evalkit directly."
+            )
         raise InputError(
             f"{name} has no log_weights(x, noise) method; subclass evalkit.models.EncoderDecoderModel "
             "or implement log_weights (see docs/model-protocol.md)."
@@ -254,6 +261,18 @@ def check_model(model: object) -> None:
             f"{name}.requires_binary_data must be True (Bernoulli decoder) or False, "
             f"got {getattr(model, 'requires_binary_data', None)!r}."
         )
+
+
+def _inner_model(model: nn.Module) -> "str | None":
+    """Return the dotted name of the shallowest submodule of ``model`` with a callable ``log_weights``.
+
+    A PyTorch Lightning module (or any training wrapper) typically holds the VAE as an attribute
+    (``self.vae``); this finds it so that the error can say what to build instead. Among
+    submodules at the same depth, the first registered wins; ``None`` if there is none.
+    """
+    found = [(name.count("."), order, name) for order, (name, module) in enumerate(model.named_modules())
+             if name and callable(getattr(module, "log_weights", None))]
+    return min(found)[2] if found else None
 
 
 def log_joint_from_factories(model, x: Tensor, z: Tensor) -> Tensor:

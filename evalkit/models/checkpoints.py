@@ -43,6 +43,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
@@ -158,19 +159,39 @@ def _builtin_model(header: Mapping[str, Any], state_dict: Mapping[str, torch.Ten
     return _load_weights(model, state_dict, prefix="", path=path)
 
 
+def _put_working_directory_on_path() -> None:
+    """Let ``factory="module:function"`` import a module file from the current directory.
+
+    ``python -m evalkit`` (and ``python script.py`` for the script's directory) puts the current
+    directory first on ``sys.path``; the ``evalkit`` console script does not, so a glue module next
+    to the user's checkpoint was found by one and not the other. This makes both behave like
+    ``python -m``: the current directory goes to the front of ``sys.path`` unless it is already
+    there (as itself or as ``''``) and stays there, so that the factory's own later imports of
+    neighbouring modules work too.
+    """
+    cwd = os.getcwd()
+    if not any(entry in ("", cwd) or os.path.abspath(entry) == cwd for entry in sys.path):
+        sys.path.insert(0, cwd)
+
+
 def resolve_factory(factory: Union[str, Callable[[], nn.Module]]) -> Callable[[], nn.Module]:
-    """Return the callable named by ``"package.module:function"`` (or ``factory`` if callable)."""
+    """Return the callable named by ``"package.module:function"`` (or ``factory`` if callable).
+
+    The module is imported as ``python -m`` would import it: from ``sys.path`` with the current
+    directory first, so ``--model my_glue:build_vae`` finds ``./my_glue.py``.
+    """
     if callable(factory):
         return factory
     if not isinstance(factory, str) or factory.count(":") != 1:
         raise InputError(f"Expected argument `factory` as 'package.module:function', got {factory!r}.")
     module_name, attribute = factory.split(":")
+    _put_working_directory_on_path()
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as err:
         raise InputError(
-            f"cannot import module '{module_name}' from factory={factory!r} ({err}); install the package or add its "
-            "directory to PYTHONPATH."
+            f"cannot import module '{module_name}' from factory={factory!r} ({err}); run from the directory that "
+            "holds it, install the package or add its directory to PYTHONPATH."
         ) from None
     for part in attribute.split("."):
         if not hasattr(target, part):
