@@ -179,7 +179,7 @@ def test_cli_dash_is_stdout(lw, tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["estimate", str(ROOT / "examples" / "digits_iwae.pt"), "--data", "digits",
                                        "--binarize", "bernoulli", "-k", "4", "-q", "-o", "-", "--format", "csv"])
     assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("estimator,k,estimate,se_data,se_mc,n\n")
+    assert result.stdout.startswith("estimator,k,estimate,se_data,se_mc,n,")
     assert list(tmp_path.iterdir()) == []  # no file called '-'
 
 
@@ -190,7 +190,7 @@ def test_cli_dev_stdout_in_a_real_process(tmp_path):
                            "-o", "/dev/stdout", "--overwrite"], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.startswith("estimator,k,estimate,se_data,se_mc,n\n")
+    assert proc.stdout.startswith("estimator,k,estimate,se_data,se_mc,n,")
     assert list(tmp_path.iterdir()) == []
 
 
