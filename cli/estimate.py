@@ -149,14 +149,18 @@ def _formats(fmt, output, per_example) -> str:
 
 
 def _check_distinct(named) -> None:
-    # Two options naming one file is usage (exit 2); whether a file can be written is checked next.
-    import os
+    # Two options naming one file, or two writing to stdout, is usage (exit 2); whether a file
+    # can be written is checked next. Without -o the summary itself goes to stdout.
+    from evalkit.atomic import output_key
 
-    seen = {}
+    seen = {} if named["--output"] is not None else {"<stdout>": "the summary (stdout without -o)"}
     for flag, path in named.items():
-        if path is None or path == "-":
+        if path is None:
             continue
-        key = os.path.realpath(path)
+        key = output_key(path)
+        if key == "<stdout>" and key in seen:
+            raise click.UsageError(f"{seen[key]} and {flag} {path!r} both write to stdout; "
+                                   "give one of them a file name")
         if key in seen:
             raise click.UsageError(f"{seen[key]} and {flag} name the same file {path!r}; give each its own name")
-        seen[key] = flag
+        seen[key] = f"{flag} {path!r}" if key == "<stdout>" else flag

@@ -5,14 +5,13 @@ results fails in a second, not after an hour.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write_text, check_writable
+from ..atomic import atomic_path, atomic_write_text, check_writable, output_key
 from ..errors import OutputError
 
 
@@ -21,7 +20,9 @@ def check_outputs(paths: Dict[str, Optional[str]], *, overwrite: bool = False) -
     chosen = [p for p in paths.values() if p is not None]
     for path in chosen:  # first, so that a symlink loop or a socket is named before anything else
         check_writable(path, overwrite=overwrite)
-    keys = [os.path.realpath(p) for p in chosen]
+    keys = [output_key(p) for p in chosen]
+    if keys.count("<stdout>") > 1:
+        raise OutputError(f"two outputs write to stdout ({', '.join(chosen)}); give all but one a file name")
     if len(set(keys)) != len(keys):
         raise OutputError(f"two outputs name the same file ({', '.join(chosen)}); give each its own name")
     log_weights_path = paths.get("log_weights")
