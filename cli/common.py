@@ -276,9 +276,10 @@ def interrupted_message() -> str:
 
 @contextlib.contextmanager
 def messages_to_stderr(*, quiet: bool = False, debug: bool = False):
-    """Show library warnings as ``warning: <message>`` lines and evalkit's log (resuming from a
-    cache...) as plain lines on stderr; ``--quiet`` hides the log, ``--debug`` keeps Python's
-    usual warning format (with file and line)."""
+    """Show evalkit's warnings as ``warning: <message>`` lines, any other (numpy, torch,
+    matplotlib, the user's model) as ``warning: <library>: <first line of the message>``, and
+    evalkit's log (resuming from a cache...) as plain lines on stderr; ``--quiet`` hides the log,
+    ``--debug`` keeps Python's usual warning format (with file and line)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("evalkit")
@@ -300,7 +301,42 @@ def messages_to_stderr(*, quiet: bool = False, debug: bool = False):
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    click.echo(f"warning: {message}", err=True)
+    # evalkit's own warnings say what to do and are shown as they are; any other is one short line
+    # naming the library, without Python's source line and file path (--debug shows those).
+    text = next((part.strip() for part in str(message).splitlines() if part.strip()), category.__name__)
+    if category.__module__.split(".")[0] == "evalkit":
+        click.echo(f"warning: {text}", err=True)
+    else:
+        click.echo(f"warning: {warning_library(category, filename, text)}: {text}", err=True)
+
+
+def warning_library(category: type, filename: str, text: str = "") -> str:
+    """The library a warning comes from: its category's package (``matplotlib``...); numpy for a
+    floating-point RuntimeWarning ("divide by zero encountered in log"), wherever numpy was
+    called from; else the package of the file it names. A builtin category raised from evalkit's
+    own lines came from compiled code they called: numpy's RuntimeWarnings, torch's C++ warnings."""
+    package = category.__module__.split(".")[0]
+    if package not in ("builtins", "warnings", "__main__"):
+        return package
+    if issubclass(category, RuntimeWarning) and " encountered in " in text:
+        return "numpy"
+    package = _package_of(filename)
+    if package in ("evalkit", "cli", None):
+        return "numpy" if issubclass(category, RuntimeWarning) else "torch"
+    return package
+
+
+def _package_of(filename: str):
+    """The top-level package or module of a source file on ``sys.path`` (None if on none)."""
+    import os
+
+    path = os.path.abspath(filename or "")
+    roots = sorted((os.path.abspath(p or ".") for p in sys.path), key=len, reverse=True)
+    for root in roots:
+        if path.startswith(root.rstrip(os.sep) + os.sep):
+            first = path[len(root.rstrip(os.sep)) + 1:].split(os.sep)[0]
+            return first[:-3] if first.endswith(".py") else first
+    return None
 
 
 def command_errors(f: Callable) -> Callable:

@@ -41,11 +41,11 @@ def _log_weights_suffix(ctx, param, value):
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
               help="How to write the summary (default: from the extension of --output: .json .csv .md .tex "
                    ".txt; else table). Must agree with that extension.")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--output", "-o", type=click.Path(path_type=str), default=None,
               help="Write the summary to this file instead of stdout ('-' is stdout); its extension picks the format.")
-@click.option("--per-example", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--per-example", type=click.Path(path_type=str), default=None,
               help="Also write one row per datapoint: JSON if the name ends in .json, else CSV.")
-@click.option("--save-log-weights", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--save-log-weights", type=click.Path(path_type=str), default=None,
               callback=_log_weights_suffix,
               help="Also save the [N, K] float64 log-weights (.npy or .pt).")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace existing output files.")
@@ -72,9 +72,9 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     from evalkit.sampling import distributed
     from evalkit.output.files import check_outputs, write_estimate_outputs
 
+    _check_distinct({"--output": output, "--per-example": per_example, "--save-log-weights": save_log_weights})
     output = None if output == "-" else output  # `-o -` is stdout, where the summary goes anyway
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
-    _check_distinct(outputs)
     fmt = _formats(fmt, output, per_example)
     # Fail before the (possibly long) run if an output cannot be written. Under torchrun only
     # rank 0 writes; if it fails here, torchrun stops the other processes.
@@ -153,15 +153,19 @@ def _formats(fmt, output, per_example) -> str:
     return chosen
 
 
-def _check_distinct(outputs) -> None:
-    # Two options naming one file is usage (exit 2); whether a file can be written is checked next.
-    import os
+def _check_distinct(named) -> None:
+    # Two options naming one file, or two writing to stdout, is usage (exit 2); whether a file
+    # can be written is checked next. Without -o the summary itself goes to stdout.
+    from evalkit.atomic import output_key
 
-    named = {flag: path for flag, path in zip(("--output", "--per-example", "--save-log-weights"), outputs.values())
-             if path is not None}
-    seen = {}
+    seen = {} if named["--output"] is not None else {"<stdout>": "the summary (stdout without -o)"}
     for flag, path in named.items():
-        key = os.path.realpath(path)
+        if path is None:
+            continue
+        key = output_key(path)
+        if key == "<stdout>" and key in seen:
+            raise click.UsageError(f"{seen[key]} and {flag} {path!r} both write to stdout; "
+                                   "give one of them a file name")
         if key in seen:
             raise click.UsageError(f"{seen[key]} and {flag} name the same file {path!r}; give each its own name")
-        seen[key] = flag
+        seen[key] = f"{flag} {path!r}" if key == "<stdout>" else flag

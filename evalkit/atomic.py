@@ -49,6 +49,21 @@ def is_stream(path: PathLike) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
 
 
+def output_key(path: PathLike) -> str:
+    """What ``path`` writes to, for spotting two outputs that would write to one place.
+
+    ``"<stdout>"`` for ``-`` and for any name of standard output (``/dev/stdout``,
+    ``/dev/fd/1``); otherwise the absolute path with symbolic links followed (a symlink loop is
+    left as it is; :func:`check_writable` refuses it).
+    """
+    if str(path) == STDOUT:
+        return "<stdout>"
+    real = os.path.realpath(path)
+    if real == os.path.realpath("/dev/stdout") and os.path.exists("/dev/stdout"):
+        return "<stdout>"
+    return real
+
+
 def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
     """Check before any work that ``path`` can be written; return it as a Path.
 

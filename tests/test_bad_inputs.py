@@ -2,8 +2,10 @@
 
 Every row runs the CLI in-process (click's CliRunner) and checks the whole contract:
 
-* the exit code: 2 for usage errors the CLI can check itself, 1 for bad inputs the library finds;
-* the message: one line ``Error: <what is wrong>; <how to fix it>``, with the exact fragments below;
+* the exit code: 2 for usage errors the CLI can check itself, 1 for bad inputs the library finds,
+  130 / 143 for Ctrl-C / SIGTERM;
+* the message: one line ``Error: <what is wrong>; <how to fix it>`` (``interrupted; ...`` for an
+  interrupt), with the exact fragments below;
 * no traceback (tests at the end check that ``--debug`` shows one, in a real subprocess);
 * no output: the ``-o`` file, the ``--per-example`` file, the ``--cache`` directory and the
   sweep's ``--out`` directory do not exist afterwards.
@@ -80,6 +82,41 @@ FACTORY_SOURCE = textwrap.dedent(
         return ConstantModel(float("nan"))
 
 
+    class MisbehavingModel(ConstantModel):
+        """Raises an exception, a Ctrl-C or a SIGTERM from inside log_weights."""
+
+        def __init__(self, how):
+            super().__init__(0.0)
+            self.how = how
+
+        def log_weights(self, x, noise):
+            import os
+            import signal
+            import time
+
+            if self.how == "raises":
+                raise ValueError("model exploded")
+            if self.how == "ctrl-c":
+                raise KeyboardInterrupt
+            if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+                raise RuntimeError("no SIGTERM handler is installed; the test would kill pytest")
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)  # the handler raises here
+            raise RuntimeError("SIGTERM was not delivered")
+
+
+    def raising_model():
+        return MisbehavingModel("raises")
+
+
+    def ctrl_c_model():
+        return MisbehavingModel("ctrl-c")
+
+
+    def sigterm_model():
+        return MisbehavingModel("sigterm")
+
+
     def inf_model():
         return ConstantModel(float("inf"))
     '''
@@ -120,6 +157,7 @@ def files(tmp_path_factory):
         np.save(d / "grey.npy", rng.random((20, 6)).astype(np.float32))
         np.save(d / "grey_255.npy", (255 * rng.random((20, 6))).astype(np.float32))
         np.save(d / "empty.npy", np.zeros((0, 6), np.float32))
+        (d / "empty.csv").write_text("")
         np.save(d / "reference_19.npy", np.zeros(19))
         (d / "not_a_cache").mkdir()
         (d / "not_a_cache" / "notes.txt").write_text("mine")
@@ -141,6 +179,7 @@ class Case:
     skip: Optional[Tuple[bool, str]] = None
     outputs: bool = True  # add -o/--per-example/--cache (estimate) or --out (sweep) and check they stay absent
     extra: List[str] = field(default_factory=list)
+    prefix: str = "Error: "  # "interrupted; " for Ctrl-C / SIGTERM (exit 130 / 143)
 
 
 def est(*args: str) -> List[str]:
@@ -168,6 +207,45 @@ def _read_only(d: Path, monkeypatch) -> None:
 
 def _existing(d: Path, monkeypatch) -> None:
     (d / "exists.txt").write_text("keep me\n")
+
+
+def _directory(d: Path, monkeypatch) -> None:
+    (d / "a_directory").mkdir(exist_ok=True)
+
+
+def _socket(d: Path, monkeypatch) -> None:
+    import socket
+
+    if not (d / "s.sock").exists():
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.bind(str(d / "s.sock"))  # the socket file stays after the socket is closed
+
+
+def _block_device(d: Path, monkeypatch) -> None:
+    import stat
+
+    if not os.path.lexists(d / "blk"):
+        try:
+            os.mknod(d / "blk", stat.S_IFBLK | 0o600, os.makedev(7, 0))
+        except OSError as exc:
+            pytest.skip(f"cannot make a block device node here ({exc.strerror})")
+
+
+def _symlink_loop(d: Path, monkeypatch) -> None:
+    if not os.path.lexists(d / "loop_a"):
+        os.symlink("loop_b", d / "loop_a")
+        os.symlink("loop_a", d / "loop_b")
+
+
+def _dev_full(d: Path, monkeypatch) -> None:
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+
+
+def _sixteen_gib_free(d: Path, monkeypatch) -> None:
+    from evalkit.sampling import sizes
+
+    monkeypatch.setattr(sizes, "available_memory", lambda device: 16 * 2**30)
 
 
 CASES = [
@@ -302,6 +380,52 @@ CASES = [
          ["reference has 19 values for 20 datapoints", "give one number or one value per datapoint"]),
     Case("reference-missing", swp("good.pt", "--data", "binary.npy", "--ks", "1,2,4", "--reference", "nope.npy"), 1,
          ["reference file 'nope.npy' does not exist", "check the path"]),
+    # --- found by tests/test_fuzz_cli.py
+    Case("data-csv-empty", est("good.pt", "--data", "empty.csv", "-k", "4"), 1,
+         ["empty.csv holds no datapoints", "check the file"]),  # and no numpy "input contained no data" warning
+    Case("model-raises",
+         est("constant.pt", "--model", f"{FACTORY_MODULE}:raising_model", "--data", "binary.npy", "-k", "4"), 1,
+         ["ValueError: model exploded (raised inside the run, e.g. by the model's log_weights)",
+          "re-run with --debug for the traceback"]),
+    # --- outputs that are not regular files, sizes that cannot fit (issue 16)
+    Case("output-is-directory", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "a_directory"), 1,
+         ["output path 'a_directory' is a directory", "give a file name"], setup=_directory, outputs=False),
+    Case("output-is-socket", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "s.sock", "--overwrite"), 1,
+         ["output path 's.sock' is a socket, not a regular file", "evalkit replaces only regular files, so give a file name"],
+         setup=_socket, outputs=False),
+    Case("output-is-block-device", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "blk", "--overwrite"), 1,
+         ["output path 'blk' is a block device, not a regular file", "so give a file name"],
+         setup=_block_device, outputs=False),
+    Case("output-symlink-loop", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "loop_a", "--overwrite"), 1,
+         ["output path 'loop_a' is a symbolic link loop", "give a file name"], setup=_symlink_loop, outputs=False),
+    Case("output-device-full", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "/dev/full", "--overwrite"), 1,
+         ["cannot write '/dev/full' (No space left on device)",
+          "free space or choose another location, nothing was written there"], setup=_dev_full, outputs=False),
+    Case("k-too-large-for-memory",
+         est("good.pt", "--data", "binary.npy", "-k", "1000000000", "--memory-budget", "1MiB", "-o", "out.txt"), 1,
+         ["the log-weights of 20 datapoints at k=1000000000 need 149.0 GiB ([20, 1000000000] float64), more than "
+          "the 1.0 MiB memory budget and the 16.0 GiB of free memory on this machine allow",
+          "lower k (about 107374182 fits), or run on a machine with more memory."],
+         setup=_sixteen_gib_free, outputs=False, extra=["out.txt"]),
+    Case("outputs-both-stdout",
+         est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "-", "--per-example", "-"), 2,
+         ["--output '-' and --per-example '-' both write to stdout", "give one of them a file name"],
+         outputs=False, extra=["-"]),
+    Case("summary-and-per-example-on-stdout",
+         est("good.pt", "--data", "binary.npy", "-k", "4", "--per-example", "/dev/stdout"), 2,
+         ["the summary (stdout without -o) and --per-example '/dev/stdout' both write to stdout"],
+         outputs=False, extra=["-"]),
+    # --- interrupts: not errors, but the same contract (one line, no traceback, no output)
+    Case("interrupted",
+         est("constant.pt", "--model", f"{FACTORY_MODULE}:ctrl_c_model", "--data", "binary.npy", "-k", "4",
+             "-o", "out.txt"), 130,
+         ["interrupted; 0 of 20 datapoints done", "re-run the same command with --cache DIR to continue"],
+         outputs=False, extra=["out.txt"], prefix="interrupted; "),
+    Case("terminated",
+         est("constant.pt", "--model", f"{FACTORY_MODULE}:sigterm_model", "--data", "binary.npy", "-k", "4",
+             "-o", "out.txt"), 143,
+         ["interrupted; 0 of 20 datapoints done", "re-run the same command with --cache DIR to continue"],
+         outputs=False, extra=["out.txt"], prefix="interrupted; "),
 ]
 
 
@@ -323,16 +447,16 @@ def test_bad_input(case: Case, files: Path, monkeypatch):
     if case.setup is not None:
         case.setup(files, monkeypatch)
     args, must_not_exist = _with_outputs(case)
-    before = {p: p.stat().st_mtime_ns for p in files.rglob("*")}
+    before = {p: os.lstat(p).st_mtime_ns for p in files.rglob("*")}  # lstat: the symlink loop has no stat
     result = CliRunner().invoke(main, args + ["--quiet"])
     assert result.exit_code == case.exit_code, result.output
     assert isinstance(result.exception, SystemExit), "an exception escaped the CLI"
     assert "Traceback" not in result.output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     message = lines[-1]
-    assert message.startswith("Error: "), result.output
-    if case.exit_code == 1:
-        assert lines == [message], "a library error is exactly one line on stderr"
+    assert message.startswith(case.prefix), result.output
+    if case.exit_code != 2:
+        assert lines == [message], "a library error or an interrupt is exactly one line on stderr"
     else:
         assert lines[0].startswith("Usage: ") and "--help" in lines[1], "usage errors point at --help"
     for fragment in case.fragments:
@@ -342,7 +466,7 @@ def test_bad_input(case: Case, files: Path, monkeypatch):
         assert not (files / name).exists(), f"{name} was created"
     # Nothing that existed was modified (the cache made by a setup step is left as it was, too).
     for path, mtime in before.items():
-        assert path.exists() and path.stat().st_mtime_ns == mtime, f"{path.name} was modified"
+        assert os.path.lexists(path) and os.lstat(path).st_mtime_ns == mtime, f"{path.name} was modified"
     created = set(files.rglob("*")) - set(before)
     assert not created, f"created {sorted(p.name for p in created)}"
 
@@ -376,10 +500,13 @@ def test_table_and_tests_agree():
 
 def test_table_rows_give_the_exit_code_tested_here():
     expected = {case.id: case.exit_code for case in CASES}
+    checked = []
     for line in TABLE.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"^\|\s*\d+\s*\|\s*`([a-z0-9-]+)`\s*\|.*\|\s*([12])\s*\|", line)
+        match = re.match(r"^\|\s*\d+\s*\|\s*`([a-z0-9-]+)`\s*\|.*\|\s*(\d+)\s*\|", line)
         if match:
             assert int(match.group(2)) == expected[match.group(1)], match.group(1)
+            checked.append(match.group(1))
+    assert checked == _table_ids()  # every row's exit code was read
 
 
 # --- the real process: stderr is one line without --debug, a traceback with it --------------

@@ -216,3 +216,34 @@ def test_one_column_sweep_prints_no_matplotlib_warning(lw, tmp_path):
     assert "No artists with labels" not in proc.stderr and "UserWarning" not in proc.stderr
     assert [line for line in proc.stderr.splitlines() if not line.startswith("note: ")] == ["wrote out"]
     assert (tmp_path / "out" / "bias.png").exists()
+
+
+def test_check_outputs_refuses_two_outputs_on_stdout(tmp_path, monkeypatch):
+    from evalkit.output.files import check_outputs
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match=r"^two outputs write to stdout \(-, /dev/stdout\); give all but one a file name$"):
+        check_outputs({"output": "-", "per_example": "/dev/stdout"})
+    with pytest.raises(OutputError, match=r"two outputs write to stdout \(-, -\)"):
+        check_outputs({"output": "-", "per_example": "-"})
+    check_outputs({"output": "-", "per_example": "rows.csv"})  # one on stdout is fine
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_outputs_names_a_symlink_loop_before_comparing_paths(tmp_path):
+    from evalkit.output.files import check_outputs
+
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    with pytest.raises(OutputError, match="is a symbolic link loop; give a file name"):
+        check_outputs({"output": str(tmp_path / "a"), "per_example": str(tmp_path / "x.csv")}, overwrite=True)
+
+
+def test_cli_two_dashes_is_a_usage_error_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["estimate", str(ROOT / "examples" / "digits_iwae.pt"), "--data", "digits",
+                                       "--binarize", "bernoulli", "-k", "4", "-q", "-o", "-", "--per-example", "-"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == (
+        "Error: --output '-' and --per-example '-' both write to stdout; give one of them a file name")
+    assert list(tmp_path.iterdir()) == []

@@ -52,6 +52,14 @@ _PRIOR_BS = 3.0
 _LOG_TINY = math.log(np.finfo(np.float64).tiny)
 
 
+class KhatWarning(UserWarning):
+    """PSIS k-hat could not be computed for some rows (too few distinct tail weights).
+
+    A ``UserWarning``, so existing filters apply; its own class so that a caller (the CLI) can
+    tell evalkit's warnings from a library's.
+    """
+
+
 def khat_threshold(num_samples: int) -> float:
     """Sample-size-dependent k-hat threshold ``min(1 - 1/log10(S), 0.7)`` of Vehtari et al. (2024).
 
@@ -190,7 +198,7 @@ def psis_khat(log_w: Any) -> Any:
             f"PSIS k-hat is nan in {format_positions(bad, kind.batch_shape)}: fewer than {MIN_TAIL_LENGTH} distinct positive "
             f"tail weights among K = {rows.shape[1]} (the tail is the ceil(min(K/5, 3 sqrt(K))) largest); "
             f"use K >= 21 samples with distinct weights to get a k-hat",
-            UserWarning,
+            KhatWarning,
             stacklevel=2,
         )
     return kind.restore(out)

@@ -11,17 +11,20 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from ..atomic import atomic_path, atomic_write_text, check_writable
+from ..atomic import atomic_path, atomic_write_text, check_writable, output_key
 from ..errors import OutputError
 
 
 def check_outputs(paths: Dict[str, Optional[str]], *, overwrite: bool = False) -> None:
     """Raise :class:`OutputError` now if any of the named output paths cannot be written."""
     chosen = [p for p in paths.values() if p is not None]
-    if len({str(Path(p).resolve()) for p in chosen}) != len(chosen):
-        raise OutputError(f"two outputs name the same file ({', '.join(chosen)}); give each its own name")
-    for path in chosen:
+    for path in chosen:  # first, so that a symlink loop or a socket is named before anything else
         check_writable(path, overwrite=overwrite)
+    keys = [output_key(p) for p in chosen]
+    if keys.count("<stdout>") > 1:
+        raise OutputError(f"two outputs write to stdout ({', '.join(chosen)}); give all but one a file name")
+    if len(set(keys)) != len(keys):
+        raise OutputError(f"two outputs name the same file ({', '.join(chosen)}); give each its own name")
     log_weights_path = paths.get("log_weights")
     if log_weights_path is not None and Path(log_weights_path).suffix not in (".npy", ".pt"):
         raise OutputError(f"log-weights file {log_weights_path!r} must end in .npy or .pt")

@@ -97,6 +97,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     fig, ax = _axes(ax)
     table = result.table
     plotted: List[float] = []
+    plotted_k: List[float] = []  # not the loop's last k: that estimator may have no rows (jvi2 at K_max = 2)
     anchor: Optional[Tuple[float, float]] = None
     for color, name in _estimator_colors(result):
         sub = table[table["estimator"] == name].sort_values("k")
@@ -117,6 +118,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
             ax.vlines(k[bars], low, b[bars] + 2 * se[bars], color=color, alpha=0.5, linewidth=1)
             _mark_clipped(ax, k[bars], b[bars], se[bars], color)
         plotted.extend(b.tolist())
+        plotted_k.extend(k.tolist())
         if name == "iwae" or anchor is None:
             anchor = (float(k[0]), float(b[0]))
     theory = result.theory_in_range()  # only where the expansion holds (no curve outside it)
@@ -128,7 +130,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
                 label="IWAE theory: mu2 / (2 K mu^2)")
         plotted.extend(tb[good].tolist())
     if anchor is not None and plotted:
-        k_all = np.geomspace(anchor[0], max(tk.max() if tk.size else 0.0, k.max(), anchor[0] * 1.0001), 50)
+        k_all = np.geomspace(anchor[0], max(tk.max() if tk.size else 0.0, max(plotted_k), anchor[0] * 1.0001), 50)
         for s in slopes:
             ax.plot(k_all, anchor[1] * (k_all / anchor[0]) ** (-float(s)), color="0.45", linewidth=0.9,
                     linestyle=_SLOPE_STYLES.get(s, ":"), label=f"slope -{s}")

@@ -31,6 +31,11 @@ from .plan import ROW_ALIGN, ChunkPlan, _round_up, call_columns
 NOISE_THREADS = 32
 """Most threads drawing noise for a GPU (numpy releases the GIL while it samples)."""
 
+
+class EngineWarning(RuntimeWarning):
+    """The engine changed course and says so: out of device memory (smaller calls, same results),
+    or torch.compile failed (eager model). A ``RuntimeWarning``, so existing filters apply."""
+
 def _pad_rows(tensor: torch.Tensor, n_pad: int) -> torch.Tensor:
     """Append ``n_pad`` copies of the last row (dimension 0)."""
     if n_pad == 0:
@@ -230,7 +235,7 @@ class _Runner:
                 f"out of {self.device.type} memory in a call of {before[0]} datapoint slots x {before[1]} samples; "
                 f"continuing with calls of at most {after[0]} x {after[1]} (same results; a lower memory_budget "
                 "starts there)",
-                RuntimeWarning,
+                EngineWarning,
                 stacklevel=2,
             )
 
@@ -456,7 +461,7 @@ class _CompiledCall:
 
     def _give_up(self, error: BaseException) -> None:
         warnings.warn(f"torch.compile failed ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "
-                      "continuing without compile=True.", RuntimeWarning, stacklevel=4)
+                      "continuing without compile=True.", EngineWarning, stacklevel=4)
         self.compiled = None
 
     def __call__(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
