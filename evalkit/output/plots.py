@@ -136,14 +136,8 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
                     linestyle=_SLOPE_STYLES.get(s, ":"), label=f"slope -{s}")
         lo, hi = min(plotted), max(plotted)
         ax.set_ylim(lo / 3.0, hi * 3.0)
-        for s in slopes:  # name each guide where it leaves the plot (or at its right end)
-            y = anchor[1] * (k_all / anchor[0]) ** (-float(s))
-            inside = np.flatnonzero(y >= lo / 3.0)
-            at = inside[-1] if inside.size else 0
-            right_end = at == k_all.size - 1
-            ax.annotate(f"K^-{s}", (k_all[at], y[at]), fontsize=7, color="0.35",
-                        xytext=(-2, 4) if right_end else (2, 2), textcoords="offset points",
-                        ha="right" if right_end else "left")
+        # The guides are named in the legend, which matplotlib places where the data are not
+        # (labels written beside the lines sat on the data points).
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("K (samples per datapoint)")
