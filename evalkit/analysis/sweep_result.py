@@ -180,7 +180,7 @@ class SweepResult:
                 "note": f["note"],
                 "|bias| slope": [slope_text(v, s, n) for v, s, n in zip(f["bias_slope"], f["bias_slope_se"],
                                                                          f["bias_slope_note"])],
-                "slope ks": [ks.replace(",", ", ") if ks else "-" for ks in f["bias_slope_ks"]],
+                "slope ks": [_ks_text(ks) for ks in f["bias_slope_ks"]],
             }
         )
 
@@ -319,3 +319,11 @@ def versions() -> Dict[str, str]:
         "matplotlib": matplotlib.__version__,
         "platform": platform.platform(),
     }
+
+
+def _ks_text(ks: str) -> str:
+    """The ks of a slope for a table cell: ``10, 20, 50``, or ``10, 20, ..., 5000 (9)`` when there are many."""
+    values = ks.split(",") if ks else []
+    if len(values) > 4:
+        return f"{values[0]}, {values[1]}, ..., {values[-1]} ({len(values)})"
+    return ", ".join(values) if values else "-"
