@@ -197,7 +197,9 @@ def psis_khat(log_w: Any) -> Any:
         warnings.warn(
             f"PSIS k-hat is nan in {format_positions(bad, kind.batch_shape)}: fewer than {MIN_TAIL_LENGTH} distinct positive "
             f"tail weights among K = {rows.shape[1]} (the tail is the ceil(min(K/5, 3 sqrt(K))) largest); "
-            f"use K >= 21 samples with distinct weights to get a k-hat",
+            + ("use K >= 21 samples to get a k-hat" if rows.shape[1] <= 20 else
+               "the largest weights are tied: all equal (the best case, ESS = K; nothing to fit) or mostly zero "
+               "(check those rows' ESS)"),
             KhatWarning,
             stacklevel=2,
         )
