@@ -274,6 +274,8 @@ def test_fuzz_misbehaving_models_cli(files, how, k):
 
 @FUZZ
 @given(how=st.sampled_from(HOWS), k=st.sampled_from([1, 4, 33]))
+# A constant or all -inf model has tied weights: evalkit's k-hat warning is a legitimate outcome here.
+@pytest.mark.filterwarnings("ignore::evalkit.estimators.psis.KhatWarning")
 def test_fuzz_misbehaving_models_api(files, how, k):
     model = getattr(__import__(MODULE), how)()
     data = torch.from_numpy(np.load(files / "binary.npy"))

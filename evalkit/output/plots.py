@@ -144,7 +144,8 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     ax.set_ylabel(f"|bias| ({result.unit_label}) vs {_ref_axis(result.reference)}")
     ax.set_title("|bias| vs K (hollow: within 2 SE of 0; bars: ± 2 SE)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    _legend(ax, fontsize=7, ncol=2)
+    # |bias| falls with K, so the lower left is free; loc="best" warns on many points.
+    _legend(ax, fontsize=7, ncol=2, loc="lower left")
     return fig
 
 
