@@ -67,7 +67,7 @@ def shared_column_mc_se(
     as K grows with G - 1 degrees of freedom, so it is itself noisy by about
     ``1 / sqrt(2 (G - 1))`` relative (7% at G = 100). It estimates the spread of the estimate
     around its own expectation; the O(1/K) bias of IWAE is not part of it (use JVI to remove it).
-    Compare with the independent-rows formula of :mod:`evalkit.estimate`
+    Compare with the independent-rows formula of :mod:`evalkit.analysis.estimate`
     (``sqrt(sum_n var_n) / N``), which is right only when rows have their own samples.
     """
     rows, _ = as_rows(log_w)

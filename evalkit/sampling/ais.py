@@ -17,7 +17,7 @@ sample; its weights have mean 1 / p(x), so minus their log is a stochastic upper
 Reproducibility. Initial draws, momenta and accept/reject uniforms of datapoint n come from its
 own streams keyed by ``(seed, indices[n])`` (:mod:`evalkit.noise`), and every model call lays
 datapoints out like the importance-sampling engine does (``slot % 32 == index % 32``, calls of
-a multiple of 32 slots; :func:`evalkit.engine._make_batches`), so on the CPU the result is bit
+a multiple of 32 slots; :func:`evalkit.sampling.runner._make_batches`), so on the CPU the result is bit
 for bit independent of ``batch_size`` and of the order and slicing of the data.
 """
 from __future__ import annotations
