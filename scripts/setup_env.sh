@@ -17,7 +17,9 @@ py="$venv/bin/python"
 "$py" -m pip install --quiet --upgrade pip >/dev/null 2>&1 || true
 if ! "$py" -c "import torch" >/dev/null 2>&1; then
   echo "setup: no torch in $venv; installing the CPU build torch==2.13.0" >&2
-  "$py" -m pip install --quiet "torch==2.13.0"
+  "$py" -m pip install --quiet --quiet "torch==2.13.0"
 fi
-"$py" -m pip install --quiet -e "$here[test]"
+# -qq: pip's errors still show; its warnings (here: about package-index folders of the machine's
+# pip configuration that hold no such package) are not about evalkit and would bury the result.
+"$py" -m pip install --quiet --quiet -e "$here[test]"
 echo "setup: evalkit installed in $venv (torch $("$py" -c 'import torch; print(torch.__version__)'))" >&2
