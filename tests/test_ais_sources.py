@@ -156,3 +156,17 @@ def test_cli_method_options_are_usage_errors_where_they_do_not_apply():
                           (["--steps", "10"], "apply to --method ais")):
         result = CliRunner().invoke(main, ["estimate", checkpoint, "--binarize", "bernoulli", *args])
         assert result.exit_code == 2 and message in result.output
+
+
+@pytest.mark.slow
+def test_sweep_against_ais_under_torchrun_equals_one_process(tmp_path):
+    common = ["-m", "evalkit", "sweep", str(REPO / "examples" / "digits_iwae.pt"), "--binarize", "bernoulli",
+              "--ks", "1,10,50", "-e", "iwae", "--reference", "ais", "--steps", "10", "--chains", "2",
+              "--format", "csv", "--quiet"]
+    env = {"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *common], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr
+    one = subprocess.run([sys.executable, *common], cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    assert two.stdout == one.stdout and ",ais," in one.stdout  # rank 0 alone prints, the AIS reference included

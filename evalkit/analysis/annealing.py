@@ -57,14 +57,17 @@ def ais(model: Any, data: Any, *, chains: int = DEFAULT_CHAINS, steps: int = DEF
 
 
 def ais_reference(model: Any, data: Any, *, chains: int = DEFAULT_CHAINS, steps: int = DEFAULT_STEPS,
-                  seed: int = 0, **options: Any) -> Reference:
+                  seed: int = 0, **options: Any) -> Optional[Reference]:
     """Per-datapoint AIS estimates of log p(x) as a sweep's reference, labelled with the settings.
 
     The value for datapoint n is IWAE over its chains' weights, a stochastic lower bound that
     reaches log p(x) as ``steps`` grows; the label states the AIS settings and the Monte Carlo
-    standard error of the dataset mean (from the spread of the chains' weights).
+    standard error of the dataset mean (from the spread of the chains' weights). None on the
+    torchrun processes other than rank 0.
     """
     log_w = ais(model, data, chains=chains, steps=steps, seed=seed, **options)
+    if log_w is None:  # a torchrun process other than rank 0: it helped, rank 0 holds the reference
+        return None
     values = estimator_registry.iwae(log_w).numpy()
     mc_se = math.sqrt(float(estimator_registry.iwae_mc_variance(log_w).sum())) / len(values) if chains > 1 else float("nan")
     label = (f"AIS log p(x) ({steps} steps, {chains} chains, seed {seed}; IWAE over the chains, "

@@ -290,7 +290,7 @@ def sweep_source(
 
 
 def _ais_reference(source: LogWeightSource, seed: int, options: Optional[Dict[str, Any]],
-                   engine_options: Dict[str, Any]) -> Reference:
+                   engine_options: Dict[str, Any]) -> Optional[Reference]:
     """``reference="ais"``: AIS on the same datapoints (their own streams), as the reference."""
     from .annealing import ais_reference
 
@@ -299,8 +299,9 @@ def _ais_reference(source: LogWeightSource, seed: int, options: Optional[Dict[st
                          "it needs a model swept by importance sampling (method='is')")
     run = {name: engine_options[name] for name in ("batch_size", "device", "dtype", "progress")
            if engine_options.get(name) is not None}
-    return ais_reference(source.model, source.data, seed=seed, indices=torch.from_numpy(source.index),
-                         **run, **dict(options or {}))
+    if not np.array_equal(source.index, np.arange(source.n)):  # chosen rows keep their own streams
+        run["indices"] = torch.from_numpy(source.index)
+    return ais_reference(source.model, source.data, seed=seed, **run, **dict(options or {}))
 
 
 def _cells(chosen: Sequence[Any], ks: Sequence[int]) -> tuple:
