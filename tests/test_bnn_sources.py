@@ -79,6 +79,14 @@ def test_quantity_is_refused_for_other_models_and_unknown_values(model):
         evalkit.estimate(model, "digits", k=4, quantity="marginal")
     with pytest.raises(InputError, match="binarize do not apply"):
         evalkit.estimate(model, "digits", k=4, binarize="threshold")
+    with pytest.raises(InputError, match="method='ais' do not apply"):
+        evalkit.estimate(model, "digits", k=4, method="ais")
+
+
+def test_a_network_under_torchrun_is_refused(model, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="runs in one process"):
+        evalkit.estimate(model, "digits", k=4)
 
 
 def test_cli_estimates_the_bundled_network(tmp_path):

@@ -211,9 +211,13 @@ def open_source(
         raise InputError("a model needs data to evaluate; pass data= a tensor, a data file or 'digits'")
     model = resolve_model(model_or_log_weights, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
     if getattr(model, "is_bayesian_network", False):
+        if distributed.launched_by_torchrun():
+            raise InputError("a Bayesian network's predictive or evidence runs in one process (its K weight samples "
+                             "are shared by all rows); run it without torchrun")
+        extra = {"indices": indices, "cache": cache, "binarize": binarize != "none", "method='ais'": method == "ais",
+                 "ais": ais}
         return _bayesian_source(model, model_or_log_weights, data, k=k, seed=seed, split=split, quantity=quantity,
-                                target=target, extra={"indices": indices, "cache": cache, "binarize": binarize != "none"},
-                                engine_options=engine_options)
+                                target=target, extra=extra, engine_options=engine_options)
     if quantity is not None or target is not None:
         raise InputError("quantity and target apply only to Bayesian networks (weights as the latent variable); "
                          "drop them for this model")
