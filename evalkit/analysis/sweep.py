@@ -250,29 +250,11 @@ def sweep_source(
         long_parts += est_long
         fit_rows.append(fit_row)
     issued = _issue_warnings(pool)
-    if source.n < 2:
-        notes.append("one datapoint: standard errors over datapoints are undefined (NaN)")
-    if source.shared_columns:
-        notes.append("every row uses the same samples (shared columns): standard errors over datapoints "
-                     "leave out the correlation of their Monte Carlo errors; `evalkit estimate` gives the "
-                     "column-jackknife Monte Carlo SE")
-    seconds_stats = time.perf_counter() - t_stats - pool.seconds_source
-    metadata = {
-        "n": int(source.n),
-        "k_max": int(k_max),
-        "ks": [int(k) for k in ks_used],
-        "estimators": [est.name for est in chosen],
-        "seed": source.seed,
-        "model": source.model_label,
-        "data": source.data_label,
-        "dims": dims,
-        "units": units_note(dims),
-        "fit_min_k": fit_min_k,
-        **({"sampler": jsonable(source.details)} if source.details else {}),
-        "versions": versions(),
-        "seconds": {"log_weights": round(pool.seconds_source, 3), "statistics": round(seconds_stats, 3),
-                    "total": round(time.perf_counter() - started, 3)},
-    }
+    notes += _source_notes(source)
+    seconds = {"log_weights": round(pool.seconds_source, 3),
+               "statistics": round(time.perf_counter() - t_stats - pool.seconds_source, 3),
+               "total": round(time.perf_counter() - started, 3)}
+    metadata = _metadata(source, ks_used, chosen, dims, fit_min_k, seconds)
     return SweepResult(
         table=pd.DataFrame(rows, columns=TABLE_COLUMNS),
         theory=dg.iwae_theory(pool.r2, pool.r3, ks_used),
@@ -287,6 +269,38 @@ def sweep_source(
         log_weights=pool.log_weights,
         units=units,
     )
+
+
+def _source_notes(source: LogWeightSource) -> List[str]:
+    """What the table's reader must know about the source itself."""
+    notes = []
+    if source.n < 2:
+        notes.append("one datapoint: standard errors over datapoints are undefined (NaN)")
+    if source.shared_columns:
+        notes.append("every row uses the same samples (shared columns): standard errors over datapoints "
+                     "leave out the correlation of their Monte Carlo errors; `evalkit estimate` gives the "
+                     "column-jackknife Monte Carlo SE")
+    return notes
+
+
+def _metadata(source: LogWeightSource, ks: Sequence[int], chosen: Sequence[Any], dims: Optional[int],
+              fit_min_k: int, seconds: Dict[str, float]) -> Dict[str, Any]:
+    """The sweep's metadata: sizes, what was swept on what, units, the sampler's settings, versions, timings."""
+    return {
+        "n": int(source.n),
+        "k_max": int(source.k),
+        "ks": [int(k) for k in ks],
+        "estimators": [est.name for est in chosen],
+        "seed": source.seed,
+        "model": source.model_label,
+        "data": source.data_label,
+        "dims": dims,
+        "units": units_note(dims),
+        "fit_min_k": fit_min_k,
+        **({"sampler": jsonable(source.details)} if source.details else {}),
+        "versions": versions(),
+        "seconds": seconds,
+    }
 
 
 def _ais_reference(source: LogWeightSource, seed: int, options: Optional[Dict[str, Any]],
