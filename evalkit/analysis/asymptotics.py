@@ -220,7 +220,6 @@ def fit_inverse_k(ks: Sequence[int], means: np.ndarray, se: Sequence[float],
     lin = np.linalg.pinv(root_w * design) * root_w.T
     coef = lin @ means.mean(axis=0)
     a_n = means @ lin[0]
-    n = means.shape[0]
     a_se = mean_se(a_n)[1]
     gap = gap_se = math.nan
     if reference is not None:

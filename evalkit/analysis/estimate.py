@@ -221,12 +221,10 @@ def estimate_source(
     dims = resolve_dims(source.dims, dims)
     check_units(units, dims)
     rows = int(block_size) if block_size else block_rows(source.n, source.k)
-    log_w = source.matrix() if keep_log_weights else None  # the whole matrix, when it is itself wanted
-    if not source.is_main:
-        for _ in ([] if keep_log_weights else source.blocks(rows)):  # take part in producing the matrix
-            pass
+    prepared = source.for_statistics(rows, keep=keep_log_weights)
+    if prepared is None:  # a torchrun process other than rank 0: its rows went to rank 0
         return None
-    blocks = MatrixSource(log_w).blocks(rows) if log_w is not None else source.blocks(rows)
+    blocks, log_w = prepared
     stats = _stream_statistics(blocks, chosen, source.shared_columns)
     result = _result(stats, chosen, source, log_w, dims)
     result.units = units

@@ -25,7 +25,7 @@ import torch
 from . import diagnostics as dg
 from ..errors import InputError, WeightWarning, user_stacklevel
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
-from ..sources import ImportanceSamplingSource, LogWeightSource, MatrixSource, load_log_weights, open_source  # noqa: F401
+from ..sources import ImportanceSamplingSource, LogWeightSource, load_log_weights, open_source  # noqa: F401 (load_log_weights re-exported)
 from .reference import Reference, bias_order, resolve_reference, user_reference  # noqa: F401 (bias_order re-exported)
 from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
@@ -232,13 +232,11 @@ def sweep_source(
     notes, cells = _cells(chosen, ks_used)
     rows = int(block_size) if block_size else block_rows(source.n, k_max)
     t0 = time.perf_counter()
-    log_w = source.matrix() if keep_log_weights else None  # the whole pool, when it is itself wanted
-    if not source.is_main:
-        for _ in ([] if keep_log_weights else source.blocks(rows)):  # take part in producing the pool
-            pass
+    prepared = source.for_statistics(rows, keep=keep_log_weights)  # the whole pool only when it is kept
+    if prepared is None:  # a torchrun process other than rank 0: its rows went to rank 0
         return None
     seconds_matrix = time.perf_counter() - t0
-    blocks = MatrixSource(log_w).blocks(rows) if log_w is not None else source.blocks(rows)
+    blocks, log_w = prepared
     t_stats = time.perf_counter()
     pool = first_pass(blocks, source, cells, chosen, max_elements, threads, progress)
     pool = pool._replace(seconds_source=pool.seconds_source + seconds_matrix, log_weights=log_w)

@@ -183,17 +183,8 @@ class EncoderDecoderModel(LatentVariableModel):
         z = self.reparameterize(q, noise)
         # torch.distributions broadcasts sample dimensions on the left: put k first for q.
         log_q = q.log_prob(z.movedim(1, 0)).movedim(0, 1)
-        prior = self.prior()
-        log_prior = prior.log_prob(z)
-        likelihood = self.likelihood(z)
-        if tuple(likelihood.batch_shape) != (n_batch, n_samples) or math.prod(likelihood.event_shape) != x.shape[1]:
-            raise InputError(
-                f"{type(self).__name__}.likelihood(z) returned batch shape {tuple(likelihood.batch_shape)} and "
-                f"event shape {tuple(likelihood.event_shape)}; for z of shape {tuple(z.shape)} it must be "
-                f"({n_batch}, {n_samples}) with {x.shape[1]} data elements as event shape "
-                "(wrap it in torch.distributions.Independent)."
-            )
-        log_likelihood = likelihood.log_prob(x.reshape(n_batch, 1, *likelihood.event_shape))
+        log_prior = self.prior().log_prob(z)
+        log_likelihood = checked_log_likelihood(self, x, z)
         for name, term in (("log q(z|x)", log_q), ("log p(z)", log_prior)):
             if tuple(term.shape) != (n_batch, n_samples):
                 raise InputError(
@@ -286,17 +277,28 @@ def log_joint_from_factories(model, x: Tensor, z: Tensor) -> Tensor:
     """
     n_batch, n_chains = z.shape[0], z.shape[1]
     log_prior = model.prior().log_prob(z)
-    likelihood = model.likelihood(z)
-    if tuple(likelihood.batch_shape) != (n_batch, n_chains) or math.prod(likelihood.event_shape) != x.shape[1]:
-        raise InputError(
-            f"{type(model).__name__}.likelihood(z) returned batch shape {tuple(likelihood.batch_shape)} and event "
-            f"shape {tuple(likelihood.event_shape)} for z of shape {tuple(z.shape)}; it must be ({n_batch}, {n_chains}) "
-            f"with {x.shape[1]} data elements as event shape (wrap it in torch.distributions.Independent)."
-        )
+    log_likelihood = checked_log_likelihood(model, x, z)
     if tuple(log_prior.shape) != (n_batch, n_chains):
         raise InputError(
             f"{type(model).__name__}.prior().log_prob(z) has shape {tuple(log_prior.shape)}, expected "
             f"({n_batch}, {n_chains}); give the prior batch shape [] with the latent as event shape."
         )
-    log_likelihood = likelihood.log_prob(x.reshape(n_batch, 1, *likelihood.event_shape))
     return log_prior.double() + log_likelihood.double()
+
+
+def checked_log_likelihood(model, x: Tensor, z: Tensor) -> Tensor:
+    """``model.likelihood(z).log_prob(x)``, shape ``[B, S]`` in the compute dtype, after checking the shapes.
+
+    ``x``: ``[B, data_dim]``; ``z``: ``[B, S, *latent_shape]`` (S samples or chains). The likelihood
+    must have batch shape ``[B, S]`` and ``data_dim`` elements as its event.
+    """
+    n_batch, n_samples = z.shape[0], z.shape[1]
+    likelihood = model.likelihood(z)
+    if tuple(likelihood.batch_shape) != (n_batch, n_samples) or math.prod(likelihood.event_shape) != x.shape[1]:
+        raise InputError(
+            f"{type(model).__name__}.likelihood(z) returned batch shape {tuple(likelihood.batch_shape)} and "
+            f"event shape {tuple(likelihood.event_shape)}; for z of shape {tuple(z.shape)} it must be "
+            f"({n_batch}, {n_samples}) with {x.shape[1]} data elements as event shape "
+            "(wrap it in torch.distributions.Independent)."
+        )
+    return likelihood.log_prob(x.reshape(n_batch, 1, *likelihood.event_shape))

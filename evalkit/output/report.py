@@ -301,7 +301,7 @@ def render_markdown(result, *, title: str, command: str) -> str:
         out += ["## Notes", ""] + [f"* {text}" for text in list(result.warnings) + list(result.notes)] + [""]
     out += ["## Reproduce", "", "```", command, "```", "", "| package | version |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in m.get("versions", {}).items()]
-    out += ["", f"Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
+    out += ["", "Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
     return "\n".join(out)
 
 

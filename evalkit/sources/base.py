@@ -87,6 +87,21 @@ class LogWeightSource(abc.ABC):
     def details(self) -> dict:
         return {}
 
+    def for_statistics(self, rows: int, *, keep: bool = False) -> Optional[Tuple[Iterator[Block], Optional[torch.Tensor]]]:
+        """``(blocks of rows, whole matrix or None)`` for a consumer that reduces block by block.
+
+        With ``keep`` the whole matrix is produced at once (it is wanted anyway) and the blocks
+        are views of it. None on a torchrun process other than rank 0, which has taken part in
+        producing the matrix by the time this returns.
+        """
+        log_w = self.matrix() if keep else None
+        if not self.is_main:
+            if not keep:
+                for _ in self.blocks(rows):
+                    pass
+            return None
+        return (row_blocks(log_w, rows) if log_w is not None else self.blocks(rows)), log_w
+
     def exact_log_marginal(self) -> Optional[np.ndarray]:
         """The exact log p(x_n) of every row (shape ``(n,)``) when the model has one, else None."""
         return None
@@ -95,3 +110,9 @@ class LogWeightSource(abc.ABC):
     def has_exact_log_marginal(self) -> bool:
         """Whether :meth:`exact_log_marginal` gives values (checked without computing them)."""
         return False
+
+
+def row_blocks(log_w: torch.Tensor, rows: int) -> Iterator[Block]:
+    """``(start, log_w[start:start + rows])`` over an in-memory matrix: views, no copies."""
+    for start in range(0, log_w.shape[0], rows):
+        yield start, log_w[start:start + rows]

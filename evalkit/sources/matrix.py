@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputError
-from .base import Block, LogWeightSource
+from .base import Block, LogWeightSource, row_blocks
 
 
 class MatrixSource(LogWeightSource):
@@ -41,8 +41,7 @@ class MatrixSource(LogWeightSource):
         self.dims = dims
 
     def blocks(self, rows: int) -> Iterator[Block]:
-        for start in range(0, self.n, rows):
-            yield start, self.log_w[start:start + rows]
+        return row_blocks(self.log_w, rows)
 
 
 def check_log_weights(log_w: Any) -> torch.Tensor:
