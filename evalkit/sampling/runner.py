@@ -16,9 +16,8 @@ import sys
 import threading
 import warnings
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -27,6 +26,7 @@ from ..data import rows_text
 from ..errors import EvalkitError, InputError, ResourceError
 from ..noise import NOISE_BLOCK, NoiseBlocks
 from .plan import ROW_ALIGN, ChunkPlan, _round_up, call_columns
+from .workers import LockedProgress, intra_op_threads, run_in_workers
 
 NOISE_THREADS = 32
 """Most threads drawing noise for a GPU (numpy releases the GIL while it samples)."""
@@ -331,25 +331,11 @@ def compute_log_weights(
     if threads > 1:
         _run_workers(runner, threads, progress)
     elif threads == 1:
-        with _intra_op_threads(1):
+        with intra_op_threads(1):
             _run_pipelined(runner, progress)
     else:
         _run_pipelined(runner, progress)
     return out
-
-@contextmanager
-def _intra_op_threads(n_threads: int) -> Iterator[None]:
-    """Set torch's intra-op threads of the calling thread for a while, then restore them."""
-    previous = torch.get_num_threads()
-    if previous == n_threads:
-        yield
-        return
-    torch.set_num_threads(n_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
 
 def _run_pipelined(runner: _Runner, progress: Optional[tqdm]) -> None:
     """Run every call from this thread; the next call is prepared before the previous one is finished."""
@@ -388,61 +374,22 @@ def _work_items(runner: _Runner, threads: int) -> List[tuple]:
 
 
 def _run_workers(runner: _Runner, threads: int, progress: Optional[tqdm]) -> None:
-    """Run the calls on ``threads`` worker threads, each with one intra-op thread.
+    """Run the calls on ``threads`` worker threads (:func:`.workers.run_in_workers`).
 
     A work item is a batch with all its columns when there are enough batches to keep every
     worker busy; otherwise the calls of a batch that share a noise block (or a single call).
-    An item's calls run in order, reusing its noise blocks. After an error no new item
-    starts; the error of the earliest failed item is raised.
+    An item's calls run in order, reusing its noise blocks.
     """
-    items = _work_items(runner, threads)
-    threads = min(threads, len(items))
-    lock = threading.Lock()
-    position = iter(enumerate(items))
-    failures: List[tuple] = []
-    stop = threading.Event()
+    bar = LockedProgress(progress)
 
     def work(item: tuple) -> None:
         batch_number, tasks = item
         noise_blocks = runner.noise_blocks(runner.batches[batch_number])
         for one in tasks:
-            written = runner.finish(runner.launch(runner.prepare(one, noise_blocks)))
-            if progress is not None:
-                with lock:
-                    progress.update(written)
+            bar.update(runner.finish(runner.launch(runner.prepare(one, noise_blocks))))
 
-    def worker() -> None:
-        # Thread-local settings: one intra-op thread (also MKL's), no autograd.
-        torch.set_num_threads(1)
-        with torch.inference_mode():
-            while not stop.is_set():
-                with lock:
-                    number, item = next(position, (None, None))
-                if item is None:
-                    return
-                try:
-                    work(item)
-                except BaseException as error:  # re-raised in the calling thread
-                    with lock:
-                        failures.append((number, error))
-                    stop.set()
-                    return
+    run_in_workers(_work_items(runner, threads), work, threads)
 
-    previous = torch.get_num_threads()
-    pool = [threading.Thread(target=worker, name=f"evalkit-worker-{i}", daemon=True) for i in range(threads)]
-    try:
-        for thread in pool:
-            thread.start()
-        for thread in pool:
-            thread.join()
-    finally:
-        stop.set()
-        for thread in pool:
-            thread.join()
-        # A worker's set_num_threads also changed the default for threads created later.
-        torch.set_num_threads(previous)
-    if failures:
-        raise min(failures, key=lambda failure: failure[0])[1]
 
 class _CompiledCall:
     """``model.log_weights`` through ``torch.compile``, falling back to eager mode if compiling fails.
