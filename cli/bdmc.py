@@ -25,13 +25,15 @@ def _ints(ctx, param, value):
 @click.option("--seed", type=click.IntRange(0, 2**64 - 1), default=0, show_default=True,
               help="Seed of the simulation and of every chain's random streams.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU worker threads, one core each (default: torch's thread count). Does not change the numbers.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=str), default=None, metavar="DIR",
               help="Write bdmc.csv, bdmc_per_datapoint.csv, importance.csv and bdmc.png/.svg here.")
 @click.option("--overwrite", is_flag=True, default=False, help="Replace existing files in --out.")
 @run_options
 @command_errors
-def bdmc_command(checkpoint, factory, prefix, allow_pickle, n, steps, chains, ks, estimators, seed, device, out,
-                 overwrite, quiet, debug):
+def bdmc_command(checkpoint, factory, prefix, allow_pickle, n, steps, chains, ks, estimators, seed, device, threads,
+                 out, overwrite, quiet, debug):
     """Sandwich log p(x) between AIS lower and upper bounds, and see how far IWAE-K is from it.
 
     On N datapoints simulated from the model, forward AIS from q(z|x) gives a stochastic lower
@@ -52,7 +54,8 @@ def bdmc_command(checkpoint, factory, prefix, allow_pickle, n, steps, chains, ks
         check_output_dir(_paths(out), overwrite=overwrite)
     model = evalkit.load_model(checkpoint, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
     report = evalkit.bdmc(model, n=n, steps=steps, chains=chains, ks=ks, estimators=estimators or ("iwae", "jvi1"),
-                          seed=seed, device=None if device == "auto" else device, progress=False if quiet else None)
+                          seed=seed, device=None if device == "auto" else device, progress=False if quiet else None,
+                          threads=threads)
     click.echo(report.to_table(), nl=False)
     if out is not None:
         write_bdmc(report, out, overwrite=overwrite)

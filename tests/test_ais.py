@@ -136,6 +136,49 @@ def test_bitwise_independent_of_batch_size_two_layer_iwae_float32():
     assert torch.equal(ais_log_weights(model, x, **proposal)[:3], ais_log_weights(model, x[:3], batch_size=2, **proposal))
 
 
+def test_worker_threads_give_the_same_bits_and_split_the_data():
+    model = imperfect_model(10, 2, seed=5)
+    x = _data(model, 70, seed=5)
+    options = dict(chains=3, steps=12, dtype=torch.float32, progress=False, keep_step_sizes=True)
+    one = ais_run(model, x, threads=1, **options)
+    calls = []
+    original = evalkit.sampling.ais._anneal_call
+
+    def counting(path, z0, *args, **kwargs):
+        calls.append(z0.shape[0])
+        return original(path, z0, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evalkit.sampling.ais, "_anneal_call", counting)
+        for threads in (2, 3):
+            calls.clear()
+            many = ais_run(model, x, threads=threads, **options)
+            assert len(calls) >= threads  # one call per worker at least
+            for field in ("log_weights", "acceptance_rate", "step_sizes"):
+                assert torch.equal(getattr(one, field), getattr(many, field)), (threads, field)
+
+
+def test_worker_threads_raise_a_workers_error_in_the_caller():
+    model = imperfect_model(10, 2, seed=6)
+    x = _data(model, 70, seed=6)
+    x[65, 0] = 1e6  # finite, so it passes the data checks; the patched call below refuses it
+    original = evalkit.sampling.ais._anneal_call
+
+    def refusing(path, *args, **kwargs):
+        if (path.x[:, 0] == 1e6).any():
+            raise ValueError("the call holding datapoint 65 failed")
+        return original(path, *args, **kwargs)
+
+    before = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(evalkit.sampling.ais, "_anneal_call", refusing)
+        with pytest.raises(ValueError, match="datapoint 65"):
+            ais_run(model, x, chains=2, steps=4, progress=False, threads=2)
+    assert torch.get_num_threads() == before  # the workers' one-thread setting did not leak
+    with pytest.raises(InputError, match="threads"):
+        ais_run(model, x, chains=2, steps=4, progress=False, threads=0)
+
+
 def test_seed_changes_the_chains_and_pilot_adapts_step_sizes():
     model = imperfect_model(10, 2, seed=4)
     x = _data(model, 4, seed=4)
@@ -198,3 +241,29 @@ def test_one_layer_iwae_written_out_gradient_matches_autograd_and_rebatches_bitw
     options = dict(chains=2, steps=10, progress=False)
     full = ais_log_weights(model.float(), x.float(), **options)
     assert torch.equal(full[31:], ais_log_weights(model.float(), x[31:].float(), indices=[31, 32, 33], batch_size=1, **options))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_written_out_initial_gradients_have_autograds_bits(dtype):
+    """The diagonal-Gaussian and one-block GaussianChain gradients AIS takes at every leapfrog step."""
+    from evalkit.models import MLPVAE
+    from evalkit.models.joint import initial_distribution, initial_log_prob, initial_log_prob_and_grad
+
+    torch.manual_seed(0)
+    one_layer, two_layers = IWAE(12, [3], [[8, 8]]), IWAE(12, [4, 3], [[8, 8], [6, 6]])
+    cases = [(MLPVAE(12, 3, (8,)), 3), (one_layer, 3), (two_layers, 7),
+             (LinearGaussianModel.random(12, 3, seed=0), 3)]
+    x = (torch.rand(5, 12) < 0.5).to(dtype)
+    for model, latent in cases:
+        model = model.to(dtype)
+        for init in ("proposal", "prior"):
+            dist = initial_distribution(model, x, init)
+            z = 2 * torch.randn(5, 4, latent, dtype=dtype)
+            leaf = z.clone().requires_grad_(True)
+            expected_value = initial_log_prob(dist, leaf)
+            (expected_grad,) = torch.autograd.grad(expected_value.sum(), leaf)
+            with torch.no_grad():
+                value, grad = initial_log_prob_and_grad(dist, z)
+            assert value.dtype == F64 and value.shape == (5, 4)
+            assert torch.equal(value, expected_value.detach()), (type(model).__name__, init)
+            assert torch.equal(grad, expected_grad), (type(model).__name__, init)

@@ -41,7 +41,7 @@ def ais(model: Any, data: Any, *, chains: int = DEFAULT_CHAINS, steps: int = DEF
     **options
         AIS options (``schedule``, ``init``, ``leapfrog``, ``step_size``, ``target_accept``,
         ``pilot_chains``, ``adapt_from``; :func:`evalkit.sampling.ais.ais_run`) and engine options
-        (``batch_size``, ``device``, ``dtype``, ``progress``).
+        (``batch_size``, ``device``, ``dtype``, ``progress``, ``threads``).
 
     Notes
     -----
@@ -118,7 +118,7 @@ def bdmc(model: Any, *, n: int = 100, steps: Union[int, Sequence[int]] = (100, 1
         if not usable:
             continue
         source = open_source(model_obj, data=bounds.x, k=k, seed=seed,
-                             engine_options={"progress": options.get("progress")})
+                             engine_options={"progress": options.get("progress"), "threads": options.get("threads")})
         result = estimate_source(source, usable)
         rows.append(result.summary.drop(columns=["n"]))
     importance = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
@@ -130,7 +130,7 @@ def _split_options(options: Dict[str, Any]) -> tuple:
 
     ais_options = {name: value for name, value in options.items() if name in AIS_OPTIONS}
     engine_options = {name: value for name, value in options.items() if name not in AIS_OPTIONS}
-    unknown = sorted(set(engine_options) - {"batch_size", "device", "dtype", "progress", "indices"})
+    unknown = sorted(set(engine_options) - {"batch_size", "device", "dtype", "progress", "threads", "indices"})
     if unknown:
         raise InputError(f"unknown options {unknown} for AIS; see evalkit.sampling.ais.ais_run")
     return ais_options, engine_options

@@ -65,6 +65,19 @@ class GaussianChain(Distribution):
             log_p = log_p + normal_log_density(blocks[self.order[i + 1]], mu, log_sigma)
         return log_p
 
+    def log_prob_and_grad(self, value: Tensor):
+        """Return ``log_prob(value)`` and its gradient in ``value`` for a single block, else None (use autograd).
+
+        With ``u = (value - mu) exp(-log_sigma)`` the gradient is ``-u exp(-log_sigma)``, computed
+        in the order autograd differentiates :func:`~evalkit.models.densities.normal_log_density`
+        (``-0.5 u + -0.5 u = -u`` exactly), so the bits are autograd's.
+        """
+        if len(self.dims) != 1:
+            return None
+        inverse_scale = torch.exp(-self.log_scale)
+        standardised = (value - self.loc) * inverse_scale
+        return self.log_prob(value), -standardised * inverse_scale
+
     def from_noise(self, noise: Tensor) -> Tensor:
         """Return ``z`` from standard-normal ``noise`` of shape ``(*batch, C, sum(dims))``."""
         eps = noise.split(self.dims, dim=-1)

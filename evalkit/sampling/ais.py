@@ -32,10 +32,17 @@ from torch import Tensor
 from ..data import check_data_for_model
 from .engine import COMPUTE_DTYPES, _check_indices, _positive_int, _progress_bar, prepared_model, resolve_device
 from .plan import MAX_ROWS_PER_CALL, ROW_ALIGN
-from .runner import _intra_op_threads, _invalid_weights_error, _make_batches
+from .runner import _invalid_weights_error, _make_batches
+from .workers import LockedProgress, intra_op_threads, run_in_workers
 from ..errors import InputError
 from .memory import default_memory_budget
-from ..models.joint import check_ais_model, initial_distribution, initial_log_prob, initial_sample, latent_shape
+from ..models.joint import (
+    check_ais_model,
+    initial_distribution,
+    initial_log_prob_and_grad,
+    initial_sample,
+    latent_shape,
+)
 from ..noise import (
     _PURPOSE_AIS_ACCEPT,
     _PURPOSE_AIS_MOMENTUM,
@@ -97,21 +104,16 @@ class _Path:
         self.model, self.x, self.initial = model, x, initial
 
     def endpoints(self, z: Tensor) -> Endpoints:
+        log_initial, grad_initial = initial_log_prob_and_grad(self.initial, z)
         fast = getattr(self.model, "log_joint_and_grad", None)
         if callable(fast):
-            with torch.enable_grad():
-                z_initial = z.detach().requires_grad_(True)
-                log_initial = initial_log_prob(self.initial, z_initial)
-                (grad_initial,) = torch.autograd.grad(log_initial.sum(), z_initial)
             log_joint, grad_joint = fast(self.x, z)
-            return Endpoints(log_initial.detach(), log_joint, grad_initial, grad_joint)
-        # Two leaves, so that one backward pass gives both gradients separately.
+            return Endpoints(log_initial, log_joint, grad_initial, grad_joint)
         with torch.enable_grad():
-            z_initial, z_joint = z.detach().requires_grad_(True), z.detach().requires_grad_(True)
-            log_initial = initial_log_prob(self.initial, z_initial)
-            log_joint = self.model.log_joint(self.x, z_joint)
-            grad_initial, grad_joint = torch.autograd.grad(log_initial.sum() + log_joint.sum(), (z_initial, z_joint))
-        return Endpoints(log_initial.detach(), log_joint.detach(), grad_initial, grad_joint)
+            leaf = z.detach().requires_grad_(True)
+            log_joint = self.model.log_joint(self.x, leaf)
+            (grad_joint,) = torch.autograd.grad(log_joint.sum(), leaf)
+        return Endpoints(log_initial, log_joint.detach(), grad_initial, grad_joint)
 
     @staticmethod
     def tempered(ends: Endpoints, beta: float) -> tuple[Tensor, Tensor]:
@@ -174,28 +176,41 @@ def _anneal_call(path: _Path, z0: Tensor, betas: Tensor, noise: ChainNoise, *, c
 
 
 def _plan_batch_size(model, rows: int, n_data: int, dtype: torch.dtype, device: torch.device,
-                     batch_size: Optional[int]) -> int:
+                     batch_size: Optional[int], threads: int) -> int:
     """Datapoints per call: ``batch_size``, or what fits ``MAX_ROWS_PER_CALL`` chain rows and the memory budget.
 
     A chain row holds the autograd graph of one ``log_joint`` evaluation (taken as four times
-    the model's ``bytes_per_sample`` when it states one, else 64 KiB) and a few latent-sized tensors.
+    the model's ``bytes_per_sample`` when it states one, else 64 KiB) and a few latent-sized
+    tensors. With several worker threads the data is split into at least one call per worker
+    (each worker holds one call's memory; the budget is shared).
     """
     if batch_size is not None:
         return batch_size
     per_sample = getattr(model, "bytes_per_sample", None)
     per_row = 4 * per_sample(dtype) if callable(per_sample) else 64 * 2**10
-    fit_rows = min(MAX_ROWS_PER_CALL[device.type] // 2, default_memory_budget(device) // per_row)
-    fit = max(1, fit_rows // rows)
+    fit_rows = min(MAX_ROWS_PER_CALL[device.type] // 2, default_memory_budget(device) // (per_row * threads))
+    fit = min(max(1, fit_rows // rows), -(-n_data // threads))
     if fit >= ROW_ALIGN:
         fit -= fit % ROW_ALIGN
     return min(fit, max(n_data, 1))
 
 
+def _default_threads(threads: Optional[int], device: torch.device) -> int:
+    """Worker threads: ``threads``, else torch's intra-op thread count on the CPU and 1 on a GPU."""
+    if threads is not None:
+        return _positive_int(threads, "threads")
+    return torch.get_num_threads() if device.type == "cpu" else 1
+
+
 def _anneal(model, data: Tensor, indices: Tensor, betas: Tensor, *, z_exact: Optional[Tensor], chains: int,
             pilot_chains: int, adapt_from: str, step_size, target_accept: float, leapfrog: int, init: str,
             seed: int, purposes: tuple[int, int], batch_size: Optional[int], device, dtype, progress,
-            keep_step_sizes: bool, desc: str) -> AISResult:
-    """Run AIS along ``betas`` for every datapoint (validated arguments); see :func:`ais_run`."""
+            keep_step_sizes: bool, desc: str, threads: Optional[int] = None) -> AISResult:
+    """Run AIS along ``betas`` for every datapoint (validated arguments); see :func:`ais_run`.
+
+    On the CPU the calls run on worker threads with one intra-op thread each (from the calling
+    thread when there is one worker), so the result does not depend on ``threads``.
+    """
     adapting = step_size is None
     rows = chains + (pilot_chains if adapting and adapt_from == "pilot" else 0)
     adapt_rows = slice(chains, rows) if adapt_from == "pilot" else slice(0, chains)
@@ -203,11 +218,14 @@ def _anneal(model, data: Tensor, indices: Tensor, betas: Tensor, *, z_exact: Opt
     out = torch.empty(n_data, chains, dtype=torch.float64)
     acceptance = torch.empty(n_data, dtype=torch.float64)
     step_sizes = torch.empty(n_data, max(n_transitions, 0), dtype=torch.float64) if keep_step_sizes else None
-    threads = _intra_op_threads(1) if device.type == "cpu" else nullcontext()
-    with prepared_model(model, device, dtype) as run_model, torch.no_grad(), threads:
-        size = _plan_batch_size(run_model, rows, n_data, dtype, device, batch_size)
+    threads = _default_threads(threads, device)
+    with prepared_model(model, device, dtype) as run_model, torch.no_grad():
+        size = _plan_batch_size(run_model, rows, n_data, dtype, device, batch_size, threads)
+        batches = list(_make_batches(indices, size))
         with _progress_bar(progress, n_data * max(n_transitions, 0), desc=desc, unit="step") as bar:
-            for batch in _make_batches(indices, size):
+            bar = LockedProgress(bar)
+
+            def run_batch(batch) -> None:
                 slot_indices: list = [None] * batch.n_slots
                 for slot, index in zip(batch.slots.tolist(), batch.indices):
                     slot_indices[slot] = index
@@ -224,10 +242,18 @@ def _anneal(model, data: Tensor, indices: Tensor, betas: Tensor, *, z_exact: Opt
                     _Path(run_model, x, initial), z0, betas, noise, chains=chains, adapt_rows=adapt_rows,
                     step_size=given, target_accept=target_accept, leapfrog=leapfrog, progress=bar,
                     n_real=len(batch.indices))
+                # Batches hold disjoint rows: workers never write to the same place.
                 out[batch.rows] = log_w[batch.slots, :chains].cpu()
                 acceptance[batch.rows] = rate[batch.slots].cpu()
                 if step_sizes is not None:
                     step_sizes[batch.rows] = used[batch.slots].cpu()
+
+            if threads > 1 and len(batches) > 1:
+                run_in_workers(batches, run_batch, threads, grad_mode=torch.no_grad)
+            else:
+                with intra_op_threads(1) if device.type == "cpu" else nullcontext():
+                    for batch in batches:
+                        run_batch(batch)
     error = _invalid_weights_error(out, indices)
     if error is not None:
         raise error
@@ -274,6 +300,7 @@ def ais_run(
     dtype: torch.dtype = torch.float32,
     progress: Optional[bool] = None,
     keep_step_sizes: bool = False,
+    threads: Optional[int] = None,
 ) -> AISResult:
     """Run forward AIS for every datapoint; return log-weights, acceptance rates and settings.
 
@@ -317,6 +344,9 @@ def ais_run(
         A tqdm bar on stderr: None shows it when stderr is a terminal (after 2 s).
     keep_step_sizes : bool, default False
         Keep the ``[N, T - 1]`` step sizes (for reverse AIS on the same data).
+    threads : int, optional
+        CPU worker threads, each running whole calls on one core (default: torch's intra-op
+        thread count; 1 on a GPU). A speed knob only: the result does not depend on it.
 
     Returns
     -------
@@ -355,7 +385,7 @@ def ais_run(
                      adapt_from=adapt_from, step_size=step_size, target_accept=target_accept, leapfrog=leapfrog,
                      init=init, seed=check_seed(seed), purposes=(_PURPOSE_AIS_MOMENTUM, _PURPOSE_AIS_ACCEPT),
                      batch_size=batch_size, device=resolve_device(device), dtype=dtype, progress=progress,
-                     keep_step_sizes=keep_step_sizes, desc="AIS")
+                     keep_step_sizes=keep_step_sizes, desc="AIS", threads=threads)
     result.settings = dict(direction="forward", chains=chains, steps=steps,
                            schedule=schedule if isinstance(schedule, str) else "custom", init=init, leapfrog=leapfrog,
                            step_size="adaptive" if step_size is None else float(step_size),
@@ -402,6 +432,7 @@ def reverse_ais_log_weights(
     device: Optional[Union[str, torch.device]] = None,
     dtype: torch.dtype = torch.float32,
     progress: Optional[bool] = None,
+    threads: Optional[int] = None,
     **forward_options,
 ) -> AISResult:
     """Run AIS from b = 1 to b = 0, every chain starting at the exact posterior sample ``z_exact``.
@@ -430,7 +461,7 @@ def reverse_ais_log_weights(
                        target_accept=0.65, pilot_chains=1, adapt_from="pilot", init=init, seed=seed,
                        batch_size=batch_size, dtype=dtype)
     common = dict(steps=steps, schedule=schedule, init=init, leapfrog=leapfrog, seed=seed, indices=indices,
-                  batch_size=batch_size, device=device, dtype=dtype, progress=progress)
+                  batch_size=batch_size, device=device, dtype=dtype, progress=progress, threads=threads)
     if step_size is None:
         step_size = ais_run(model, data, chains=1, keep_step_sizes=True, **common, **forward_options).step_sizes
     if isinstance(step_size, Tensor):
@@ -448,7 +479,7 @@ def reverse_ais_log_weights(
                      init=init, seed=check_seed(seed),
                      purposes=(_PURPOSE_AIS_REVERSE_MOMENTUM, _PURPOSE_AIS_REVERSE_ACCEPT), batch_size=batch_size,
                      device=resolve_device(device), dtype=dtype, progress=progress, keep_step_sizes=False,
-                     desc="reverse AIS")
+                     desc="reverse AIS", threads=threads)
     result.settings = dict(direction="reverse", chains=chains, steps=steps, init=init, leapfrog=leapfrog, seed=seed)
     return result
 

@@ -97,6 +97,7 @@ def bdmc(
     device: Optional[Union[str, torch.device]] = None,
     dtype: torch.dtype = torch.float32,
     progress: Optional[bool] = None,
+    threads: Optional[int] = None,
 ) -> BDMCResult:
     """Bound log p(x) from both sides on ``n`` datapoints simulated from the model.
 
@@ -112,7 +113,7 @@ def bdmc(
         Simulated datapoints.
     steps : int or sequence of int, default (100, 1000)
         AIS step counts T; the gap should shrink as T grows.
-    chains, seed, init, leapfrog, schedule, batch_size, device, dtype, progress
+    chains, seed, init, leapfrog, schedule, batch_size, device, dtype, progress, threads
         As :func:`~evalkit.sampling.ais.ais_run`.
 
     Returns
@@ -135,7 +136,7 @@ def bdmc(
     x, z = simulate(model, n, seed=seed)
     exact = model.log_marginal(x.double()) if callable(getattr(model, "log_marginal", None)) else None
     options = dict(chains=chains, seed=seed, init=init, leapfrog=leapfrog, schedule=schedule, batch_size=batch_size,
-                   device=device, dtype=dtype, progress=progress)
+                   device=device, dtype=dtype, progress=progress, threads=threads)
     rows = []
     for t in step_counts:
         forward = ais_run(model, x, steps=t, keep_step_sizes=True, **options)

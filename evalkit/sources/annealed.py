@@ -18,8 +18,8 @@ from ..sampling.ais import ais_run
 #: The AIS options a sampler takes (see :func:`evalkit.sampling.ais.ais_run`).
 AIS_OPTIONS = ("steps", "schedule", "init", "leapfrog", "step_size", "target_accept", "pilot_chains", "adapt_from")
 
-#: Engine options AIS uses; the engine's others (k_chunk, memory_budget, threads, compile, tf32) do not apply.
-_RUN_OPTIONS = ("batch_size", "device", "dtype", "progress")
+#: Engine options AIS uses; the engine's others (k_chunk, memory_budget, compile, tf32) do not apply.
+_RUN_OPTIONS = ("batch_size", "device", "dtype", "progress", "threads")
 
 
 class AISSampler:
