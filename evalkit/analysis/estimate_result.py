@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from ..estimators.psis import MIN_TAIL_LENGTH
-from .in_units import SUMMARY_COLUMNS, bpd_fields, check_units, convert_frame
+from .in_units import SUMMARY_COLUMNS, bpd_fields, check_units, convert_frame, with_bpd_columns
 from .tables import jsonable, render
 
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
@@ -43,7 +43,8 @@ class EstimateResult:
         ``n``.
     per_example : DataFrame
         One row per datapoint (``index`` = position in the dataset): one column per estimator,
-        plus ``ess`` (effective sample size of the K weights) and ``psis_khat``.
+        plus ``ess`` (effective sample size of the K weights) and ``psis_khat``; nats only
+        (:meth:`per_example_table`, what files get, adds the ``*_bpd`` twins).
     diagnostics : dict
         Summary of the weight diagnostics: mean ESS/K, fractions of k-hat above 0.5 and 0.7
         and the indices of the datapoints above 0.7.
@@ -75,6 +76,16 @@ class EstimateResult:
             return self.summary.copy()
         return convert_frame(self.summary, self.metadata["dims"], **SUMMARY_COLUMNS)
 
+    def per_example_table(self) -> pd.DataFrame:
+        """:attr:`per_example` as written to files, with bits-per-dimension twins where D is known.
+
+        Each estimator column ``name`` (nats) gets ``name_bpd`` = ``-name / (D ln 2)`` after the
+        other columns, like the ``*_bpd`` fields of the summary JSON; ``ess``, ``psis_khat`` and
+        ``index`` have none. Without D (``metadata["dims"]`` is None) it is :attr:`per_example`.
+        """
+        return with_bpd_columns(self.per_example, self.metadata.get("dims"),
+                                values=[name for name in self.summary["estimator"]])
+
     def to_dict(self, *, per_example: bool = False) -> Dict[str, Any]:
         """The JSON document as a dict (schema in the README, "JSON output")."""
         doc: Dict[str, Any] = {
@@ -85,10 +96,8 @@ class EstimateResult:
             "diagnostics": {key: jsonable(value) for key, value in self.diagnostics.items()},
         }
         if per_example:
-            doc["per_example"] = {
-                column: [jsonable(v) for v in self.per_example[column].tolist()]
-                for column in self.per_example.columns
-            }
+            table = self.per_example_table()
+            doc["per_example"] = {column: [jsonable(v) for v in table[column].tolist()] for column in table.columns}
         return doc
 
     def to_json(self, *, per_example: bool = False, indent: int = 2) -> str:
