@@ -18,7 +18,7 @@ import torch
 
 from ..estimators.psis import MIN_TAIL_LENGTH
 from .in_units import SUMMARY_COLUMNS, bpd_fields, check_units, convert_frame, with_bpd_columns
-from .tables import jsonable, render
+from .tables import jsonable, quantity_of, render
 
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
 JSON_SCHEMA_VERSION = 1
@@ -75,6 +75,11 @@ class EstimateResult:
         if units == "nats":
             return self.summary.copy()
         return convert_frame(self.summary, self.metadata["dims"], **SUMMARY_COLUMNS)
+
+    @property
+    def quantity(self) -> str:
+        """What the estimates are of: ``"log p(x)"``, or the source's label (e.g. ``"log p(y | x)"``)."""
+        return quantity_of(self.metadata)
 
     def per_example_table(self) -> pd.DataFrame:
         """:attr:`per_example` as written to files, with bits-per-dimension twins where D is known.
@@ -135,7 +140,8 @@ class EstimateResult:
     def to_latex(self) -> str:
         """The summary table as a LaTeX ``tabular`` (booktabs style)."""
         frame = _display_frame(self.table_in(), self.units)
-        quantity = r"$\log p(x)$" if self.units == "nats" else r"bits/dim"
+        math_quantity = self.quantity.replace("log ", r"\log ").replace(" | ", r" \mid ")
+        quantity = f"${math_quantity}$" if self.units == "nats" else r"bits/dim"
         lines = [
             r"\begin{tabular}{lrrrr}",
             r"\toprule",
@@ -153,7 +159,7 @@ class EstimateResult:
         text = frame.to_string(index=False)
         meta = self.metadata
         head = (
-            f"{meta.get('quantity', 'log p(x)')} estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
+            f"{self.quantity} estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
         )
         sampler = meta.get("sampler")
         if sampler and sampler.get("method") == "ais":
@@ -161,7 +167,7 @@ class EstimateResult:
                      f"{sampler['init']}, {sampler['leapfrog']} leapfrog steps, K = chains per datapoint; mean "
                      f"acceptance {sampler.get('mean_acceptance_rate', float('nan')):.2f}")
         if self.units == "bpd":
-            head += f"\nin bits per dimension: bpd = -log p(x) / (D ln 2), D = {meta['dims']}"
+            head += f"\nin bits per dimension: bpd = -{self.quantity} / (D ln 2), D = {meta['dims']}"
         return f"{head}\n{text}\n{self.diagnostics_text()}\n"
 
     def diagnostics_text(self) -> str:
