@@ -32,7 +32,7 @@ from ..sources.inputs import DataLike, ModelLike
 from .diagnostics import summarize_weights, weight_diagnostics
 from .in_units import check_units, resolve_dims, units_note
 from .estimate_result import JSON_SCHEMA_VERSION, EstimateResult  # noqa: F401 (re-exported)
-from .tables import jsonable
+from .tables import jsonable, quantity_metadata
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 
@@ -345,8 +345,7 @@ def _result(
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     }
-    if source.quantity_label != LogWeightSource.quantity_label:
-        metadata["quantity"] = source.quantity_label
+    metadata.update(quantity_metadata(source))
     if source.details:
         metadata["sampler"] = jsonable(source.details)
     if source.shared_columns:

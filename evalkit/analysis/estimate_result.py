@@ -17,8 +17,8 @@ import pandas as pd
 import torch
 
 from ..estimators.psis import MIN_TAIL_LENGTH
-from .in_units import SUMMARY_COLUMNS, bpd_fields, check_units, convert_frame
-from .tables import jsonable, render
+from .in_units import SUMMARY_COLUMNS, bpd_fields, check_units, convert_frame, with_bpd_columns
+from .tables import jsonable, quantity_of, render
 
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
 JSON_SCHEMA_VERSION = 1
@@ -43,7 +43,8 @@ class EstimateResult:
         ``n``.
     per_example : DataFrame
         One row per datapoint (``index`` = position in the dataset): one column per estimator,
-        plus ``ess`` (effective sample size of the K weights) and ``psis_khat``.
+        plus ``ess`` (effective sample size of the K weights) and ``psis_khat``; nats only
+        (:meth:`per_example_table`, what files get, adds the ``*_bpd`` twins).
     diagnostics : dict
         Summary of the weight diagnostics: mean ESS/K, fractions of k-hat above 0.5 and 0.7
         and the indices of the datapoints above 0.7.
@@ -75,6 +76,21 @@ class EstimateResult:
             return self.summary.copy()
         return convert_frame(self.summary, self.metadata["dims"], **SUMMARY_COLUMNS)
 
+    @property
+    def quantity(self) -> str:
+        """What the estimates are of: ``"log p(x)"``, or the source's label (e.g. ``"log p(y | x)"``)."""
+        return quantity_of(self.metadata)
+
+    def per_example_table(self) -> pd.DataFrame:
+        """:attr:`per_example` as written to files, with bits-per-dimension twins where D is known.
+
+        Each estimator column ``name`` (nats) gets ``name_bpd`` = ``-name / (D ln 2)`` after the
+        other columns, like the ``*_bpd`` fields of the summary JSON; ``ess``, ``psis_khat`` and
+        ``index`` have none. Without D (``metadata["dims"]`` is None) it is :attr:`per_example`.
+        """
+        return with_bpd_columns(self.per_example, self.metadata.get("dims"),
+                                values=[name for name in self.summary["estimator"]])
+
     def to_dict(self, *, per_example: bool = False) -> Dict[str, Any]:
         """The JSON document as a dict (schema in the README, "JSON output")."""
         doc: Dict[str, Any] = {
@@ -85,10 +101,8 @@ class EstimateResult:
             "diagnostics": {key: jsonable(value) for key, value in self.diagnostics.items()},
         }
         if per_example:
-            doc["per_example"] = {
-                column: [jsonable(v) for v in self.per_example[column].tolist()]
-                for column in self.per_example.columns
-            }
+            table = self.per_example_table()
+            doc["per_example"] = {column: [jsonable(v) for v in table[column].tolist()] for column in table.columns}
         return doc
 
     def to_json(self, *, per_example: bool = False, indent: int = 2) -> str:
@@ -126,7 +140,8 @@ class EstimateResult:
     def to_latex(self) -> str:
         """The summary table as a LaTeX ``tabular`` (booktabs style)."""
         frame = _display_frame(self.table_in(), self.units)
-        quantity = r"$\log p(x)$" if self.units == "nats" else r"bits/dim"
+        math_quantity = self.quantity.replace("log ", r"\log ").replace(" | ", r" \mid ")
+        quantity = f"${math_quantity}$" if self.units == "nats" else r"bits/dim"
         lines = [
             r"\begin{tabular}{lrrrr}",
             r"\toprule",
@@ -144,7 +159,7 @@ class EstimateResult:
         text = frame.to_string(index=False)
         meta = self.metadata
         head = (
-            f"{meta.get('quantity', 'log p(x)')} estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
+            f"{self.quantity} estimates: {meta['data']}, N = {meta['n']}, K = {meta['k']}, seed = {meta['seed']}"
         )
         sampler = meta.get("sampler")
         if sampler and sampler.get("method") == "ais":
@@ -152,7 +167,7 @@ class EstimateResult:
                      f"{sampler['init']}, {sampler['leapfrog']} leapfrog steps, K = chains per datapoint; mean "
                      f"acceptance {sampler.get('mean_acceptance_rate', float('nan')):.2f}")
         if self.units == "bpd":
-            head += f"\nin bits per dimension: bpd = -log p(x) / (D ln 2), D = {meta['dims']}"
+            head += f"\nin bits per dimension: bpd = -{self.quantity} / (D ln 2), D = {meta['dims']}"
         return f"{head}\n{text}\n{self.diagnostics_text()}\n"
 
     def diagnostics_text(self) -> str:

@@ -86,6 +86,24 @@ def convert_frame(frame: pd.DataFrame, dims: int, *, values: Iterable[str] = (),
     return out
 
 
+def with_bpd_columns(frame: pd.DataFrame, dims: Optional[int], *, values: Iterable[str] = (),
+                     spreads: Iterable[str] = (), variances: Iterable[str] = ()) -> pd.DataFrame:
+    """A copy of ``frame`` with a ``name + "_bpd"`` twin after the columns for each named column.
+
+    The twins are :func:`convert_frame`'s conversions (``-x / (D ln 2)`` for ``values``,
+    ``s / (D ln 2)`` for ``spreads``, ``v / (D ln 2)^2`` for ``variances``); absent columns are
+    skipped, and without D (``dims=None``) the copy has no twins at all.
+    """
+    out = frame.copy()
+    if dims is None:
+        return out
+    converted = convert_frame(frame, dims, values=values, spreads=spreads, variances=variances)
+    for column in (*values, *spreads, *variances):
+        if column in frame:
+            out[f"{column}_bpd"] = converted[column]
+    return out
+
+
 def bpd_fields(row: dict, dims: Optional[int], *, values: Iterable[str] = (), spreads: Iterable[str] = (),
                variances: Iterable[str] = ()) -> dict:
     """``{name + "_bpd": converted}`` for the named fields of one JSON row (None where D is unknown)."""

@@ -16,6 +16,7 @@ import torch
 from ..errors import InputError
 from ..sources import LogWeightSource, load_array
 from . import diagnostics as dg
+from .tables import DEFAULT_QUANTITY
 
 
 @dataclass(frozen=True)
@@ -65,8 +66,11 @@ def bias_order(name: str) -> int:
     return {"iwae": 1, "dvi": 2}.get(name, 0)
 
 
-def user_reference(reference: Any, n: int) -> Optional[Reference]:
-    """A user-supplied reference (number, per-datapoint values or file) as a Reference, or None."""
+def user_reference(reference: Any, n: int, *, quantity: str = DEFAULT_QUANTITY) -> Optional[Reference]:
+    """A user-supplied reference (number, per-datapoint values or file) as a Reference, or None.
+
+    ``quantity`` names what the values are of in the label (the source's ``quantity_label``).
+    """
     if reference is None:
         return None
     if isinstance(reference, Reference):  # e.g. evalkit.analysis.annealing.ais_reference
@@ -90,8 +94,8 @@ def user_reference(reference: Any, n: int) -> Optional[Reference]:
             f"reference has {values.size} values for {n} datapoints; give one number or one value per datapoint"
         )
     if not np.all(np.isfinite(values)):
-        raise InputError("reference values must be finite numbers (log p(x) in nats)")
-    return Reference("user", f"user-supplied log p(x) ({source})", values)
+        raise InputError(f"reference values must be finite numbers ({quantity} in nats)")
+    return Reference("user", f"user-supplied {quantity} ({source})", values)
 
 
 def resolve_reference(user_ref: Optional[Reference], source: LogWeightSource, k_max: int,
@@ -105,11 +109,11 @@ def resolve_reference(user_ref: Optional[Reference], source: LogWeightSource, k_
         values = _as_float64(exact)
         if values.shape != (source.n,):
             raise InputError(f"model.log_marginal returned shape {values.shape}, expected ({source.n},)")
-        return Reference("exact", "exact log p(x) of the model", values)
+        return Reference("exact", f"exact {source.quantity_label} of the model", values)
     if user_ref is not None:
         return user_ref
     best, values = pool
-    label = (f"{best} at K = {k_max} on the same samples (no exact log p(x); "
+    label = (f"{best} at K = {k_max} on the same samples (no exact {source.quantity_label}; "
              f"bias is relative to this estimate)")
     return Reference("pool", label, values, estimator=best, k=int(k_max))
 

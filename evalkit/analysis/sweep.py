@@ -30,7 +30,7 @@ from .reference import Reference, bias_order, resolve_reference, user_reference 
 from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
 from .in_units import check_units, resolve_dims, units_note
-from .tables import jsonable
+from .tables import jsonable, quantity_metadata
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
 
@@ -194,7 +194,7 @@ def sweep(
         raise InputError("this model has an exact log_marginal, which is the reference; drop reference=")
     if isinstance(reference, str) and reference == "ais":
         reference = _ais_reference(source, seed, reference_ais, engine_options)
-    user_ref = user_reference(reference, source.n)  # checked before the long model pass
+    user_ref = user_reference(reference, source.n, quantity=source.quantity_label)  # checked before the long model pass
     return sweep_source(source, ks_given, estimators, user_ref, fit_min_k=fit_min_k,
                         keep_log_weights=keep_log_weights, max_elements=max_elements, threads=threads,
                         progress=progress, block_size=block_size, started=started, units=units, dims=dims)
@@ -295,6 +295,7 @@ def _metadata(source: LogWeightSource, ks: Sequence[int], chosen: Sequence[Any],
         "dims": dims,
         "units": units_note(dims),
         "fit_min_k": fit_min_k,
+        **quantity_metadata(source),
         **({"sampler": jsonable(source.details)} if source.details else {}),
         "versions": versions(),
         "seconds": seconds,

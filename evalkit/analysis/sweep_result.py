@@ -23,7 +23,7 @@ from .in_units import (PER_DATAPOINT_COLUMNS, SWEEP_TABLE_COLUMNS, THEORY_COLUMN
                        check_units, convert_frame)
 from .reference import Reference
 from ..units import bits_per_dim
-from .tables import jsonable, num, pm, records, render, sig2, slope_text
+from .tables import DEFAULT_QUANTITY, jsonable, markdown_table, num, pm, quantity_of, records, render, sig2, slope_text
 
 #: Version of the JSON document written by :meth:`SweepResult.to_json`.
 JSON_SCHEMA_VERSION = 1
@@ -133,6 +133,12 @@ class SweepResult:
         """``nats`` or ``bits/dim``: how tables, axes and sentences name :attr:`units`."""
         return UNIT_LABELS[self.units]
 
+    @property
+    def quantity(self) -> str:
+        """What the estimates are of: ``"log p(x)"``, or the source's label (``"log p(y | x)"`` for a
+        Bayesian network's predictive), for headings, axes and sentences."""
+        return quantity_of(self.metadata)
+
     # -- text -----------------------------------------------------------------------------------
 
     def headline(self) -> str:
@@ -171,7 +177,7 @@ class SweepResult:
         return pd.DataFrame(
             {
                 "estimator": f["estimator"],
-                "log p(x) extrapolated (a)" if self.units == "nats" else "bits/dim extrapolated (a)": [pm(v, s) for v, s in zip(f["a"], f["a_se"])],
+                f"{self.quantity} extrapolated (a)" if self.units == "nats" else "bits/dim extrapolated (a)": [pm(v, s) for v, s in zip(f["a"], f["a_se"])],
                 "a - reference (paired)": [pm(v, s) for v, s in zip(f["a_minus_reference"],
                                                                      f["a_minus_reference_se"])],
                 "b (1/K)": [num(v) for v in f["b"]],
@@ -208,13 +214,13 @@ class SweepResult:
         parts = [
             f"**{self.headline()}**",
             "",
-            bias_sentence(self.shown().reference, self.unit_label),
+            bias_sentence(self.shown().reference, self.unit_label, self.quantity),
             "",
-            self.display_table().to_markdown(index=False),
+            markdown_table(self.display_table()),
             "",
             "Extrapolation a + b/K + c/K^2 (weighted least squares; SE over datapoints):",
             "",
-            self.fits_display().to_markdown(index=False),
+            markdown_table(self.fits_display()),
             "",
             self.weights_text().replace("\n", "  \n"),
         ]
@@ -224,7 +230,7 @@ class SweepResult:
 
     def to_table(self) -> str:
         """Plain text for a terminal."""
-        text = [self.headline(), bias_sentence(self.shown().reference, self.unit_label), self.display_table().to_string(index=False), "",
+        text = [self.headline(), bias_sentence(self.shown().reference, self.unit_label, self.quantity), self.display_table().to_string(index=False), "",
                 "extrapolation a + b/K + c/K^2:", self.fits_display().to_string(index=False), "",
                 self.weights_text()]
         text += [f"note: {note}" for note in self.notes]
@@ -295,9 +301,10 @@ class SweepResult:
         return write_report(self, out, title=title, command=command, overwrite=overwrite)
 
 
-def bias_sentence(ref: Reference, unit: str = "nats") -> str:
+def bias_sentence(ref: Reference, unit: str = "nats", quantity: str = DEFAULT_QUANTITY) -> str:
+    """The sentence that says what 'bias' is measured against (``quantity``: what is estimated)."""
     if ref.kind == "pool":
-        return (f"Reference: {ref.label}. No exact log p(x) was available, so 'bias' is the difference "
+        return (f"Reference: {ref.label}. No exact {quantity} was available, so 'bias' is the difference "
                 f"from this estimate; it understates the true bias by that estimate's own bias.")
     return f"Reference: {ref.label} (mean {ref.mean:.6g} {unit})."
 

@@ -12,6 +12,22 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..sources.base import LogWeightSource
+
+DEFAULT_QUANTITY = LogWeightSource.quantity_label
+"""What estimates estimate unless the source says otherwise: ``"log p(x)"``."""
+
+
+def quantity_metadata(source: LogWeightSource) -> Dict[str, str]:
+    """``{"quantity": label}`` for a source whose estimates are not of log p(x) (e.g. a Bayesian
+    network's predictive, ``"log p(y | x)"``), else ``{}``: metadata of log p(x) results is unchanged."""
+    label = source.quantity_label
+    return {} if label == DEFAULT_QUANTITY else {"quantity": label}
+
+
+def quantity_of(metadata: Dict[str, Any]) -> str:
+    """The quantity a result's metadata says its estimates are of (:data:`DEFAULT_QUANTITY` if none)."""
+    return metadata.get("quantity", DEFAULT_QUANTITY)
 
 
 def render(fmt: str, writers: Dict[str, Callable[[], str]]) -> str:
@@ -19,6 +35,19 @@ def render(fmt: str, writers: Dict[str, Callable[[], str]]) -> str:
     if fmt not in writers:
         raise InputError(f"unknown format {fmt!r}; use one of {', '.join(writers)}")
     return writers[fmt]()
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """``frame`` as a Markdown table, with ``|`` in headers and cells escaped as ``\\|`` so that a
+    label such as ``log p(y | x)`` or ``|bias| slope`` stays in its own column."""
+    def escape(value: Any) -> Any:
+        return value.replace("|", r"\|") if isinstance(value, str) else value
+
+    escaped = frame.rename(columns=escape)
+    for column in escaped.columns:
+        if not pd.api.types.is_numeric_dtype(escaped[column]):
+            escaped[column] = escaped[column].map(escape)
+    return escaped.to_markdown(index=False)
 
 
 def num(value: float) -> str:

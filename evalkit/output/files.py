@@ -35,11 +35,11 @@ def write_estimate_outputs(result, paths: Dict[str, Optional[str]], *, text: str
     if paths.get("output") is not None:
         atomic_write_text(paths["output"], text if text.endswith("\n") else text + "\n", overwrite=overwrite)
     if paths.get("per_example") is not None:
-        target = paths["per_example"]
+        target, table = paths["per_example"], result.per_example_table()  # *_bpd twins where D is known
         if target.endswith(".json"):
-            body = result.per_example.to_json(orient="records", indent=1, double_precision=15)
+            body = table.to_json(orient="records", indent=1, double_precision=15)
         else:
-            body = result.per_example.to_csv(index=False, float_format="%.17g")
+            body = table.to_csv(index=False, float_format="%.17g")
         atomic_write_text(target, body, overwrite=overwrite)
     if paths.get("log_weights") is not None:
         target = paths["log_weights"]

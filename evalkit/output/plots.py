@@ -61,10 +61,10 @@ def plot_estimates(result, ax=None):
         if ok.any():
             ax.fill_between(k[ok], (y - half)[ok], (y + half)[ok], color=color, alpha=0.2, linewidth=0)
     ref = result.reference
-    ax.axhline(ref.mean, color="black", linestyle="--", linewidth=1.2, label=f"reference: {_ref_legend(ref)}")
+    ax.axhline(ref.mean, color="black", linestyle="--", linewidth=1.2, label=f"reference: {_ref_legend(ref, result.quantity)}")
     ax.set_xscale("log")
     ax.set_xlabel("K (samples per datapoint)")
-    ax.set_ylabel("mean log p(x) estimate (nats)" if result.units == "nats" else "mean bits per dimension (bits/dim)")
+    ax.set_ylabel(f"mean {result.quantity} estimate (nats)" if result.units == "nats" else "mean bits per dimension (bits/dim)")
     ax.set_title(f"Estimate vs K (N = {result.metadata['n']}; band: 95% CI of estimate - reference)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     _legend(ax, fontsize=8)
@@ -141,7 +141,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("K (samples per datapoint)")
-    ax.set_ylabel(f"|bias| ({result.unit_label}) vs {_ref_axis(result.reference)}")
+    ax.set_ylabel(f"|bias| ({result.unit_label}) vs {_ref_axis(result.reference, result.quantity)}")
     ax.set_title("|bias| vs K (hollow: within 2 SE of 0; bars: ± 2 SE)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
     # |bias| falls with K, so the lower left is free; loc="best" warns on many points.
@@ -338,20 +338,21 @@ def _pretty(name: str) -> str:
     return name.upper()
 
 
-def _ref_legend(ref) -> str:
+def _ref_legend(ref, quantity: str) -> str:
+    """The reference's legend entry; ``quantity`` is what is estimated (the result's ``quantity``)."""
     if ref.kind == "pool":
-        return f"{_pretty(ref.estimator)} at K = {ref.k} (no exact log p(x))"
+        return f"{_pretty(ref.estimator)} at K = {ref.k} (no exact {quantity})"
     if ref.kind == "exact":
-        return "exact log p(x)"
+        return f"exact {quantity}"
     if ref.kind == "ais":
-        return "AIS log p(x) (reference)"
-    return "user-supplied log p(x)"
+        return f"AIS {quantity} (reference)"
+    return f"user-supplied {quantity}"
 
 
-def _ref_axis(ref) -> str:
+def _ref_axis(ref, quantity: str) -> str:
     if ref.kind == "pool":
         return f"{_pretty(ref.estimator)} at K={ref.k} (no exact)"
-    return {"exact": "exact log p(x)", "ais": "AIS reference"}.get(ref.kind, "user reference")
+    return {"exact": f"exact {quantity}", "ais": "AIS reference"}.get(ref.kind, "user reference")
 
 
 def _mark_clipped(ax, k, value, se, color) -> None:

@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import pandas as pd
 
 from ..analysis.diagnostics import mean_se
-from ..analysis.tables import pm
+from ..analysis.tables import markdown_table, pm
 from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text, check_writable
 from ..errors import OutputError
 
@@ -237,7 +237,7 @@ def findings(result) -> List[str]:
     if not fits.empty:
         parts = [f"{r.estimator} {pm(r.a, r.a_se)} (minus the reference: "
                  f"{pm(r.a_minus_reference, r.a_minus_reference_se)})" for r in fits.itertuples()]
-        lines.append(f"Extrapolated {'log p(x)' if u == 'nats' else u} (fit a + b/K + c/K^2 over K >= "
+        lines.append(f"Extrapolated {result.quantity if u == 'nats' else u} (fit a + b/K + c/K^2 over K >= "
                      f"{result.metadata.get('fit_min_k')}): " + "; ".join(parts) + f" {u}.")
     w = result.weights
     lines.append(
@@ -247,7 +247,7 @@ def findings(result) -> List[str]:
            if w.warning else " The bias/variance asymptotics can be trusted for every datapoint.")
     )
     if ref.kind == "pool":
-        lines.append(f"No exact log p(x) was available: 'bias' is measured against {ref.label}.")
+        lines.append(f"No exact {result.quantity} was available: 'bias' is measured against {ref.label}.")
     return lines
 
 
@@ -284,16 +284,16 @@ def render_markdown(result, *, title: str, command: str) -> str:
     out = [f"# {title}", "", _overview(result), "", units_sentence(result), "", "## Findings", ""]
     out += [f"* {line}" for line in findings(result)]
     out += ["", "## Bias, variance and RMSE over K", "", f"Reference: {result.reference.label}.", "",
-            main.to_markdown(index=False), ""] + _md_notes(main_notes, 1) + [
+            markdown_table(main), ""] + _md_notes(main_notes, 1) + [
             "## Extrapolation a + b/K + c/K^2", "",
             "Weighted least squares on the per-K estimates; the SE of a is over datapoints "
             "(the Ks share samples, so a textbook WLS SE would be wrong).", "",
-            fits.to_markdown(index=False), ""] + _md_notes(fit_notes, len(main_notes) + 1) + [
+            markdown_table(fits), ""] + _md_notes(fit_notes, len(main_notes) + 1) + [
             "## IWAE theory (from the pool's weight moments)", "",
             theory_sentence(result), ""]
     theory = _theory_frame(result)
     if not theory.empty:
-        out += [theory.to_markdown(index=False), ""]
+        out += [markdown_table(theory), ""]
     out += ["## Figures", ""]
     for name in FIGURE_NAMES:
         out += [f"![{name}](figures/{name}.png)", "", f"*{_FIGURE_CAPTIONS[name]}*", ""]
