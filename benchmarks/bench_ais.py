@@ -9,7 +9,9 @@ does ``L`` gradient evaluations per transition and nothing else (the end point's
 gradient carry over; the weight update re-uses the kept endpoint densities).
 
 Both run the same model, n datapoints, steps, chains, leapfrog steps and initial distribution (the prior,
-as the reference does), in float32, one intra-op thread. Run:
+as the reference does), in float32; first on one core (one intra-op thread each), then on all the
+cores torch uses by default (the reference with that many intra-op threads, as it would run;
+evalkit with as many worker threads, its default). Run:
 ``python benchmarks/bench_ais.py [--steps 50] [--chains 16] [--n 64]``.
 """
 from __future__ import annotations
@@ -50,7 +52,8 @@ def reference_ais(model, x, *, steps, chains, leapfrog, batch_size):
                 return -log_f(z, t1)
 
             def grad_U(z):
-                return torch.autograd.grad(U(z), z, grad_outputs=torch.ones(n_rows))[0]
+                grad = torch.autograd.grad(U(z), z, grad_outputs=torch.ones(n_rows))[0]
+                return grad.clamp(-n_rows * z.shape[1] * 100, n_rows * z.shape[1] * 100)  # as the reference does
 
             v0 = torch.randn_like(z)
             eps = epsilon.view(-1, 1)
@@ -60,9 +63,10 @@ def reference_ais(model, x, *, steps, chains, leapfrog, batch_size):
                 if i < leapfrog:
                     v = v - eps * grad_U(zp)
             v = -(v - 0.5 * eps * grad_U(zp))
+            # The reference evaluates both Hamiltonians with autograd recording, as here.
+            h0 = U(z) + 0.5 * (v0 * v0).sum(1)
+            h1 = U(zp) + 0.5 * (v * v).sum(1)
             with torch.no_grad():
-                h0 = U(z) + 0.5 * (v0 * v0).sum(1)
-                h1 = U(zp) + 0.5 * (v * v).sum(1)
                 accept = (torch.rand(n_rows) < torch.exp(h0 - h1).clamp(max=1)).float()
                 z = (zp * accept[:, None] + z * (1 - accept[:, None])).detach()
                 accept_hist += accept
@@ -99,10 +103,12 @@ def gradient_cost(model, x, chains):
     return times[1] / times[0], times[2] / times[0]
 
 
-def bench(name, model, x, args):
+def bench(name, model, x, args, threads):
+    """Interleaved best-of-``repeats`` times of both at ``threads`` cores; print chain-steps per second and the ratio."""
     chain_steps = len(x) * args.chains * (args.steps - 1)
     t_ref, t_ours = math.inf, math.inf
     for _ in range(args.repeats):  # interleaved, best of each: the machine is shared
+        torch.set_num_threads(threads)
         torch.manual_seed(0)
         start = time.perf_counter()
         reference_ais(model, x, steps=args.steps, chains=args.chains, leapfrog=args.leapfrog,
@@ -110,12 +116,13 @@ def bench(name, model, x, args):
         t_ref = min(t_ref, time.perf_counter() - start)
         start = time.perf_counter()
         ais_run(model, x, steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, init="prior", progress=False,
-                device="cpu")
+                device="cpu", threads=threads)
         t_ours = min(t_ours, time.perf_counter() - start)
+    torch.set_num_threads(1)
     autograd_cost, evalkit_cost = gradient_cost(model, x[:16], args.chains)
-    print(f"{name:34s} reference {chain_steps / t_ref:10.0f} chain-steps/s   evalkit {chain_steps / t_ours:10.0f} "
-          f"chain-steps/s   ratio {t_ref / t_ours:5.2f}x   value+gradient = {autograd_cost:.2f} x forward (autograd), "
-          f"{evalkit_cost:.2f} x (evalkit's written-out backward)", flush=True)
+    print(f"{name:34s} {threads} core{'s' if threads > 1 else ' '}  reference {chain_steps / t_ref:8.0f} chain-steps/s   "
+          f"evalkit {chain_steps / t_ours:8.0f} chain-steps/s   ratio {t_ref / t_ours:5.2f}x   value+gradient = "
+          f"{autograd_cost:.2f} x forward (autograd), {evalkit_cost:.2f} x (evalkit's written-out backward)", flush=True)
 
 
 def main():
@@ -127,17 +134,18 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--reference-batch", type=int, default=16, help="datapoints per reference batch")
     args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(f"bench_ais: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread, float32, "
+    cores = torch.get_num_threads()
+    print(f"bench_ais: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 and {cores} cores, float32, "
           f"steps={args.steps}, chains={args.chains}, leapfrog={args.leapfrog}, n={args.n}, "
           f"reference batch={args.reference_batch} datapoints (evalkit: its default plan), best of {args.repeats}")
     digits = evalkit.load_model("examples/digits_iwae.pt").float()
     x = evalkit.data.load_data("digits", split="test", binarize="bernoulli")[: args.n]
-    bench("digits_iwae.pt (64-100-100-8)", digits, x, args)
     torch.manual_seed(0)
     burda = IWAE.burda_one_layer()
     x784 = (torch.rand(args.n, 784) < 0.3).float()
-    bench("IWAE.burda_one_layer (784, random)", burda, x784, args)
+    for threads in sorted({1, cores}):
+        bench("digits_iwae.pt (64-100-100-8)", digits, x, args, threads)
+        bench("IWAE.burda_one_layer (784, random)", burda, x784, args, threads)
 
 
 if __name__ == "__main__":
