@@ -104,25 +104,33 @@ def gradient_cost(model, x, chains):
 
 
 def bench(name, model, x, args, threads):
-    """Interleaved best-of-``repeats`` times of both at ``threads`` cores; print chain-steps per second and the ratio."""
+    """Interleaved best-of-``repeats`` times at ``threads`` cores; print chain-steps per second and the ratios.
+
+    The reference runs once per batch size of ``args.reference_batches`` (datapoints per batch):
+    the copied code's default is 100 datapoints x 100 chains per batch, so with ``n <= 100``
+    the largest setting runs all the data in one batch, like evalkit's calls.
+    """
     chain_steps = len(x) * args.chains * (args.steps - 1)
-    t_ref, t_ours = math.inf, math.inf
+    t_ref = {batch: math.inf for batch in args.reference_batches}
+    t_ours = math.inf
     for _ in range(args.repeats):  # interleaved, best of each: the machine is shared
         torch.set_num_threads(threads)
-        torch.manual_seed(0)
-        start = time.perf_counter()
-        reference_ais(model, x, steps=args.steps, chains=args.chains, leapfrog=args.leapfrog,
-                      batch_size=args.reference_batch)
-        t_ref = min(t_ref, time.perf_counter() - start)
+        for batch in args.reference_batches:
+            torch.manual_seed(0)
+            start = time.perf_counter()
+            reference_ais(model, x, steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, batch_size=batch)
+            t_ref[batch] = min(t_ref[batch], time.perf_counter() - start)
         start = time.perf_counter()
         ais_run(model, x, steps=args.steps, chains=args.chains, leapfrog=args.leapfrog, init="prior", progress=False,
                 device="cpu", threads=threads)
         t_ours = min(t_ours, time.perf_counter() - start)
     torch.set_num_threads(1)
     autograd_cost, evalkit_cost = gradient_cost(model, x[:16], args.chains)
-    print(f"{name:34s} {threads} core{'s' if threads > 1 else ' '}  reference {chain_steps / t_ref:8.0f} chain-steps/s   "
-          f"evalkit {chain_steps / t_ours:8.0f} chain-steps/s   ratio {t_ref / t_ours:5.2f}x   value+gradient = "
-          f"{autograd_cost:.2f} x forward (autograd), {evalkit_cost:.2f} x (evalkit's written-out backward)", flush=True)
+    references = "   ".join(f"reference ({batch:3d}/batch) {chain_steps / t:8.0f} -> ratio {t / t_ours:5.2f}x"
+                           for batch, t in t_ref.items())
+    print(f"{name:34s} {threads} core{'s' if threads > 1 else ' '}  evalkit {chain_steps / t_ours:8.0f} chain-steps/s   "
+          f"{references}   value+gradient = {autograd_cost:.2f} x forward (autograd), {evalkit_cost:.2f} x (evalkit's "
+          "written-out backward)", flush=True)
 
 
 def main():
@@ -132,12 +140,13 @@ def main():
     parser.add_argument("--leapfrog", type=int, default=5)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--reference-batch", type=int, default=16, help="datapoints per reference batch")
+    parser.add_argument("--reference-batches", type=lambda text: [int(b) for b in text.split(",")], default=[16, 100],
+                        help="datapoints per reference batch, comma-separated (default 16,100; the copied code uses 100)")
     args = parser.parse_args()
     cores = torch.get_num_threads()
     print(f"bench_ais: {platform.processor() or platform.machine()}, torch {torch.__version__}, 1 and {cores} cores, float32, "
           f"steps={args.steps}, chains={args.chains}, leapfrog={args.leapfrog}, n={args.n}, "
-          f"reference batch={args.reference_batch} datapoints (evalkit: its default plan), best of {args.repeats}")
+          f"reference batches={args.reference_batches} datapoints (evalkit: its default plan), best of {args.repeats}")
     digits = evalkit.load_model("examples/digits_iwae.pt").float()
     x = evalkit.data.load_data("digits", split="test", binarize="bernoulli")[: args.n]
     torch.manual_seed(0)
