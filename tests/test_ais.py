@@ -156,6 +156,10 @@ def test_worker_threads_give_the_same_bits_and_split_the_data():
             assert len(calls) >= threads  # one call per worker at least
             for field in ("log_weights", "acceptance_rate", "step_sizes"):
                 assert torch.equal(getattr(one, field), getattr(many, field)), (threads, field)
+        calls.clear()
+        few = ais_run(model, x[:20], threads=2, **options)
+        assert calls == [32]  # one padded call: splitting 20 datapoints would compute padding twice
+        assert torch.equal(few.log_weights, one.log_weights[:20])
 
 
 def test_worker_threads_raise_a_workers_error_in_the_caller():

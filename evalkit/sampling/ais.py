@@ -181,15 +181,17 @@ def _plan_batch_size(model, rows: int, n_data: int, dtype: torch.dtype, device: 
 
     A chain row holds the autograd graph of one ``log_joint`` evaluation (taken as four times
     the model's ``bytes_per_sample`` when it states one, else 64 KiB) and a few latent-sized
-    tensors. With several worker threads the data is split into at least one call per worker
-    (each worker holds one call's memory; the budget is shared).
+    tensors. With several worker threads the data is split into one call per worker or more
+    (each worker holds one call's memory; the budget is shared), but not below ``ROW_ALIGN``
+    datapoints per call: a call is padded to a multiple of ``ROW_ALIGN`` slots, so smaller ones
+    would compute padding in parallel instead of datapoints.
     """
     if batch_size is not None:
         return batch_size
     per_sample = getattr(model, "bytes_per_sample", None)
     per_row = 4 * per_sample(dtype) if callable(per_sample) else 64 * 2**10
     fit_rows = min(MAX_ROWS_PER_CALL[device.type] // 2, default_memory_budget(device) // (per_row * threads))
-    fit = min(max(1, fit_rows // rows), -(-n_data // threads))
+    fit = min(max(1, fit_rows // rows), max(ROW_ALIGN, -(-n_data // threads)))
     if fit >= ROW_ALIGN:
         fit -= fit % ROW_ALIGN
     return min(fit, max(n_data, 1))
