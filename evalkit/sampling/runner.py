@@ -337,6 +337,7 @@ def compute_log_weights(
         _run_pipelined(runner, progress)
     return out
 
+
 def _run_pipelined(runner: _Runner, progress: Optional[tqdm]) -> None:
     """Run every call from this thread; the next call is prepared before the previous one is finished."""
     in_flight = None
