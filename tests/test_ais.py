@@ -162,6 +162,24 @@ def test_worker_threads_give_the_same_bits_and_split_the_data():
         assert torch.equal(few.log_weights, one.log_weights[:20])
 
 
+def test_layout_of_18_chain_rows_per_slot_keeps_the_bits_of_the_32_slot_layout():
+    """16 chains + 2 pilot chains: groups of 16 slots (16 x 18 rows = 9 x 32) instead of the engine's 32."""
+    from evalkit.sampling import ais as ais_module
+
+    torch.manual_seed(2)
+    model = IWAE(20, [3], [[16, 16]])
+    x = (torch.rand(40, 20, generator=torch.Generator().manual_seed(3)) < 0.5).float()
+    options = dict(chains=16, steps=6, progress=False, threads=1)
+    assert ais_module.slot_align(18) == 16 and ais_module.slot_align(16) == 2 and ais_module.slot_align(5) == 32
+    full = ais_log_weights(model, x, **options)
+    for batch_size in (1, 7, 16, 23):
+        assert torch.equal(full, ais_log_weights(model, x, batch_size=batch_size, **options)), batch_size
+    assert torch.equal(full[5:12], ais_log_weights(model, x[5:12], indices=range(5, 12), **options))
+    with pytest.MonkeyPatch.context() as patch:  # the engine's layout: 32-slot groups
+        patch.setattr(ais_module, "slot_align", lambda rows: 32)
+        assert torch.equal(full, ais_log_weights(model, x, batch_size=13, **options))
+
+
 def test_worker_threads_raise_a_workers_error_in_the_caller():
     model = imperfect_model(10, 2, seed=6)
     x = _data(model, 70, seed=6)

@@ -2,12 +2,14 @@
 
 * :mod:`.engine` -- the seeded, batched, memory-bounded importance-sampling engine
   (``log_weights``), on :mod:`.plan` (how large one model call is) and :mod:`.runner` (the calls
-  and the threads that drive them); :mod:`.memory` -- budgets and per-sample costs;
+  and the threads that drive them, from :mod:`.workers`, the CPU worker pool AIS shares);
+  :mod:`.memory` -- budgets and per-sample costs;
 * :mod:`.blocks` -- the engine's matrix one block of datapoints at a time;
 * :mod:`.cache` -- resumable on-disk shards (files in :mod:`.cache_store`, digests in
   :mod:`.fingerprint`); :mod:`.distributed` -- torchrun split and gather;
-* :mod:`.hmc`, :mod:`.ais`, :mod:`.bdmc` -- annealed importance sampling with HMC transitions
-  and bidirectional Monte Carlo; :mod:`.bnn_weights` -- a Bayesian network's weight samples.
+* :mod:`.hmc`, :mod:`.ais` (calls sized and laid out by :mod:`.ais_plan`), :mod:`.bdmc` --
+  annealed importance sampling with HMC transitions and bidirectional Monte Carlo;
+  :mod:`.bnn_weights` -- a Bayesian network's weight samples.
 
 May import :mod:`evalkit.errors`, :mod:`evalkit.atomic`, :mod:`evalkit.noise`, :mod:`evalkit.data`
 and :mod:`evalkit.models`; never :mod:`evalkit.sources`, :mod:`evalkit.analysis` or

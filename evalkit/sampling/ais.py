@@ -15,10 +15,15 @@ Reverse AIS (for BDMC) runs the same path from b = 1 to b = 0, starting at an ex
 sample; its weights have mean 1 / p(x), so minus their log is a stochastic upper bound.
 
 Reproducibility. Initial draws, momenta and accept/reject uniforms of datapoint n come from its
-own streams keyed by ``(seed, indices[n])`` (:mod:`evalkit.noise`), and every model call lays
-datapoints out like the importance-sampling engine does (``slot % 32 == index % 32``, calls of
-a multiple of 32 slots; :func:`evalkit.sampling.runner._make_batches`), so on the CPU the result is bit
-for bit independent of ``batch_size`` and of the order and slicing of the data.
+own streams keyed by ``(seed, indices[n])`` (:mod:`evalkit.noise`). torch's CPU kernels give a
+row the same bits wherever it sits only if the call has a multiple of 32 rows and the row's
+position modulo 32 stays the same (:mod:`evalkit.sampling.engine`). A call holds ``S`` slots of
+``R = chains (+ pilot chains)`` rows each; datapoint n goes to a slot ``s`` with ``s % a == n % a``
+and calls have a multiple of ``a`` slots, ``a = 32 / gcd(R, 32)``
+(:func:`evalkit.sampling.runner._make_batches`). Then ``a R`` is a multiple of 32, so every call
+has a multiple of 32 rows and datapoint n's rows start at a position congruent to
+``(n % a) R`` modulo 32, in any call: on the CPU the result is bit for bit independent of
+``batch_size``, ``threads`` and the order and slicing of the data.
 """
 from __future__ import annotations
 
@@ -30,12 +35,11 @@ import torch
 from torch import Tensor
 
 from ..data import check_data_for_model
+from .ais_plan import worker_threads, plan_batch_size, slot_align
 from .engine import COMPUTE_DTYPES, _check_indices, _positive_int, _progress_bar, prepared_model, resolve_device
-from .plan import MAX_ROWS_PER_CALL, ROW_ALIGN
 from .runner import _invalid_weights_error, _make_batches
 from .workers import LockedProgress, intra_op_threads, run_in_workers
 from ..errors import InputError
-from .memory import default_memory_budget
 from ..models.joint import (
     check_ais_model,
     initial_distribution,
@@ -175,35 +179,6 @@ def _anneal_call(path: _Path, z0: Tensor, betas: Tensor, noise: ChainNoise, *, c
     return log_w, step_sizes, acceptance / max(n_transitions, 1)
 
 
-def _plan_batch_size(model, rows: int, n_data: int, dtype: torch.dtype, device: torch.device,
-                     batch_size: Optional[int], threads: int) -> int:
-    """Datapoints per call: ``batch_size``, or what fits ``MAX_ROWS_PER_CALL`` chain rows and the memory budget.
-
-    A chain row holds the autograd graph of one ``log_joint`` evaluation (taken as four times
-    the model's ``bytes_per_sample`` when it states one, else 64 KiB) and a few latent-sized
-    tensors. With several worker threads the data is split into one call per worker or more
-    (each worker holds one call's memory; the budget is shared), but not below ``ROW_ALIGN``
-    datapoints per call: a call is padded to a multiple of ``ROW_ALIGN`` slots, so smaller ones
-    would compute padding in parallel instead of datapoints.
-    """
-    if batch_size is not None:
-        return batch_size
-    per_sample = getattr(model, "bytes_per_sample", None)
-    per_row = 4 * per_sample(dtype) if callable(per_sample) else 64 * 2**10
-    fit_rows = min(MAX_ROWS_PER_CALL[device.type] // 2, default_memory_budget(device) // (per_row * threads))
-    fit = min(max(1, fit_rows // rows), max(ROW_ALIGN, -(-n_data // threads)))
-    if fit >= ROW_ALIGN:
-        fit -= fit % ROW_ALIGN
-    return min(fit, max(n_data, 1))
-
-
-def _default_threads(threads: Optional[int], device: torch.device) -> int:
-    """Worker threads: ``threads``, else torch's intra-op thread count on the CPU and 1 on a GPU."""
-    if threads is not None:
-        return _positive_int(threads, "threads")
-    return torch.get_num_threads() if device.type == "cpu" else 1
-
-
 def _anneal(model, data: Tensor, indices: Tensor, betas: Tensor, *, z_exact: Optional[Tensor], chains: int,
             pilot_chains: int, adapt_from: str, step_size, target_accept: float, leapfrog: int, init: str,
             seed: int, purposes: tuple[int, int], batch_size: Optional[int], device, dtype, progress,
@@ -220,10 +195,10 @@ def _anneal(model, data: Tensor, indices: Tensor, betas: Tensor, *, z_exact: Opt
     out = torch.empty(n_data, chains, dtype=torch.float64)
     acceptance = torch.empty(n_data, dtype=torch.float64)
     step_sizes = torch.empty(n_data, max(n_transitions, 0), dtype=torch.float64) if keep_step_sizes else None
-    threads = _default_threads(threads, device)
+    threads = worker_threads(threads, device)
     with prepared_model(model, device, dtype) as run_model, torch.no_grad():
-        size = _plan_batch_size(run_model, rows, n_data, dtype, device, batch_size, threads)
-        batches = list(_make_batches(indices, size))
+        size = plan_batch_size(run_model, rows, n_data, dtype, device, batch_size, threads)
+        batches = list(_make_batches(indices, size, slot_align(rows)))
         with _progress_bar(progress, n_data * max(n_transitions, 0), desc=desc, unit="step") as bar:
             bar = LockedProgress(bar)
 

@@ -68,9 +68,9 @@ class _Batch:
     indices : list of int
         Their dataset indices (their random streams).
     slots : LongTensor, shape (B,)
-        Their rows in the call; ``slots[b] % 32 == indices[b] % 32``.
+        Their rows in the call; ``slots[b] % align == indices[b] % align`` (:func:`_make_batches`).
     n_slots : int
-        Rows of the call, a multiple of 32.
+        Rows of the call, a multiple of ``align`` (32 in the engine).
     """
 
     rows: torch.Tensor
@@ -95,33 +95,35 @@ class _Batch:
         self.unused_slots = unused if n < self.n_slots else None
 
 
-def _make_batches(indices: torch.Tensor, batch_size: int) -> List[_Batch]:
+def _make_batches(indices: torch.Tensor, batch_size: int, align: int = ROW_ALIGN) -> List[_Batch]:
     """Cut the datapoints into calls of at most ``batch_size`` and lay each call out.
 
     Datapoints are taken in ascending dataset index (so any permutation of the same data
-    makes the same calls); datapoint ``n`` goes to slot ``32 * r + n % 32``, where ``r``
+    makes the same calls); datapoint ``n`` goes to slot ``align * r + n % align``, where ``r``
     counts the call's earlier datapoints with the same residue. A call has
-    ``32 * max(r + 1)`` slots, at most ``round_up(batch_size, 32)``.
+    ``align * max(r + 1)`` slots, at most ``round_up(batch_size, align)``. The engine uses
+    ``align = 32``; AIS, whose slots hold several chain rows each, a divisor of 32 (see
+    :mod:`evalkit.sampling.ais`).
     """
     order = torch.argsort(indices, stable=True)
-    max_slots = _round_up(batch_size, ROW_ALIGN)
+    max_slots = _round_up(batch_size, align)
     batches: List[_Batch] = []
     rows: List[int] = []
     members: List[int] = []
     slots: List[int] = []
-    counts = [0] * ROW_ALIGN
+    counts = [0] * align
 
     def flush() -> None:
-        batches.append(_Batch(torch.tensor(rows), list(members), torch.tensor(slots), ROW_ALIGN * max(counts)))
+        batches.append(_Batch(torch.tensor(rows), list(members), torch.tensor(slots), align * max(counts)))
 
     for row, index in zip(order.tolist(), indices[order].tolist()):
-        residue = index % ROW_ALIGN
-        if rows and (len(rows) == batch_size or (counts[residue] + 1) * ROW_ALIGN > max_slots):
+        residue = index % align
+        if rows and (len(rows) == batch_size or (counts[residue] + 1) * align > max_slots):
             flush()
-            rows, members, slots, counts = [], [], [], [0] * ROW_ALIGN
+            rows, members, slots, counts = [], [], [], [0] * align
         rows.append(row)
         members.append(index)
-        slots.append(ROW_ALIGN * counts[residue] + residue)
+        slots.append(align * counts[residue] + residue)
         counts[residue] += 1
     if rows:
         flush()
