@@ -18,7 +18,7 @@ import torch
 
 from ..estimators.psis import MIN_TAIL_LENGTH
 from .in_units import SUMMARY_COLUMNS, bpd_fields, check_units, convert_frame, with_bpd_columns
-from .tables import jsonable, quantity_of, render
+from .tables import jsonable, markdown_table, quantity_of, render
 
 #: Version of the JSON document written by :meth:`EstimateResult.to_json` (see README, "JSON output").
 JSON_SCHEMA_VERSION = 1
@@ -135,7 +135,7 @@ class EstimateResult:
 
     def to_markdown(self) -> str:
         """The summary table as a Markdown (GitHub) table."""
-        return _display_frame(self.table_in(), self.units).to_markdown(index=False) + "\n"
+        return markdown_table(_display_frame(self.table_in(), self.units)) + "\n"
 
     def to_latex(self) -> str:
         """The summary table as a LaTeX ``tabular`` (booktabs style)."""
