@@ -6,6 +6,9 @@ from scipy import stats
 
 from evalkit.noise import NOISE_BLOCK, NoiseBlocks, _Streams, draw_noise, noise_stream, stream
 
+# Pinned-number tests: .ci/run runs them a second time with the wide vector units off.
+pytestmark = pytest.mark.pinned
+
 _MASK = 2**64 - 1
 
 
