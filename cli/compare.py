@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import shlex
 import sys
+import warnings
 
 import click
+
+from evalkit.errors import WeightWarning
 
 from .common import (FORMATS, cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
                      engine_options, input_kwargs, method_kwargs, method_options, model_load_options, run_options)
@@ -69,16 +72,25 @@ def compare_command(checkpoints, k, estimators, names, fmt, output, per_example,
         check_outputs({"output": output, "per_example": per_example}, overwrite=overwrite)
         if report_dir is not None:
             check_output_dir(compare_report_paths(report_dir), overwrite=overwrite)
-    try:
-        result = compare(list(checkpoints), params["data"], k=_samples(k, params),
-                         estimators=estimators or ("iwae",), seed=params["seed"], names=list(names) or None,
-                         units=params["units"], **input_kwargs(params), **engine_kwargs(params),
-                         **cache_kwargs(params), **method_kwargs(params))
-    finally:
-        distributed.finish()
+    # As in `evalkit estimate`: the weight warnings come after the results, and --quiet hides them.
+    with warnings.catch_warnings(record=True) as weight_warnings:
+        warnings.simplefilter("always", WeightWarning)
+        try:
+            result = compare(list(checkpoints), params["data"], k=_samples(k, params),
+                             estimators=estimators or ("iwae",), seed=params["seed"], names=list(names) or None,
+                             units=params["units"], **input_kwargs(params), **engine_kwargs(params),
+                             **cache_kwargs(params), **method_kwargs(params))
+        finally:
+            distributed.finish()
+            others = [r for r in weight_warnings if not issubclass(r.category, WeightWarning)]
+    for record in others:
+        warnings.warn_explicit(record.message, record.category, record.filename, record.lineno)
     if result is None:  # a torchrun process other than rank 0
         return
     _write(result, fmt, output, per_example, report_dir, overwrite, params["quiet"])
+    for record in weight_warnings:
+        if issubclass(record.category, WeightWarning):
+            echo_err(f"warning: {record.message}", quiet=params["quiet"])
 
 
 def _write(result, fmt, output, per_example, report_dir, overwrite, quiet) -> None:
