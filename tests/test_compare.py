@@ -153,6 +153,7 @@ def _spread_and_reported(models, x, seeds, estimator="iwae"):
     return np.std(values, ddof=1), float(np.sqrt(np.mean(np.square(reported))))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("latent_b", [2, 3], ids=["common-random-numbers", "independent-streams"])
 def test_se_mc_matches_the_spread_of_the_difference_over_seeds(latent_b):
     a, b = _models(latent_b)
@@ -170,6 +171,7 @@ def test_se_mc_matches_the_spread_of_the_difference_over_seeds(latent_b):
         assert reported < 0.9 * alone[0]
 
 
+@pytest.mark.slow
 def test_total_se_covers_the_exact_population_difference():
     """200+ seeded comparisons, fresh data from a known Gaussian each time: the 95% interval
     d +- 1.96 se_total should cover E_x[log p_A(x) - log p_B(x)] 95% of the time."""
@@ -294,3 +296,40 @@ def test_plot_compare_returns_a_figure(pair):
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) >= 3
     assert result.metadata["models"][2]["seed"] == 1  # another noise shape: its own, independent streams
     assert [p["common"] for p in result.metadata["common_random_numbers"]] == [True, False, False]
+
+
+@pytest.mark.slow
+def test_under_torchrun_and_through_a_cache_the_pairs_are_bitwise_one_process(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {"PYTHONPATH": str(repo), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    args = ["compare", str(repo / "examples" / "digits_iwae.pt"), str(repo / "examples" / "digits_iwae_small.pt"),
+            "--binarize", "bernoulli", "-k", "50", "-e", "iwae", "-e", "elbo", "--format", "csv", "-q"]
+    # --standalone picks a free port: other runs may use torchrun at the same time.
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "evalkit", *args], cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    one = subprocess.run([sys.executable, "-m", "evalkit", *args], cwd=tmp_path, capture_output=True, text=True,
+                         env=env, timeout=300)
+    cached = [subprocess.run([sys.executable, "-m", "evalkit", *args, "--cache", str(tmp_path / "cache")],
+                             cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300) for _ in range(2)]
+    assert two.returncode == 0 and one.returncode == 0, two.stderr + one.stderr
+    assert two.stdout.count("model_a,model_b") == 1 and two.stdout == one.stdout
+    assert [run.stdout for run in cached] == [one.stdout, one.stdout]
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == ["0-digits_iwae", "1-digits_iwae_small"]
+
+
+def test_log_weight_matrices_compare_as_independent_columns():
+    gen = torch.Generator().manual_seed(8)
+    la = torch.randn(25, 30, generator=gen, dtype=F64)
+    lb = la + 0.3 + 0.1 * torch.randn(25, 30, generator=gen, dtype=F64)
+    result = _quiet(evalkit.compare, [la, lb], k=30, estimators=("iwae",), names=["A", "B"])
+    row = result.difference("A", "B", "iwae")
+    d = (evalkit.estimators.iwae(la) - evalkit.estimators.iwae(lb)).numpy()
+    assert row["difference"] == pytest.approx(d.mean(), rel=1e-12)
+    # How a matrix's columns were drawn is unknown: no covariance is assumed, the variances add.
+    var = evalkit.estimators.iwae_mc_variance(la).numpy() + evalkit.estimators.iwae_mc_variance(lb).numpy()
+    assert row["se_mc"] == pytest.approx(math.sqrt(var.sum()) / 25, rel=1e-12)
+    assert result.metadata["common_random_numbers"][0]["common"] is False

@@ -237,14 +237,15 @@ def common_streams(sources: Sequence[LogWeightSource]) -> Dict[Tuple[int, int], 
 def _open_sources(models, labels, data, *, k, seed, cache, engine_options, binarize, split, **options):
     """One source per model on the same rows; the seed of each (module notes: one per noise shape)."""
     loading = {key: options.pop(key) for key in ("factory", "prefix", "allow_pickle")}
-    resolved = [m if isinstance(m, LogWeightSource) else resolve_model(m, **loading) for m in models]
+    resolved = [m if isinstance(m, (LogWeightSource, torch.Tensor, np.ndarray)) else resolve_model(m, **loading)
+                for m in models]
     shared_x: Optional[torch.Tensor] = None
     sources: List[LogWeightSource] = []
     signatures: List[Optional[tuple]] = []
     seeds: List[int] = []
     for i, (label, model) in enumerate(zip(labels, resolved)):
         source_data = data
-        if not isinstance(model, LogWeightSource) and not getattr(model, "is_bayesian_network", False) and data is not None:
+        if isinstance(model, torch.nn.Module) and not getattr(model, "is_bayesian_network", False) and data is not None:
             x = _data_for(model, label, data, split="test" if split is None else split, binarize=binarize, seed=seed)
             if shared_x is not None and (x.shape != shared_x.shape or not torch.equal(x, shared_x)):
                 raise InputError(f"models {labels[0]!r} and {label!r} need different data (shapes "
