@@ -55,8 +55,9 @@ def compare_command(checkpoints, k, estimators, names, fmt, output, per_example,
 
     Example:
 
-        evalkit compare examples/digits_iwae.pt examples/digits_iwae_small.pt --data digits
-        --binarize bernoulli -k 1000 --name IWAE-50 --name IWAE-10
+    \b
+        evalkit compare examples/digits_iwae.pt examples/digits_iwae_small.pt \\
+            --binarize bernoulli -k 1000 --name IWAE-100 --name IWAE-50
     """
     from evalkit.analysis.compare import compare
     from evalkit.output.compare_report import compare_report_paths
