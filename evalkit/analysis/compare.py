@@ -206,12 +206,11 @@ def _check_models(models: Any, names: Optional[Sequence[str]]) -> List[str]:
         if len(set(names)) != len(names):
             raise InputError(f"names must be distinct, got {names!r}; give each model its own name")
         return [n.strip() for n in names]
-    labels: List[str] = []
-    for model in models:
-        label = (os.path.splitext(os.path.basename(os.fspath(model)))[0] if isinstance(model, (str, os.PathLike))
-                 else type(model).__name__)
-        labels.append(label if label not in labels else f"{label} ({sum(l.startswith(label) for l in labels) + 1})")
-    return labels
+    raw = [os.path.splitext(os.path.basename(os.fspath(m)))[0] if isinstance(m, (str, os.PathLike))
+           else type(m).__name__ for m in models]
+    # A repeated name gets its occurrence number: "LinearGaussianModel", "LinearGaussianModel (2)".
+    return [label if raw[:i].count(label) == 0 else f"{label} ({raw[:i].count(label) + 1})"
+            for i, label in enumerate(raw)]
 
 
 def _signature(source: LogWeightSource) -> Optional[tuple]:
