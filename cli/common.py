@@ -57,14 +57,19 @@ def _check_memory_budget(ctx, param, value):
     return value
 
 
-model_options = _compose(
-    click.argument("checkpoint", type=click.Path(dir_okay=True, path_type=str)),
+model_load_options = _compose(
     click.option("--model", "factory", metavar="MODULE:FUNCTION", default=None, callback=_check_factory,
                  help="Build the architecture with this factory; the checkpoint supplies the weights."),
     click.option("--prefix", default=None, metavar="PREFIX",
                  help="Strip this key prefix from the state_dict (e.g. 'model.' for Lightning); auto-detected if omitted."),
     click.option("--allow-pickle", is_flag=True, default=False,
                  help="Allow arbitrary pickles in the checkpoint (only for files you trust)."),
+)
+"""How a checkpoint is loaded (``--model``, ``--prefix``, ``--allow-pickle``), for commands taking several."""
+
+model_options = _compose(
+    click.argument("checkpoint", type=click.Path(dir_okay=True, path_type=str)),
+    model_load_options,
 )
 
 data_options = _compose(

@@ -16,7 +16,7 @@ def _register() -> None:
     # Sub-commands register themselves here; each module holds one command.
     from . import estimate, estimators_list  # noqa: F401  (imports attach the commands)
 
-    for name in ("sweep", "report", "bdmc", "train"):
+    for name in ("sweep", "report", "bdmc", "compare", "train"):
         try:
             __import__(f"cli.{name}")
         except ModuleNotFoundError as exc:

@@ -7,6 +7,8 @@ Public API (see README):
 * :func:`estimate` -- log p(x) estimates with standard errors (:class:`EstimateResult`), from a
   model by importance sampling (``method="is"``) or annealed importance sampling (``"ais"``),
   a Bayesian network's predictive or evidence, or any :class:`~evalkit.sources.LogWeightSource`;
+* :func:`compare` -- two or more models on the same data: paired differences with data and Monte
+  Carlo standard errors (:class:`CompareResult`);
 * :func:`sweep` -- bias / variance diagnostics over K from one sample pool (:class:`SweepResult`);
 * :func:`ais`, :func:`bdmc` -- AIS log-weights; bidirectional Monte Carlo bounds;
 * :mod:`evalkit.estimators` -- pure estimator functions of log-weights (``elbo``, ``iwae``,
@@ -18,16 +20,20 @@ from ._version import __version__  # noqa: F401
 
 from . import data, estimators, models, sources  # noqa: E402
 from .analysis.annealing import ais, bdmc  # noqa: E402
+from .analysis.compare import compare  # noqa: E402
+from .analysis.compare_result import CompareResult  # noqa: E402
 from .analysis.estimate import EstimateResult, estimate, estimate_from_log_weights  # noqa: E402
 from .analysis.sweep import SweepResult, load_log_weights, sweep  # noqa: E402
 from .models.checkpoints import load_model, save_model  # noqa: E402
 from .sampling.engine import log_weights  # noqa: E402
 
 __all__ = [
+    "CompareResult",
     "EstimateResult",
     "SweepResult",
     "ais",
     "bdmc",
+    "compare",
     "data",
     "estimate",
     "estimate_from_log_weights",

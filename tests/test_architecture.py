@@ -20,7 +20,8 @@ ALLOWED = {  # package -> the evalkit packages (besides the foundation) it may i
 }
 # The one reach upwards: the results' convenience writers (EstimateResult.save, SweepResult.figures/
 # save/report) import evalkit.output when called.
-UPWARD_ON_CALL = {("analysis.sweep_result", "output"), ("analysis.estimate_result", "output")}
+UPWARD_ON_CALL = {("analysis.sweep_result", "output"), ("analysis.estimate_result", "output"),
+                  ("analysis.compare_result", "output")}
 
 
 def _modules():

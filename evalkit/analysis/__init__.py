@@ -1,6 +1,7 @@
 """From a log-weight source to results: estimates at one K, sweeps over K, diagnostics.
 
 * :mod:`.estimate` / :mod:`.estimate_result` -- :func:`evalkit.estimate` and its tables;
+* :mod:`.compare` / :mod:`.compare_result` -- :func:`evalkit.compare`: paired differences of models;
 * :mod:`.sweep` / :mod:`.sweep_result` / :mod:`.reference` -- bias, variance and RMSE over K
   from one pool, against the exact, a user's or the pool's best log p(x);
 * :mod:`.groups`, :mod:`.asymptotics`, :mod:`.weights` (re-exported by :mod:`.diagnostics`) --
