@@ -141,7 +141,7 @@ def estimate(
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
         raise InputError(f"k must be a positive integer number of samples per datapoint, got {k!r}")
     k = int(k)
-    _check_estimators(estimators, k)
+    _check_estimators(estimators, k, method)
     check_block_size(block_size)
     check_units(units, 1)  # a bad name fails before the run; a missing D once the source is known
     started = time.perf_counter()
@@ -362,13 +362,16 @@ def _result(
     )
 
 
-def _check_estimators(names: Sequence[str], k: int) -> list:
+def _check_estimators(names: Sequence[str], k: int, method: str = "is") -> list:
     chosen = estimator_registry.get_many(names)
     for est in chosen:
         if k < est.min_k:
+            # With AIS the columns are the chains: say so in the option's own name (--chains / ais=...).
+            samples = ("AIS chains per datapoint (--chains on the command line, k in Python)" if method == "ais"
+                       else "samples per datapoint (-k, or k in Python)")
             raise InputError(
-                f"estimator {est.name!r} needs k >= {est.min_k} samples per datapoint, got k = {k}; "
-                f"raise k or choose a lower order"
+                f"estimator {est.name!r} needs at least {est.min_k} {samples}, got {k}; "
+                f"give more or choose a lower order"
             )
     return chosen
 

@@ -23,10 +23,10 @@ import pandas as pd
 import torch
 
 from . import diagnostics as dg
-from ..errors import InputError, WeightWarning, user_stacklevel
+from ..errors import InputError, ReferenceWarning, WeightWarning, user_stacklevel
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sources import ImportanceSamplingSource, LogWeightSource, load_log_weights, open_source  # noqa: F401 (load_log_weights re-exported)
-from .reference import Reference, bias_order, resolve_reference, user_reference  # noqa: F401 (bias_order re-exported)
+from .reference import Reference, bias_order, reference_below_estimate, resolve_reference, user_reference  # noqa: F401 (bias_order re-exported)
 from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
 from .in_units import check_units, resolve_dims, units_note
@@ -247,14 +247,19 @@ def sweep_source(
         rows += est_rows
         long_parts += est_long
         fit_rows.append(fit_row)
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     issued = _issue_warnings(pool)
+    unconverged = reference_below_estimate(ref, table, k_max)
+    if unconverged:
+        issued.append(unconverged)
+        warnings.warn(unconverged, ReferenceWarning, stacklevel=user_stacklevel())
     notes += _source_notes(source)
     seconds = {"log_weights": round(pool.seconds_source, 3),
                "statistics": round(time.perf_counter() - t_stats - pool.seconds_source, 3),
                "total": round(time.perf_counter() - started, 3)}
     metadata = _metadata(source, ks_used, chosen, dims, fit_min_k, seconds)
     return SweepResult(
-        table=pd.DataFrame(rows, columns=TABLE_COLUMNS),
+        table=table,
         theory=dg.iwae_theory(pool.r2, pool.r3, ks_used),
         theory_valid=dg.valid_iwae_theory(pool.r2, pool.r3, ks_used, pool.weights.khat),
         fits=pd.DataFrame(fit_rows, columns=FIT_COLUMNS),

@@ -345,7 +345,7 @@ def _ref_legend(ref, quantity: str) -> str:
     if ref.kind == "exact":
         return f"exact {quantity}"
     if ref.kind == "ais":
-        return f"AIS {quantity} (reference)"
+        return f"AIS {quantity}"
     return f"user-supplied {quantity}"
 
 

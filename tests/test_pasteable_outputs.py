@@ -1,0 +1,118 @@
+"""Issue 25's defects, one test each: outputs and messages a researcher can paste as they are."""
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import evalkit
+from evalkit.errors import DataError, ReferenceWarning
+from evalkit.models import LinearGaussianModel, ModelCheck, check_model
+from evalkit.output import report
+from evalkit.output.plots import _ref_legend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_log_weights_takes_a_numpy_array_like_estimate_and_sweep():
+    model = LinearGaussianModel.random(data_dim=5, latent_dim=2, seed=3)
+    x = model.marginal().sample((6,))
+    from_tensor = evalkit.log_weights(model, x, 40, dtype=torch.float64, progress=False)
+    from_array = evalkit.log_weights(model, x.numpy(), 40, dtype=torch.float64, progress=False)
+    assert torch.equal(from_tensor, from_array)  # float64 stays float64: the same bits
+    with pytest.raises(DataError, match="got list"):
+        evalkit.log_weights(model, x.tolist(), 4, progress=False)
+
+
+def test_check_model_says_what_it_checked():
+    model = LinearGaussianModel.random(data_dim=5, latent_dim=2, seed=3)
+    found = check_model(model)
+    assert isinstance(found, ModelCheck)
+    assert (found.noise_shape, found.data_dim, found.requires_binary_data, found.has_log_marginal) == ((2,), 5, False, True)
+    assert str(found).startswith("LinearGaussianModel follows the log-weight protocol: log_weights(x, noise), "
+                                 "noise_shape (2,), data_dim 5, real-valued data; an exact log_marginal(x)")
+    iwae = evalkit.load_model(ROOT / "examples" / "digits_iwae.pt")
+    assert "binary data; no exact log_marginal" in str(check_model(iwae))
+
+
+@pytest.fixture(scope="module")
+def gamma_sweep():
+    rng = np.random.default_rng(21)
+    return evalkit.sweep(np.log(rng.gamma(1.0, size=(40, 300))), ks=[1, 2, 5, 10, 20, 50, 100, 300],
+                         estimators=("elbo", "iwae", "jvi1"))
+
+
+def test_findings_agree_in_sign_with_the_theory(gamma_sweep):
+    """IWAE's theoretical bias is negative; what a debiased estimator adds to IWAE is its negation.
+    The old text said "bias at -0.00089" and then "which the theory puts at 0.00089"."""
+    text = "\n".join(report.findings(gamma_sweep))
+    k_max = 300
+    bias = gamma_sweep.theory[gamma_sweep.theory["k"] == k_max]["bias"].iloc[0]
+    assert bias < 0
+    assert f"remaining bias at {bias:.3g} nats" in text
+    assert f"so the leading-order theory expects jvi1 - IWAE = {-bias:+.3g} nats" in text
+    assert f"theory puts at {-bias:.3g}" not in text
+
+
+def test_findings_do_not_call_the_elbo_a_debiased_estimator(gamma_sweep):
+    elbo_line = next(line for line in report.findings(gamma_sweep) if line.startswith("elbo - IWAE"))
+    assert "debiased" not in elbo_line and "never above IWAE on the same samples" in elbo_line
+
+
+def test_the_ais_legend_says_reference_once():
+    class Ref:
+        kind = "ais"
+    assert _ref_legend(Ref(), "log p(x)") == "AIS log p(x)"  # the plot prefixes "reference: "
+
+
+@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")
+def test_a_reference_below_iwae_is_called_unconverged():
+    """A reference that IWAE (a stochastic lower bound) exceeds by many SE is not log p(x)."""
+    rng = np.random.default_rng(5)
+    log_w = rng.normal(-3.0, 0.3, size=(200, 100))  # light tails: no k-hat warning
+    exact = np.full(200, -3.0 + 0.3**2 / 2)  # log E w for log w ~ N(-3, 0.3^2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReferenceWarning)
+        evalkit.sweep(log_w, ks=[1, 10, 100], reference=exact)  # a true reference: no warning
+    with pytest.warns(ReferenceWarning, match=r"the reference lies 0\.\d+ \+- 0\.\d+ nats below IWAE at K = 100") as caught:
+        result = evalkit.sweep(log_w, ks=[1, 10, 100], reference=exact - 0.5)
+    assert [str(w.message) for w in caught if w.category is ReferenceWarning][0].count("cannot be log p(x)") == 1
+    assert any("below IWAE" in text for text in result.warnings)
+
+
+def test_bdmc_prints_n_a_for_the_mc_se_at_k_1():
+    out = subprocess.run([sys.executable, "-m", "evalkit", "bdmc", str(ROOT / "examples" / "digits_iwae.pt"),
+                          "--n", "2", "--steps", "2", "--ks", "1,4", "--chains", "2", "-q"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    iwae_1 = next(line for line in out.stdout.splitlines() if re.match(r"\s*iwae\s+1\s", line))
+    assert iwae_1.split()[-1] == "n/a" and "NaN" not in out.stdout
+
+
+@pytest.mark.parametrize("steps, message", [
+    ("20,10", "the values of --steps must be strictly increasing, got 20,10"),
+    ("0,5", "every value of --steps must be a positive integer, got 0,5"),
+])
+def test_list_options_are_named_as_the_command_line_spells_them(steps, message):
+    out = subprocess.run([sys.executable, "-m", "evalkit", "bdmc", str(ROOT / "examples" / "digits_iwae.pt"),
+                          "--steps", steps], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 2 and message in out.stderr and "ks" not in out.stderr.replace("--ks", "")
+
+
+def test_ais_chains_below_an_estimators_minimum_are_called_chains():
+    out = subprocess.run([sys.executable, "-m", "evalkit", "estimate", str(ROOT / "examples" / "digits_iwae.pt"),
+                          "--data", "digits", "--binarize", "bernoulli", "--method", "ais", "--chains", "1",
+                          "--steps", "2", "-e", "jvi1"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 1
+    assert "needs at least 2 AIS chains per datapoint (--chains on the command line, k in Python), got 1" in out.stderr
+    assert "k = 1" not in out.stderr
+
+
+def test_single_array_file_with_train_split_names_the_cli_option(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((3, 4)))
+    with pytest.raises(DataError, match=r"--split test or --split all; split='test' or 'all' in Python"):
+        evalkit.data.load_data(tmp_path / "x.npy", split="train")
