@@ -116,3 +116,16 @@ def test_single_array_file_with_train_split_names_the_cli_option(tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((3, 4)))
     with pytest.raises(DataError, match=r"--split test or --split all; split='test' or 'all' in Python"):
         evalkit.data.load_data(tmp_path / "x.npy", split="train")
+
+
+def test_docs_show_what_check_model_prints_and_the_log_marginal_hook():
+    protocol = (ROOT / "docs" / "model-protocol.md").read_text()
+    iwae = evalkit.load_model(ROOT / "examples" / "digits_iwae.pt")
+    assert str(check_model(iwae)) in protocol
+    assert "| `log_marginal(x) -> Tensor[B]` |" in protocol
+
+
+def test_image_messages_print_no_placeholder():
+    with pytest.raises(DataError) as caught:
+        evalkit.data.as_images(np.full((2, 8, 8), 0.5))
+    assert "levels-1" not in str(caught.value) and "0..255 for 8-bit images" in str(caught.value)
