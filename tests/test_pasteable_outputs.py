@@ -129,3 +129,19 @@ def test_image_messages_print_no_placeholder():
     with pytest.raises(DataError) as caught:
         evalkit.data.as_images(np.full((2, 8, 8), 0.5))
     assert "levels-1" not in str(caught.value) and "0..255 for 8-bit images" in str(caught.value)
+
+
+def test_bits_per_dimension_reach_the_summary_and_the_csv_of_estimate():
+    model = evalkit.load_model(ROOT / "examples" / "digits_iwae.pt")
+    x = evalkit.data.load_data("digits", binarize="bernoulli")[:20]
+    nats = evalkit.estimate(model, x, k=30, estimators=("iwae",))
+    bpd = evalkit.estimate(model, x, k=30, estimators=("iwae",), units="bpd")
+    assert "estimate_bpd" not in nats.summary and "estimate_bpd" not in nats.to_csv().splitlines()[0]
+    row = bpd.summary.iloc[0]
+    np.testing.assert_allclose(row["estimate_bpd"], -row["estimate"] / (64 * np.log(2)), rtol=1e-15)
+    np.testing.assert_allclose(row["se_mc_bpd"], row["se_mc"] / (64 * np.log(2)), rtol=1e-15)
+    header = bpd.to_csv().splitlines()[0].split(",")
+    assert header[:9] == ["estimator", "k", "estimate", "se_data", "se_mc", "n", "estimate_bpd", "se_data_bpd", "se_mc_bpd"]
+    assert bpd.to_json() == nats.to_json().replace('"units": "nats"', '"units": "bpd"') or \
+        bpd.to_dict()["estimates"] == nats.to_dict()["estimates"]  # the JSON has both units either way
+    assert list(bpd.table_in().columns) == ["estimator", "k", "estimate", "se_data", "se_mc", "n"]

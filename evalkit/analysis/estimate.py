@@ -226,9 +226,7 @@ def estimate_source(
         return None
     blocks, log_w = prepared
     stats = _stream_statistics(blocks, chosen, source.shared_columns)
-    result = _result(stats, chosen, source, log_w, dims)
-    result.units = units
-    return result
+    return _result(stats, chosen, source, log_w, dims).in_units(units)
 
 
 @dataclass
