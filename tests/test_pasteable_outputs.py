@@ -131,6 +131,7 @@ def test_image_messages_print_no_placeholder():
     assert "levels-1" not in str(caught.value) and "0..255 for 8-bit images" in str(caught.value)
 
 
+@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")
 def test_bits_per_dimension_reach_the_summary_and_the_csv_of_estimate():
     model = evalkit.load_model(ROOT / "examples" / "digits_iwae.pt")
     x = evalkit.data.load_data("digits", binarize="bernoulli")[:20]
