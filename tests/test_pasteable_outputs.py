@@ -146,3 +146,18 @@ def test_bits_per_dimension_reach_the_summary_and_the_csv_of_estimate():
     assert bpd.to_json() == nats.to_json().replace('"units": "nats"', '"units": "bpd"') or \
         bpd.to_dict()["estimates"] == nats.to_dict()["estimates"]  # the JSON has both units either way
     assert list(bpd.table_in().columns) == ["estimator", "k", "estimate", "se_data", "se_mc", "n"]
+
+
+def test_report_html_keeps_tables_and_the_command_on_the_page(gamma_sweep):
+    html = report.render_html(gamma_sweep, {name: b"" for name in report.FIGURE_NAMES}, title="t",
+                              command="evalkit report " + " ".join(f"--option-{i} value" for i in range(30)))
+    assert html.count('<div class="scroll"><table') == html.count("<table") - 1  # all but the versions table
+    assert "white-space:pre-wrap" in html and "overflow-wrap:anywhere" in html  # the command wraps, not clipped
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", html)
+    assert captions and not any("`" in c for c in captions) and "<code>evalkit estimate</code>" in html
+
+
+def test_fits_table_cells_hold_no_sentences(gamma_sweep):
+    fits = gamma_sweep.fits_display().drop(columns=["note"])
+    longest = max(len(str(v)) for v in fits.to_numpy().ravel())
+    assert longest <= 24, fits.to_string()

@@ -172,8 +172,17 @@ class SweepResult:
         return frame
 
     def fits_display(self) -> pd.DataFrame:
-        """The fits with ``a ± SE`` strings."""
+        """The fits with ``a ± SE`` strings; why a slope has no value or no SE goes to ``note``
+        (a footnote in reports), so that no cell carries a sentence and the table fits a page."""
         f = self.shown().fits
+        slopes, notes = [], []
+        for value, se, slope_note, note in zip(f["bias_slope"], f["bias_slope_se"], f["bias_slope_note"], f["note"]):
+            text = slope_text(value, se)
+            slopes.append(text)
+            reasons = [str(note)] if isinstance(note, str) and note else []
+            if "±" not in text and slope_note:
+                reasons.append(f"|bias| slope: {str(slope_note).replace(': no SE', '')}")
+            notes.append("; ".join(reasons))
         return pd.DataFrame(
             {
                 "estimator": f["estimator"],
@@ -182,11 +191,10 @@ class SweepResult:
                                                                      f["a_minus_reference_se"])],
                 "b (1/K)": [num(v) for v in f["b"]],
                 "c (1/K^2)": [num(v) for v in f["c"]],
-                "ks": [f"{lo}..{hi} ({p} points)" if p else "-" for lo, hi, p in zip(f["k_min"], f["k_max"], f["points"])],
-                "note": f["note"],
-                "|bias| slope": [slope_text(v, s, n) for v, s, n in zip(f["bias_slope"], f["bias_slope_se"],
-                                                                         f["bias_slope_note"])],
+                "fit ks": [f"{lo}..{hi} ({p})" if p else "-" for lo, hi, p in zip(f["k_min"], f["k_max"], f["points"])],
+                "|bias| slope": slopes,
                 "slope ks": [_ks_text(ks) for ks in f["bias_slope_ks"]],
+                "note": notes,
             }
         )
 

@@ -81,9 +81,9 @@ def slope_text(value: float, se: float, note: str = "") -> str:
     if value is None or not math.isfinite(value):
         return f"n/a ({note})" if note else "n/a"
     if se is None or not math.isfinite(se):
-        reason = note or "too few points"
-        reason = reason.replace(": no SE", "")
-        return f"{value:.2f} (no SE: {reason})"
+        if not note:
+            return f"{value:.2f} (no SE)"
+        return f"{value:.2f} (no SE: {note.replace(': no SE', '')})"
     return pm(value, se)
 
 

@@ -144,8 +144,9 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     ax.set_ylabel(f"|bias| ({result.unit_label}) vs {_ref_axis(result.reference, result.quantity)}")
     ax.set_title("|bias| vs K (hollow: within 2 SE of 0; bars: ± 2 SE)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    # |bias| falls with K, so the lower left is free; loc="best" warns on many points.
-    _legend(ax, fontsize=7, ncol=2, loc="lower left")
+    # Outside the axes, to the right: inside, wherever it went it covered a slope guide or the points
+    # (the guides fan out from the upper left over the whole plot); constrained layout makes room.
+    _legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
@@ -329,19 +330,19 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     body += [f"<li>{esc(line)}</li>" for line in findings(result)]
     body += ["</ul>", "<h2>Bias, variance and RMSE over K</h2>",
              f"<p>Reference: {esc(result.reference.label)}.</p>",
-             main.to_html(index=False, border=0, classes="t"), _html_notes(main_notes, 1),
+             _html_table(main), _html_notes(main_notes, 1),
              "<h2>Extrapolation a + b/K + c/K^2</h2>",
              "<p>Weighted least squares on the per-K estimates; the SE of a is over datapoints "
              "(the Ks share samples, so a textbook WLS SE would be wrong).</p>",
-             fits.to_html(index=False, border=0, classes="t"), _html_notes(fit_notes, len(main_notes) + 1),
+             _html_table(fits), _html_notes(fit_notes, len(main_notes) + 1),
              "<h2>IWAE theory (from the pool's weight moments)</h2>",
              f"<p>{esc(theory_sentence(result))}</p>",
-             theory.to_html(index=False, border=0, classes="t") if not theory.empty else "",
+             _html_table(theory) if not theory.empty else "",
              "<h2>Figures</h2>"]
     for name in FIGURE_NAMES:
         data = base64.b64encode(pngs[name]).decode("ascii")
         body += [f'<figure><img alt="{name}" src="data:image/png;base64,{data}">',
-                 f"<figcaption>{esc(_FIGURE_CAPTIONS[name])}</figcaption></figure>"]
+                 f"<figcaption>{_html_inline_code(_FIGURE_CAPTIONS[name])}</figcaption></figure>"]
     if result.notes or result.warnings:
         body += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{esc(t)}</li>" for t in list(result.warnings) + list(result.notes)] + ["</ul>"]
     body += ["<h2>Reproduce</h2>", f"<pre>{esc(command)}</pre>", "<table class='t'><tr><th>package</th><th>version</th></tr>"]
@@ -349,13 +350,27 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     body += ["</table>"]
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
-             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right;white-space:nowrap}"
+             # Numbers stay on one line; headers wrap, so that the widest table (the fits) fits 1024 px.
+             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 6px;text-align:right;white-space:nowrap}"
+             "table.t th{white-space:normal;vertical-align:bottom}"
              "table.t td:last-child{white-space:normal}ol.notes{font-size:0.85rem;color:#444}"
-             "pre{background:#f4f4f4;padding:0.5rem;overflow-x:auto}img{max-width:100%}"
+             # The command wraps instead of scrolling out of sight (a screenshot or a printout keeps it whole);
+             # a table wider than the page scrolls inside its own box instead of widening the page.
+             "pre{background:#f4f4f4;padding:0.5rem;white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%}"
+             "div.scroll{overflow-x:auto;max-width:100%}"
              "figcaption{font-size:0.85rem;color:#444}")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{esc(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    return f'<div class="scroll">{frame.to_html(index=False, border=0, classes="t")}</div>'
+
+
+def _html_inline_code(text: str) -> str:
+    """``text`` escaped, with Markdown's `code` spans as <code> (the captions are shared with report.md)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _overview(result) -> str:
