@@ -280,9 +280,10 @@ def _source_notes(source: LogWeightSource) -> List[str]:
     if source.n < 2:
         notes.append("one datapoint: standard errors over datapoints are undefined (NaN)")
     if source.shared_columns:
-        notes.append("every row uses the same samples (shared columns): standard errors over datapoints "
-                     "leave out the correlation of their Monte Carlo errors; `evalkit estimate` gives the "
-                     "column-jackknife Monte Carlo SE")
+        notes.append("every row uses the same samples (shared columns), so their Monte Carlo errors are "
+                     "correlated: the MC SE column is the spread of the dataset mean over the independent groups "
+                     "of k samples (n/a with one group; `evalkit estimate` gives the column jackknife at K_max); "
+                     "the standard errors over datapoints leave that correlation out")
     return notes
 
 
@@ -343,9 +344,11 @@ def _estimator_rows(est: Any, ks: Sequence[int], pool: PoolStatistics, ref: Refe
     for k in ks:
         if (est.name, k) not in pool.moments:
             continue
-        group_mean, group_var, groups = pool.moments[est.name, k]
+        group_mean, group_var, groups, group_sums = pool.moments[est.name, k]
         stats = dg.summarize_moments(group_mean, group_var, groups, ref.values, k=k, index=source.index)
         row = {name: getattr(stats, name) for name in TABLE_COLUMNS if hasattr(stats, name)}
+        if source.shared_columns:
+            row["mc_se"] = dg.shared_columns_mc_se(group_sums, source.n)
         gap, gap_se = dg.mean_se(group_mean - pool.best)
         row.update(estimator=est.name, reference=ref.short, gap_to_kmax=gap, gap_to_kmax_se=gap_se)
         if ref.kind == "pool" and est.name == ref.estimator and k == source.k:

@@ -253,6 +253,13 @@ METHODS = ("is", "ais")
 """How a model's log-weights are drawn: importance sampling from q(z | x), or annealed importance sampling."""
 
 
+def _cli_spelling(argument: str) -> str:
+    """``cache_shard_size`` -> ``--cache-shard-size``; ``method='ais'`` -> ``--method ais``."""
+    name, _, value = argument.partition("=")
+    option = "--" + name.replace("_", "-")
+    return f"{option} {value.strip(chr(39))}" if value else option
+
+
 def _bayesian_source(model: Any, model_arg: Any, data: Any, *, k: int, seed: int, split: Optional[str],
                      quantity: Optional[str], target: Optional[str], extra: Dict[str, Any],
                      engine_options: Dict[str, Any]) -> LogWeightSource:
@@ -267,7 +274,7 @@ def _bayesian_source(model: Any, model_arg: Any, data: Any, *, k: int, seed: int
                if name not in _BAYESIAN_OPTIONS and value not in (None, False) and str(value) not in _DEFAULT_DTYPES]
     if unused:
         # Each named as in Python and as the command line spells it (cache_shard_size, --cache-shard-size).
-        named = ", ".join(f"{name} (--{name.replace('_', '-')})" for name in unused)
+        named = ", ".join(f"{name} ({_cli_spelling(name)})" for name in unused)
         raise InputError(f"{named} do not apply to a Bayesian network's {quantity}; drop them")
     split = ("train" if quantity == "evidence" else "test") if split is None else split
     if isinstance(data, tuple) and len(data) == 2:
