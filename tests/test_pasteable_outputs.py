@@ -188,3 +188,19 @@ def test_sweep_mc_se_of_shared_columns_matches_the_spread_over_replications():
         ratio = np.mean(reported[name]) / spread
         # 80 replications: the spread is known to about 8 %, the mean reported SE to a few %.
         assert 0.75 < ratio < 1.3, (name, ratio)
+
+
+@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")
+def test_theory_curves_from_a_subset_say_so_in_the_legend():
+    from evalkit.output.plots import plot_bias, plot_variance
+
+    rng = np.random.default_rng(2)
+    light = np.log(rng.gamma(2.0, size=(30, 400)))
+    heavy = rng.normal(0.0, 2.5, size=(30, 400))  # log-normal weights with sigma 2.5: k-hat well above 0.5
+    result = evalkit.sweep(np.concatenate([light, heavy]), ks=[1, 10, 100, 400], estimators=("iwae",))
+    used = int(result.theory_in_range()["datapoints"].iloc[0])
+    assert 0 < used < 60
+    for plot in (plot_bias, plot_variance):
+        labels = plot(result).axes[0].get_legend_handles_labels()[1]
+        assert any(label.startswith("IWAE theory") and f"(from {used} of 60 datapoints: k-hat < 0.5)" in label
+                   for label in labels), labels

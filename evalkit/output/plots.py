@@ -127,7 +127,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     good = np.isfinite(tb) & (tb > 0)
     if good.any():
         ax.plot(tk[good], tb[good], color=_color_of(result, "iwae"), linestyle="--", linewidth=1.2,
-                label="IWAE theory: mu2 / (2 K mu^2)")
+                label="IWAE theory: mu2 / (2 K mu^2)" + _theory_subset(result, theory))
         plotted.extend(tb[good].tolist())
     if anchor is not None and plotted:
         k_all = np.geomspace(anchor[0], max(tk.max() if tk.size else 0.0, max(plotted_k), anchor[0] * 1.0001), 50)
@@ -192,7 +192,7 @@ def plot_variance(result, ax=None):
     good = np.isfinite(tv) & (tv > 0)
     if good.any():
         ax.plot(tk[good], tv[good], color=_color_of(result, "iwae"), linestyle="--", linewidth=1.2,
-                label="IWAE theory: mu2 / (K mu^2)")
+                label="IWAE theory: mu2 / (K mu^2)" + _theory_subset(result, theory))
         plotted.extend(tv[good].tolist())
     if plotted:  # limits from the points; long error bars are cut by the frame
         ax.set_ylim(min(plotted) / 3.0, max(plotted) * 3.0)
@@ -301,6 +301,15 @@ def figure_png_bytes(fig) -> bytes:
 
 
 # ----------------------------------------------------------------------------------------------
+
+
+def _theory_subset(result, theory) -> str:
+    """`` (27 of 359 datapoints: k-hat < 0.5)`` when the theory averages fewer datapoints than the
+    measured points do (the moments do not exist for the others), else ``""``: a curve from a
+    subset can lie far from the measurement over all of them, and the legend must say why."""
+    used = int(theory["datapoints"].iloc[0]) if "datapoints" in theory and len(theory) else result.metadata["n"]
+    n = result.metadata["n"]
+    return f"\n(from {used} of {n} datapoints: k-hat < 0.5)" if used < n else ""
 
 
 def _legend(ax, **options) -> None:
