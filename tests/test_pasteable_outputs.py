@@ -204,3 +204,12 @@ def test_theory_curves_from_a_subset_say_so_in_the_legend():
         labels = plot(result).axes[0].get_legend_handles_labels()[1]
         assert any(label.startswith("IWAE theory") and f"(from {used} of 60 datapoints: k-hat < 0.5)" in label
                    for label in labels), labels
+
+
+def test_a_predictive_report_does_not_offer_bits_per_dimension():
+    from types import SimpleNamespace
+
+    bnn = SimpleNamespace(metadata={"dims": None}, units="nats", quantity="log p(y | x)")
+    assert report.units_sentence(bnn) == "Units: nats per datapoint (log p(y | x) of each test point)."
+    vae = SimpleNamespace(metadata={"dims": None}, units="nats", quantity="log p(x)")
+    assert "dims=" in report.units_sentence(vae)

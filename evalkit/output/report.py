@@ -284,6 +284,8 @@ def units_sentence(result) -> str:
                 "(standard errors: se / (D ln 2)); sweep.json holds every value in nats and in bits/dim, "
                 "sweep.csv has the nats columns and their *_bpd twins.")
     if dims is None:
+        if result.quantity != "log p(x)":  # a classifier's log p(y | x): bits per data dimension mean nothing
+            return f"Units: nats per datapoint ({result.quantity} of each test point)."
         return "Units: nats per datapoint (D unknown: pass dims= for bits per dimension)."
     return (f"Units: nats per datapoint; bits per dimension are -nats / ({dims} ln 2) (D = {dims}), "
             "in sweep.json's *_bpd fields.")
