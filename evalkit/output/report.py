@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import pandas as pd
 
 from ..analysis.diagnostics import mean_se
-from ..analysis.tables import markdown_table, pm
+from ..analysis.tables import footnoted, markdown_table, pm  # noqa: F401 (footnoted re-exported)
 from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text, check_writable
 from ..errors import OutputError
 
@@ -381,27 +381,6 @@ def _overview(result) -> str:
             f"N = {m['n']} datapoints, K_max = {m['k_max']} samples per datapoint drawn once "
             f"({'seed ' + str(m['seed']) if m.get('seed') is not None else 'given as a matrix'}); every K is evaluated on floor(K_max / K) disjoint groups of the same pool. "
             f"Estimators: {', '.join(m.get('estimators', []))}.")
-
-
-def footnoted(frame: pd.DataFrame, *, start: int = 1) -> tuple:
-    """``(frame, notes)``: every ``note`` cell of ``frame`` replaced by numbered markers ``[1]``.
-
-    Each distinct note (cells may join several with ``"; "``) gets one number, counting from
-    ``start``; the notes are returned in that order, to be listed under the table.
-    """
-    if "note" not in frame.columns:
-        return frame, []
-    notes: List[str] = []
-    markers = []
-    for cell in frame["note"].fillna(""):
-        parts = [part.strip() for part in str(cell).split("; ") if part.strip()]
-        for part in parts:
-            if part not in notes:
-                notes.append(part)
-        markers.append(" ".join(f"[{start + notes.index(part)}]" for part in parts))
-    out = frame.copy()
-    out["note"] = markers
-    return out, notes
 
 
 def _md_notes(notes: List[str], start: int) -> List[str]:
