@@ -213,3 +213,16 @@ def test_a_predictive_report_does_not_offer_bits_per_dimension():
     assert report.units_sentence(bnn) == "Units: nats per datapoint (log p(y | x) of each test point)."
     vae = SimpleNamespace(metadata={"dims": None}, units="nats", quantity="log p(x)")
     assert "dims=" in report.units_sentence(vae)
+
+
+def test_a_file_output_needs_its_directory_in_python_as_on_the_command_line(tmp_path):
+    from evalkit.errors import OutputError
+
+    log_w = np.log(np.random.default_rng(0).gamma(2.0, size=(5, 40)))
+    with pytest.raises(OutputError, match="output directory .* does not exist; create it first"):
+        evalkit.estimate_from_log_weights(log_w).save(tmp_path / "a" / "b" / "c.json")
+    assert not (tmp_path / "a").exists()
+    out = subprocess.run([sys.executable, "-m", "evalkit", "estimate", str(ROOT / "examples" / "digits_iwae.pt"),
+                          "--binarize", "bernoulli", "-k", "2", "-o", str(tmp_path / "a" / "c.json")],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert out.returncode == 1 and "does not exist; create it first" in out.stderr
