@@ -215,6 +215,7 @@ def test_a_predictive_report_does_not_offer_bits_per_dimension():
     assert "dims=" in report.units_sentence(vae)
 
 
+@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")
 def test_a_file_output_needs_its_directory_in_python_as_on_the_command_line(tmp_path):
     from evalkit.errors import OutputError
 
