@@ -215,15 +215,22 @@ def test_a_predictive_report_does_not_offer_bits_per_dimension():
     assert "dims=" in report.units_sentence(vae)
 
 
-@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")
-def test_a_file_output_needs_its_directory_in_python_as_on_the_command_line(tmp_path):
-    from evalkit.errors import OutputError
-
-    log_w = np.log(np.random.default_rng(0).gamma(2.0, size=(5, 40)))
-    with pytest.raises(OutputError, match="output directory .* does not exist; create it first"):
-        evalkit.estimate_from_log_weights(log_w).save(tmp_path / "a" / "b" / "c.json")
-    assert not (tmp_path / "a").exists()
+def test_every_json_output_and_report_records_its_provenance(tmp_path):
     out = subprocess.run([sys.executable, "-m", "evalkit", "estimate", str(ROOT / "examples" / "digits_iwae.pt"),
-                          "--binarize", "bernoulli", "-k", "2", "-o", str(tmp_path / "a" / "c.json")],
+                          "--binarize", "bernoulli", "-k", "3", "--threads", "1", "-o", str(tmp_path / "e.json"), "-q"],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert out.returncode == 1 and "does not exist; create it first" in out.stderr
+    assert out.returncode == 0, out.stderr
+    import json
+
+    prov = json.loads((tmp_path / "e.json").read_text())["metadata"]["provenance"]
+    assert prov["command"].startswith("python -m evalkit estimate ") and prov["command"].endswith("-q")
+    assert prov["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert (prov["device"], prov["threads"], prov["dtype"]) == ("cpu", 1, "float32")
+    assert prov["torch_version"] == torch.__version__ and prov["numpy_version"] == np.__version__
+    assert prov["evalkit_version"] == evalkit.__version__ and re.match(r"\d{4}-\d\d-\d\dT", prov["date"])
+    assert prov["git_revision"] is None or re.fullmatch(r"[0-9a-f]{40}(\+dirty)?", prov["git_revision"])
+    log_w = np.log(np.random.default_rng(0).gamma(2.0, size=(6, 50)))
+    result = evalkit.sweep(log_w, ks=[1, 10, 50])
+    assert "device" not in result.metadata["provenance"]  # a matrix was given: nothing was computed
+    md = report.render_markdown(result, title="t", command="c")
+    assert f"| cpu capability | {torch.backends.cpu.get_cpu_capability()} |" in md and "| date | " in md

@@ -31,6 +31,7 @@ from ..sources import LogWeightSource, MatrixSource, open_source
 from ..sources.inputs import DataLike, ModelLike
 from .diagnostics import summarize_weights, weight_diagnostics
 from .in_units import check_units, resolve_dims, units_note
+from .provenance import provenance
 from .estimate_result import JSON_SCHEMA_VERSION, EstimateResult  # noqa: F401 (re-exported)
 from .tables import jsonable, quantity_metadata
 
@@ -342,6 +343,7 @@ def _result(
         "evalkit_version": _version(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
+        "provenance": provenance(source.run_settings),
     }
     metadata.update(quantity_metadata(source))
     if source.details:

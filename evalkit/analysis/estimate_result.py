@@ -231,9 +231,7 @@ class EstimateResult:
             One of ``table``, ``json``, ``csv``, ``markdown``, ``latex``; must agree with a
             recognised extension (:func:`evalkit.output.formats.format_for_path`).
         overwrite : bool
-            Replace an existing file. The file's directory must exist, as on the command line
-            (``-o``): one rule for every file output, while an output *directory* (a sweep's or a
-            report's ``out``) is created with its missing parents.
+            Replace an existing file. Missing parent directories are created.
 
         Returns
         -------
@@ -244,6 +242,7 @@ class EstimateResult:
         from ..output.formats import format_for_path
 
         fmt = format_for_path(path, format, what="output file")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)  # like SweepResult.save's directory
         text = self.format(fmt)
         atomic_write_text(os.fspath(path), text if text.endswith("\n") else text + "\n", overwrite=overwrite)
         return Path(path)

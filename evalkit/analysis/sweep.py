@@ -30,6 +30,7 @@ from .reference import Reference, bias_order, reference_below_estimate, resolve_
 from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
 from .in_units import check_units, resolve_dims, units_note
+from .provenance import provenance
 from .tables import jsonable, quantity_metadata
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
@@ -304,6 +305,7 @@ def _metadata(source: LogWeightSource, ks: Sequence[int], chosen: Sequence[Any],
         **quantity_metadata(source),
         **({"sampler": jsonable(source.details)} if source.details else {}),
         "versions": versions(),
+        "provenance": provenance(source.run_settings),
         "seconds": seconds,
     }
 

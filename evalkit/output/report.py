@@ -314,8 +314,8 @@ def render_markdown(result, *, title: str, command: str) -> str:
         out += [f"![{name}](figures/{name}.png)", "", f"*{_FIGURE_CAPTIONS[name]}*", ""]
     if result.notes or result.warnings:
         out += ["## Notes", ""] + [f"* {text}" for text in list(result.warnings) + list(result.notes)] + [""]
-    out += ["## Reproduce", "", "```", command, "```", "", "| package | version |", "|---|---|"]
-    out += [f"| {k} | {v} |" for k, v in m.get("versions", {}).items()]
+    out += ["## Reproduce", "", "```", command, "```", "", "| package or setting | version or value |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in provenance_rows(m)]
     out += ["", "Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
     return "\n".join(out)
 
@@ -347,8 +347,9 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
                  f"<figcaption>{_html_inline_code(_FIGURE_CAPTIONS[name])}</figcaption></figure>"]
     if result.notes or result.warnings:
         body += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{esc(t)}</li>" for t in list(result.warnings) + list(result.notes)] + ["</ul>"]
-    body += ["<h2>Reproduce</h2>", f"<pre>{esc(command)}</pre>", "<table class='t'><tr><th>package</th><th>version</th></tr>"]
-    body += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in m.get("versions", {}).items()]
+    body += ["<h2>Reproduce</h2>", f"<pre>{esc(command)}</pre>",
+             "<table class='t'><tr><th>package or setting</th><th>version or value</th></tr>"]
+    body += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in provenance_rows(m)]
     body += ["</table>"]
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
@@ -364,6 +365,16 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{esc(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def provenance_rows(metadata: dict) -> List[tuple]:
+    """``(name, value)`` rows of the Reproduce table: the package versions, then the run's
+    provenance (git revision, device, CPU capability, threads, dtype, date, input digests)."""
+    rows = list(metadata.get("versions", {}).items())
+    shown = {"evalkit_version", "torch_version", "numpy_version", "python_version", "command"}  # in the versions
+    rows += [(name.replace("_", " "), value) for name, value in metadata.get("provenance", {}).items()
+             if name not in shown and value is not None]
+    return rows
 
 
 def _html_table(frame: pd.DataFrame) -> str:
