@@ -8,7 +8,7 @@ from .main import main
 
 
 def _ints(ctx, param, value):
-    return None if value is None else parse_ks(value)
+    return None if value is None else parse_ks(value, param.opts[0])
 
 
 @main.command("bdmc")

@@ -194,18 +194,21 @@ def cache_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
     return {"cache": params.get("cache"), "cache_shard_size": params.get("cache_shard_size")}
 
 
-def parse_ks(text: str) -> list:
-    """Parse ``"1,2,5,10"`` into ``[1, 2, 5, 10]``; must be positive and strictly increasing."""
+def parse_ks(text: str, option: str = "--ks") -> list:
+    """Parse ``"1,2,5,10"`` into ``[1, 2, 5, 10]``; must be positive and strictly increasing.
+
+    ``option`` is the option as the command line spells it (``--ks``, ``--steps``), for the messages.
+    """
     try:
         ks = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers, e.g. 1,10,100") from None
     if not ks:
-        raise click.BadParameter("give at least one k, e.g. 1,10,100")
+        raise click.BadParameter(f"give at least one value for {option}, e.g. 1,10,100")
     if any(k <= 0 for k in ks):
-        raise click.BadParameter(f"every k must be a positive integer, got {ks}")
+        raise click.BadParameter(f"every value of {option} must be a positive integer, got {text}")
     if any(b <= a for a, b in zip(ks, ks[1:])):
-        raise click.BadParameter(f"ks must be strictly increasing, got {ks}")
+        raise click.BadParameter(f"the values of {option} must be strictly increasing, got {text}")
     return ks
 
 

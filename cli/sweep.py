@@ -36,7 +36,7 @@ def _checkpoint_optional(f):
 
 
 def _ks(ctx, param, value):
-    return None if value is None else parse_ks(value)
+    return None if value is None else parse_ks(value, param.opts[0])
 
 
 def _compose(*decorators):

@@ -40,6 +40,13 @@ class WeightWarning(UserWarning):
     """
 
 
+class ReferenceWarning(UserWarning):
+    """A sweep's reference (AIS or user-supplied) lies significantly below the IWAE estimate at
+    K_max. IWAE is a stochastic lower bound on log p(x), so such a reference cannot be log p(x):
+    an AIS reference has not converged (raise its steps), a user reference is not log p(x).
+    The measured "bias" is then the reference's error, not IWAE's."""
+
+
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes :func:`warnings.warn` name the first caller outside evalkit.
 

@@ -77,9 +77,9 @@ def test_quantity_is_refused_for_other_models_and_unknown_values(model):
         evalkit.estimate("examples/digits_iwae.pt", "digits", k=4, binarize="bernoulli", quantity="evidence")
     with pytest.raises(InputError, match="quantity must be one of predictive, evidence"):
         evalkit.estimate(model, "digits", k=4, quantity="marginal")
-    with pytest.raises(InputError, match="binarize do not apply"):
+    with pytest.raises(InputError, match="binarize \\(--binarize\\) do not apply"):
         evalkit.estimate(model, "digits", k=4, binarize="threshold")
-    with pytest.raises(InputError, match="method='ais' do not apply"):
+    with pytest.raises(InputError, match=r"method='ais' \(--method ais\) do not apply"):
         evalkit.estimate(model, "digits", k=4, method="ais")
 
 

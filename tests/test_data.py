@@ -82,7 +82,7 @@ def test_ambiguous_npz_lists_the_keys(tmp_path):
 def test_single_array_file_has_no_train_split(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((2, 3)))
     assert load_data(tmp_path / "x.npy", split="all").shape == (2, 3)
-    with pytest.raises(DataError, match="holds one array, a single dataset; use split='test' or 'all'"):
+    with pytest.raises(DataError, match=r"holds one array, a single dataset; read it with the test or all split \(--split test"):
         load_data(tmp_path / "x.npy", split="train")
     np.savez(tmp_path / "x.npz", images=np.ones((2, 3)))
     with pytest.raises(DataError, match=r"holds arrays \['images'\]; none is named 'train'"):

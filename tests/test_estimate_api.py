@@ -120,7 +120,7 @@ def test_k_must_be_positive():
 
 
 def test_jvi_order_must_be_below_k():
-    with pytest.raises(InputError, match=r"'jvi3' needs k >= 4"):
+    with pytest.raises(InputError, match=r"'jvi3' needs at least 4 samples"):
         evalkit.estimate_from_log_weights(gamma_log_weights(n=4, k=3), ["jvi3"])
 
 

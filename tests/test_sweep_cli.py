@@ -79,8 +79,13 @@ def test_sweep_log_weights_to_a_directory(log_weights_file, tmp_path):
 def test_sweep_prints_a_table_with_the_reference_label(log_weights_file):
     result = invoke("sweep", "--log-weights", log_weights_file, "--ks", "1,10,200")
     assert result.exit_code == 0
-    assert "reference: jvi2 at K = 200 on the same samples (no exact log p(x)" in result.stdout
+    # Said once (the headline no longer repeats it in other words).
+    assert result.stdout.count("jvi2 at K = 200 on the same samples (no exact log p(x)") == 1
+    assert "Reference: jvi2 at K = 200" in result.stdout
     assert "estimator" in result.stdout and "RMSE" in result.stdout
+    # Notes are numbered footnotes, not a column that pads every row; no warning or note lines on stdout.
+    assert max(len(line) for line in result.stdout.splitlines() if not line.startswith("Reference:")) < 160
+    assert not any(line.startswith(("warning:", "note:")) for line in result.stdout.splitlines())
 
 
 def test_reference_from_a_file(log_weights_file, tmp_path):

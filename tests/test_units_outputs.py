@@ -51,7 +51,7 @@ def test_estimate_tables_use_the_chosen_unit_and_say_so(conv_estimate):
     assert f"{-iwae['estimate'] / (D * math.log(2)):.4f}" in text and f"{iwae['estimate']:.4f}" not in text
     assert "bits/dim" in conv_estimate.to_latex() and " bpd |" in conv_estimate.to_markdown()
     nats = conv_estimate.table_in("nats")
-    assert nats.equals(conv_estimate.summary)
+    assert nats.equals(conv_estimate.summary[list(nats.columns)])  # the nats columns; the *_bpd twins beside them
 
 
 def test_same_run_in_nats_has_identical_json(conv_estimate):

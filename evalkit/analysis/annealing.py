@@ -95,9 +95,15 @@ class BDMCReport:
         columns = [c for c in ("steps", "lower", "lower_se", "upper", "upper_se", "gap", "gap_se", "exact")
                    if c in self.bounds.summary]
         return ("BDMC bounds on log p(x) of data simulated from the model (mean over datapoints, nats):\n"
-                + self.bounds.summary[columns].to_string(index=False, float_format=lambda v: f"{v:.4f}")
+                + self.bounds.summary[columns].to_string(index=False, float_format=_four_places, na_rep="n/a")
                 + "\n\nimportance sampling from q(z|x) on the same data:\n"
-                + self.importance.to_string(index=False, float_format=lambda v: f"{v:.4f}") + "\n")
+                + self.importance.to_string(index=False, float_format=_four_places, na_rep="n/a") + "\n")
+
+
+def _four_places(value: float) -> str:
+    # A Monte Carlo SE is undefined at K = 1 (one sample): pandas passes NaN through na_rep as "n/a",
+    # as estimate's and sweep's tables say it.
+    return f"{value:.4f}"
 
 
 def bdmc(model: Any, *, n: int = 100, steps: Union[int, Sequence[int]] = (100, 1000), chains: int = DEFAULT_CHAINS,

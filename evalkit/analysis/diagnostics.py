@@ -17,7 +17,7 @@ from __future__ import annotations
 from .asymptotics import (AsymptoticFit, BiasSlope, bias_slope, fit_inverse_k, iwae_theory, moment_ratios,
                           valid_iwae_theory)
 from .groups import (DEFAULT_MAX_ELEMENTS, BiasVariance, _positive_int, bias_variance, evaluate_groups,  # noqa: F401
-                     group_columns, group_moments, ladder, mean_se, summarize_moments)
+                     group_columns, group_moments, ladder, mean_se, shared_columns_mc_se, summarize_moments)
 from .weights import WeightDiagnostics, summarize_weights, weight_diagnostics
 
 __all__ = [

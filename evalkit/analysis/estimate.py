@@ -31,6 +31,7 @@ from ..sources import LogWeightSource, MatrixSource, open_source
 from ..sources.inputs import DataLike, ModelLike
 from .diagnostics import summarize_weights, weight_diagnostics
 from .in_units import check_units, resolve_dims, units_note
+from .provenance import provenance
 from .estimate_result import JSON_SCHEMA_VERSION, EstimateResult  # noqa: F401 (re-exported)
 from .tables import jsonable, quantity_metadata
 
@@ -141,7 +142,7 @@ def estimate(
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
         raise InputError(f"k must be a positive integer number of samples per datapoint, got {k!r}")
     k = int(k)
-    _check_estimators(estimators, k)
+    _check_estimators(estimators, k, method)
     check_block_size(block_size)
     check_units(units, 1)  # a bad name fails before the run; a missing D once the source is known
     started = time.perf_counter()
@@ -226,9 +227,7 @@ def estimate_source(
         return None
     blocks, log_w = prepared
     stats = _stream_statistics(blocks, chosen, source.shared_columns)
-    result = _result(stats, chosen, source, log_w, dims)
-    result.units = units
-    return result
+    return _result(stats, chosen, source, log_w, dims).in_units(units)
 
 
 @dataclass
@@ -344,6 +343,7 @@ def _result(
         "evalkit_version": _version(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
+        "provenance": provenance(source.run_settings),
     }
     metadata.update(quantity_metadata(source))
     if source.details:
@@ -362,13 +362,16 @@ def _result(
     )
 
 
-def _check_estimators(names: Sequence[str], k: int) -> list:
+def _check_estimators(names: Sequence[str], k: int, method: str = "is") -> list:
     chosen = estimator_registry.get_many(names)
     for est in chosen:
         if k < est.min_k:
+            # With AIS the columns are the chains: say so in the option's own name (--chains / ais=...).
+            samples = ("AIS chains per datapoint (--chains on the command line, k in Python)" if method == "ais"
+                       else "samples per datapoint (-k, or k in Python)")
             raise InputError(
-                f"estimator {est.name!r} needs k >= {est.min_k} samples per datapoint, got k = {k}; "
-                f"raise k or choose a lower order"
+                f"estimator {est.name!r} needs at least {est.min_k} {samples}, got {k}; "
+                f"give more or choose a lower order"
             )
     return chosen
 

@@ -53,9 +53,10 @@ class EstimateResult:
     log_weights : Tensor or None
         The ``[N, K]`` float64 log-weights, when asked for with ``keep_log_weights=True``.
     units : {"nats", "bpd"}
-        The unit of the terminal, Markdown and LaTeX tables (:meth:`table_in`). ``summary`` and
-        the JSON's ``estimate``/``se_*`` fields are always nats; the JSON adds their bits per
-        dimension (``*_bpd``) beside them, with D in ``metadata["dims"]``.
+        The unit of the terminal, Markdown and LaTeX tables (:meth:`table_in`). ``summary``'s
+        ``estimate``/``se_*`` columns and the JSON's fields are always nats; in ``"bpd"`` (see
+        :meth:`in_units`) ``summary`` and the CSV add ``estimate_bpd``, ``se_data_bpd``,
+        ``se_mc_bpd`` beside them, as the JSON does whenever D (``metadata["dims"]``) is known.
     """
 
     summary: pd.DataFrame
@@ -65,6 +66,20 @@ class EstimateResult:
     log_weights: Optional[torch.Tensor] = field(default=None, repr=False)
     units: str = "nats"
 
+    def in_units(self, units: str) -> "EstimateResult":
+        """This result shown in ``units``; in ``"bpd"`` :attr:`summary` gains the ``*_bpd`` twins
+        (``-estimate / (D ln 2)``, ``se / (D ln 2)``) after its nats columns, so that the summary
+        and the CSV carry the unit the user asked for, as the sweep's CSV does."""
+        units = check_units(units, self.metadata.get("dims"))
+        summary = self._nats_summary()
+        if units == "bpd":
+            summary = with_bpd_columns(summary, self.metadata["dims"], **SUMMARY_COLUMNS)
+        self.summary, self.units = summary, units
+        return self
+
+    def _nats_summary(self) -> pd.DataFrame:
+        return self.summary[[c for c in self.summary.columns if not c.endswith("_bpd")]]
+
     def table_in(self, units: Optional[str] = None) -> pd.DataFrame:
         """The summary in ``units`` (default :attr:`units`): nats, or bits per dimension.
 
@@ -73,8 +88,8 @@ class EstimateResult:
         """
         units = check_units(self.units if units is None else units, self.metadata.get("dims"))
         if units == "nats":
-            return self.summary.copy()
-        return convert_frame(self.summary, self.metadata["dims"], **SUMMARY_COLUMNS)
+            return self._nats_summary().copy()
+        return convert_frame(self._nats_summary(), self.metadata["dims"], **SUMMARY_COLUMNS)
 
     @property
     def quantity(self) -> str:
@@ -97,7 +112,7 @@ class EstimateResult:
             "schema_version": JSON_SCHEMA_VERSION,
             "metadata": self.metadata,
             "estimates": [_with_bpd({key: jsonable(value) for key, value in row.items()}, self.metadata.get("dims"))
-                          for row in self.summary.to_dict(orient="records")],
+                          for row in self._nats_summary().to_dict(orient="records")],
             "diagnostics": {key: jsonable(value) for key, value in self.diagnostics.items()},
         }
         if per_example:
@@ -112,7 +127,8 @@ class EstimateResult:
     def to_csv(self) -> str:
         """The summary table as CSV text, with the weight diagnostics as columns.
 
-        After ``estimator, k, estimate, se_data, se_mc, n`` come the dataset-wide diagnostics
+        After ``estimator, k, estimate, se_data, se_mc, n`` (and, in ``"bpd"``, ``estimate_bpd,
+        se_data_bpd, se_mc_bpd``: the columns of :attr:`summary`) come the dataset-wide diagnostics
         (:data:`CSV_DIAGNOSTIC_COLUMNS`, the same on every row): ``mean_ess_fraction``,
         ``max_psis_khat``, ``fraction_khat_above_0.5``, ``fraction_khat_above_0.7``,
         ``n_khat_above_0.7`` and ``indices_khat_above_0.7`` (space-separated datapoint indices),

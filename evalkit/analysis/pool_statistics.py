@@ -22,7 +22,7 @@ from .reference import pool_best
 
 
 class _BlockStatistics(NamedTuple):
-    """Per-datapoint results of one block of rows: ``{(name, k): (mean, var, groups)}``, the pool's
+    """Per-datapoint results of one block of rows: ``{(name, k): (mean, var, groups, group_sums)}``, the pool's
     best estimate at K_max, ESS/K, k-hat and the weight-moment ratios (each of shape (rows,))."""
 
     moments: Dict[tuple, tuple]
@@ -37,7 +37,8 @@ class _BlockStatistics(NamedTuple):
 class PoolStatistics(NamedTuple):
     """The first pass over the whole pool: per-datapoint results of every block, in row order.
 
-    ``moments[(name, k)] = (mean, var, groups)`` over the groups of k columns; ``best`` the least
+    ``moments[(name, k)] = (mean, var, groups, group_sums)`` over the groups of k columns (``group_sums``,
+    shape (groups,): each group's estimates summed over the rows); ``best`` the least
     biased estimate at K_max (``best_name``); the weight diagnostics and moment ratios; the
     recorded warnings; seconds spent waiting for the source; the whole pool where it was kept.
     """
@@ -83,8 +84,9 @@ def first_pass(blocks, source: LogWeightSource, cells: list, chosen: Sequence[An
             pool_warnings += [(start, record) for record in caught_pool]
             del block
     moments = {key: (np.concatenate([p.moments[key][0] for p in parts]),
-                     np.concatenate([p.moments[key][1] for p in parts]), groups)
-               for key, (_, _, groups) in parts[0].moments.items()}
+                     np.concatenate([p.moments[key][1] for p in parts]), groups,
+                     np.sum([p.moments[key][3] for p in parts], axis=0))
+               for key, (_, _, groups, _) in parts[0].moments.items()}
     weights = dg.summarize_weights(np.concatenate([p.ess_fraction for p in parts]),
                                    np.concatenate([p.khat for p in parts]), k_max, index=source.index)
     return PoolStatistics(moments, parts[0].best_name, np.concatenate([p.best for p in parts]), weights,
@@ -117,7 +119,7 @@ _STAT_THREADS = 8
 
 def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: Optional[int],
                   bar: Any) -> Dict[tuple, tuple]:
-    """``{(name, k): (mean, var, groups)}`` for every (estimator, k) cell, on ``threads`` threads.
+    """``{(name, k): (mean, var, groups, group_sums)}`` for every (estimator, k) cell, on ``threads`` threads.
 
     The cells are independent and numpy releases the GIL inside its loops, so on a CPU with
     spare cores they run side by side (default: torch's thread count, like the engine); each
@@ -135,7 +137,9 @@ def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: 
         values = dg.evaluate_groups(log_w, k, est.fn, max_elements=max_elements)
         with lock:
             bar.update(n * values.shape[1] * k)
-        return dg.group_moments(values) + (values.shape[1],)
+        # The sums over rows of each group's estimates: the dataset mean per group, whose spread over
+        # the (independent) groups is the Monte Carlo SE when the rows share their columns.
+        return dg.group_moments(values) + (values.shape[1], values.sum(axis=0, dtype=np.float64))
 
     order = sorted(cells, key=lambda cell: cell[1])
     # Each thread holds up to max_elements log-weights and the estimators' temporaries over them

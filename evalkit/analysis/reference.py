@@ -140,3 +140,27 @@ def _as_float64(values: Any) -> np.ndarray:
         return np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError):
         raise InputError(f"reference must be a number, per-datapoint values or a file path, got {type(values).__name__}") from None
+
+
+def reference_below_estimate(ref: Reference, table: Any, k_max: int) -> Optional[str]:
+    """A sentence when ``ref`` lies significantly below IWAE at ``K_max``, else None.
+
+    IWAE_K is a stochastic lower bound (E[IWAE_K] <= log p(x)), so a reference that IWAE exceeds by
+    more than 3 paired standard errors (``bias > 3 bias_se`` in the sweep's table, rows ``estimator,
+    k, bias, bias_se``) is not log p(x); for AIS, also a stochastic lower bound, it means the chains
+    have not converged. Exact references are never questioned.
+    """
+    if ref.kind not in ("ais", "user"):
+        return None
+    rows = table[(table["estimator"] == "iwae") & (table["k"] == k_max)]
+    if rows.empty:
+        return None
+    bias, bias_se = float(rows["bias"].iloc[0]), float(rows["bias_se"].iloc[0])
+    if not (np.isfinite(bias) and np.isfinite(bias_se)) or bias <= 3 * bias_se:  # one-sided p = 0.13 % for a true reference
+        return None
+    what = ("the AIS reference has not converged (AIS is a stochastic lower bound too): raise its steps "
+            "(--steps, ais={'steps': ...}), and its chains for a smaller SE" if ref.kind == "ais"
+            else "the user-supplied reference cannot be log p(x); check it")
+    return (f"the reference lies {bias:.3g} +- {bias_se:.2g} nats below IWAE at K = {k_max}, although IWAE is "
+            f"a stochastic lower bound on log p(x): {what}; the 'bias' columns measure the reference's error, "
+            "not IWAE's")

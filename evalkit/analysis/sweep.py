@@ -23,13 +23,14 @@ import pandas as pd
 import torch
 
 from . import diagnostics as dg
-from ..errors import InputError, WeightWarning, user_stacklevel
+from ..errors import InputError, ReferenceWarning, WeightWarning, user_stacklevel
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sources import ImportanceSamplingSource, LogWeightSource, load_log_weights, open_source  # noqa: F401 (load_log_weights re-exported)
-from .reference import Reference, bias_order, resolve_reference, user_reference  # noqa: F401 (bias_order re-exported)
+from .reference import Reference, bias_order, reference_below_estimate, resolve_reference, user_reference  # noqa: F401 (bias_order re-exported)
 from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
 from .in_units import check_units, resolve_dims, units_note
+from .provenance import provenance
 from .tables import jsonable, quantity_metadata
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
@@ -247,14 +248,19 @@ def sweep_source(
         rows += est_rows
         long_parts += est_long
         fit_rows.append(fit_row)
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     issued = _issue_warnings(pool)
+    unconverged = reference_below_estimate(ref, table, k_max)
+    if unconverged:
+        issued.append(unconverged)
+        warnings.warn(unconverged, ReferenceWarning, stacklevel=user_stacklevel())
     notes += _source_notes(source)
     seconds = {"log_weights": round(pool.seconds_source, 3),
                "statistics": round(time.perf_counter() - t_stats - pool.seconds_source, 3),
                "total": round(time.perf_counter() - started, 3)}
     metadata = _metadata(source, ks_used, chosen, dims, fit_min_k, seconds)
     return SweepResult(
-        table=pd.DataFrame(rows, columns=TABLE_COLUMNS),
+        table=table,
         theory=dg.iwae_theory(pool.r2, pool.r3, ks_used),
         theory_valid=dg.valid_iwae_theory(pool.r2, pool.r3, ks_used, pool.weights.khat),
         fits=pd.DataFrame(fit_rows, columns=FIT_COLUMNS),
@@ -275,9 +281,10 @@ def _source_notes(source: LogWeightSource) -> List[str]:
     if source.n < 2:
         notes.append("one datapoint: standard errors over datapoints are undefined (NaN)")
     if source.shared_columns:
-        notes.append("every row uses the same samples (shared columns): standard errors over datapoints "
-                     "leave out the correlation of their Monte Carlo errors; `evalkit estimate` gives the "
-                     "column-jackknife Monte Carlo SE")
+        notes.append("every row uses the same samples (shared columns), so their Monte Carlo errors are "
+                     "correlated: the MC SE column is the spread of the dataset mean over the independent groups "
+                     "of k samples (n/a with one group; `evalkit estimate` gives the column jackknife at K_max); "
+                     "the standard errors over datapoints leave that correlation out")
     return notes
 
 
@@ -298,6 +305,7 @@ def _metadata(source: LogWeightSource, ks: Sequence[int], chosen: Sequence[Any],
         **quantity_metadata(source),
         **({"sampler": jsonable(source.details)} if source.details else {}),
         "versions": versions(),
+        "provenance": provenance(source.run_settings),
         "seconds": seconds,
     }
 
@@ -338,9 +346,11 @@ def _estimator_rows(est: Any, ks: Sequence[int], pool: PoolStatistics, ref: Refe
     for k in ks:
         if (est.name, k) not in pool.moments:
             continue
-        group_mean, group_var, groups = pool.moments[est.name, k]
+        group_mean, group_var, groups, group_sums = pool.moments[est.name, k]
         stats = dg.summarize_moments(group_mean, group_var, groups, ref.values, k=k, index=source.index)
         row = {name: getattr(stats, name) for name in TABLE_COLUMNS if hasattr(stats, name)}
+        if source.shared_columns:
+            row["mc_se"] = dg.shared_columns_mc_se(group_sums, source.n)
         gap, gap_se = dg.mean_se(group_mean - pool.best)
         row.update(estimator=est.name, reference=ref.short, gap_to_kmax=gap, gap_to_kmax_se=gap_se)
         if ref.kind == "pool" and est.name == ref.estimator and k == source.k:

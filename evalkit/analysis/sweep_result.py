@@ -23,7 +23,7 @@ from .in_units import (PER_DATAPOINT_COLUMNS, SWEEP_TABLE_COLUMNS, THEORY_COLUMN
                        check_units, convert_frame)
 from .reference import Reference
 from ..units import bits_per_dim
-from .tables import DEFAULT_QUANTITY, jsonable, markdown_table, num, pm, quantity_of, records, render, sig2, slope_text
+from .tables import DEFAULT_QUANTITY, footnoted, jsonable, markdown_table, num, pm, quantity_of, records, render, sig2, slope_text
 
 #: Version of the JSON document written by :meth:`SweepResult.to_json`.
 JSON_SCHEMA_VERSION = 1
@@ -144,9 +144,10 @@ class SweepResult:
     def headline(self) -> str:
         """One line: what was swept, on what, against which reference."""
         m = self.metadata
+        # The reference is the next line's (bias_sentence), said once.
         return (
             f"sweep over K: {m.get('data', 'log-weights')}, N = {m['n']}, K_max = {m['k_max']}, "
-            f"seed = {m.get('seed')}; reference: {self.reference.label}"
+            f"seed = {m.get('seed')}"
         ) + (f"; in bits per dimension (D = {m['dims']})" if self.units == "bpd" else "")
 
     def display_table(self) -> pd.DataFrame:
@@ -172,8 +173,17 @@ class SweepResult:
         return frame
 
     def fits_display(self) -> pd.DataFrame:
-        """The fits with ``a ± SE`` strings."""
+        """The fits with ``a ± SE`` strings; why a slope has no value or no SE goes to ``note``
+        (a footnote in reports), so that no cell carries a sentence and the table fits a page."""
         f = self.shown().fits
+        slopes, notes = [], []
+        for value, se, slope_note, note in zip(f["bias_slope"], f["bias_slope_se"], f["bias_slope_note"], f["note"]):
+            text = slope_text(value, se)
+            slopes.append(text)
+            reasons = [str(note)] if isinstance(note, str) and note else []
+            if "±" not in text and slope_note:
+                reasons.append(f"|bias| slope: {str(slope_note).replace(': no SE', '')}")
+            notes.append("; ".join(reasons))
         return pd.DataFrame(
             {
                 "estimator": f["estimator"],
@@ -182,11 +192,10 @@ class SweepResult:
                                                                      f["a_minus_reference_se"])],
                 "b (1/K)": [num(v) for v in f["b"]],
                 "c (1/K^2)": [num(v) for v in f["c"]],
-                "ks": [f"{lo}..{hi} ({p} points)" if p else "-" for lo, hi, p in zip(f["k_min"], f["k_max"], f["points"])],
-                "note": f["note"],
-                "|bias| slope": [slope_text(v, s, n) for v, s, n in zip(f["bias_slope"], f["bias_slope_se"],
-                                                                         f["bias_slope_note"])],
+                "fit ks": [f"{lo}..{hi} ({p})" if p else "-" for lo, hi, p in zip(f["k_min"], f["k_max"], f["points"])],
+                "|bias| slope": slopes,
                 "slope ks": [_ks_text(ks) for ks in f["bias_slope_ks"]],
+                "note": notes,
             }
         )
 
@@ -197,30 +206,37 @@ class SweepResult:
             return shown.theory_valid
         return shown.theory.iloc[0:0].assign(datapoints=pd.Series(dtype="int64"))
 
-    def weights_text(self) -> str:
-        """One or two lines on whether the importance weights can be trusted."""
+    def weights_text(self, *, with_warning: bool = True) -> str:
+        """One or two lines on whether the importance weights can be trusted (the second, the
+        weight warning, only ``with_warning``: the terminal table leaves it to stderr)."""
         s = self.weights.summary()
         text = (
             f"weights at K = {self.metadata['k_max']}: mean ESS/K = {s['mean_ess_fraction']:.3g}; "
             f"PSIS k-hat > 0.5 for {s['fraction_khat_above_0.5']:.1%}, > 0.7 for "
             f"{s['fraction_khat_above_0.7']:.1%} of datapoints"
         )
-        if self.weights.warning:
+        if with_warning and self.weights.warning:
             text += f"\nwarning: {self.weights.warning}"
         return text
 
     def to_markdown(self) -> str:
         """The sweep table, the fits and the weight summary as Markdown."""
+        main, main_notes = footnoted(self.display_table())
+        fits, fit_notes = footnoted(self.fits_display(), start=len(main_notes) + 1)
         parts = [
             f"**{self.headline()}**",
             "",
             bias_sentence(self.shown().reference, self.unit_label, self.quantity),
             "",
-            markdown_table(self.display_table()),
+            markdown_table(main),
+            "",
+        ] + [f"[{i}] {text}  " for i, text in enumerate(main_notes, 1)] + [
             "",
             "Extrapolation a + b/K + c/K^2 (weighted least squares; SE over datapoints):",
             "",
-            markdown_table(self.fits_display()),
+            markdown_table(fits),
+            "",
+        ] + [f"[{i}] {text}  " for i, text in enumerate(fit_notes, len(main_notes) + 1)] + [
             "",
             self.weights_text().replace("\n", "  \n"),
         ]
@@ -229,11 +245,17 @@ class SweepResult:
         return "\n".join(parts) + "\n"
 
     def to_table(self) -> str:
-        """Plain text for a terminal."""
-        text = [self.headline(), bias_sentence(self.shown().reference, self.unit_label, self.quantity), self.display_table().to_string(index=False), "",
-                "extrapolation a + b/K + c/K^2:", self.fits_display().to_string(index=False), "",
-                self.weights_text()]
-        text += [f"note: {note}" for note in self.notes]
+        """Plain text for a terminal: the tables with their notes as numbered footnotes (a note
+        column padded every row to hundreds of characters), the weight summary and the sweep's
+        notes. The weight warning is not repeated here: it is a warning (stderr, ``--quiet``)."""
+        main, main_notes = footnoted(self.display_table())
+        fits, fit_notes = footnoted(self.fits_display(), start=len(main_notes) + 1)
+        text = [self.headline(), bias_sentence(self.shown().reference, self.unit_label, self.quantity),
+                main.to_string(index=False)] + _footnote_lines(main_notes, 1) + [
+                "", "extrapolation a + b/K + c/K^2:", fits.to_string(index=False)] + _footnote_lines(
+                fit_notes, len(main_notes) + 1) + ["", self.weights_text(with_warning=False)]
+        if self.notes:
+            text += ["notes:"] + [f"  - {note}" for note in self.notes]
         return "\n".join(text) + "\n"
 
     def to_csv(self) -> str:
@@ -334,3 +356,7 @@ def _ks_text(ks: str) -> str:
     if len(values) > 4:
         return f"{values[0]}, {values[1]}, ..., {values[-1]} ({len(values)})"
     return ", ".join(values) if values else "-"
+
+
+def _footnote_lines(notes: List[str], start: int) -> List[str]:
+    return [f"  [{i}] {text}" for i, text in enumerate(notes, start)]

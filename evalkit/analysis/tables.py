@@ -81,9 +81,9 @@ def slope_text(value: float, se: float, note: str = "") -> str:
     if value is None or not math.isfinite(value):
         return f"n/a ({note})" if note else "n/a"
     if se is None or not math.isfinite(se):
-        reason = note or "too few points"
-        reason = reason.replace(": no SE", "")
-        return f"{value:.2f} (no SE: {reason})"
+        if not note:
+            return f"{value:.2f} (no SE)"
+        return f"{value:.2f} (no SE: {note.replace(': no SE', '')})"
     return pm(value, se)
 
 
@@ -104,3 +104,24 @@ def jsonable(value: Any) -> Any:
 def records(frame: pd.DataFrame) -> List[Dict[str, Any]]:
     """The rows of ``frame`` as JSON-safe dicts."""
     return [jsonable(row) for row in frame.to_dict(orient="records")]
+
+
+def footnoted(frame: pd.DataFrame, *, start: int = 1) -> tuple:
+    """``(frame, notes)``: every ``note`` cell of ``frame`` replaced by numbered markers ``[1]``.
+
+    Each distinct note (cells may join several with ``"; "``) gets one number, counting from
+    ``start``; the notes are returned in that order, to be listed under the table.
+    """
+    if "note" not in frame.columns:
+        return frame, []
+    notes: List[str] = []
+    markers = []
+    for cell in frame["note"].fillna(""):
+        parts = [part.strip() for part in str(cell).split("; ") if part.strip()]
+        for part in parts:
+            if part not in notes:
+                notes.append(part)
+        markers.append(" ".join(f"[{start + notes.index(part)}]" for part in parts))
+    out = frame.copy()
+    out["note"] = markers
+    return out, notes

@@ -1,6 +1,7 @@
 """Checks that data fit a model: shape, finiteness, binary or integer values; one sentence per problem."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import DataError
@@ -11,6 +12,22 @@ def rows_text(rows: torch.Tensor) -> str:
     shown = rows[:5].tolist()
     more = f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else ""
     return f"{shown}{more}"
+
+
+def as_data_tensor(data: object) -> object:
+    """Return an in-memory dataset as a CPU tensor ``[N, D]``: numpy arrays and tensors are converted,
+    anything else is returned as it is (for :func:`check_data_for_model` to refuse in one sentence).
+
+    float64 stays float64 (rounding ``x`` to float32 would change log p(x) itself); other floats
+    become float32 and integer or boolean values float32 (exact for the levels images use).
+    """
+    if isinstance(data, np.ndarray):
+        array = np.asarray(data)
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64 if array.dtype == np.float64 else np.float32))
+    if isinstance(data, torch.Tensor):
+        tensor = data.detach().to("cpu")
+        return tensor if tensor.is_floating_point() else tensor.to(torch.float32)
+    return data
 
 
 def check_data_for_model(data: torch.Tensor, model: torch.nn.Module) -> None:

@@ -132,8 +132,8 @@ def _read_file(path: Path, split: str) -> np.ndarray:
     if isinstance(contents, dict):
         contents = _single_array({str(key): value for key, value in contents.items()}, split, path)
     elif split == "train":
-        raise DataError(f"{path} holds one array, a single dataset; use split='test' or 'all' (split='train' needs an "
-                        ".npz or .pt container with a 'train' array).")
+        raise DataError(f"{path} holds one array, a single dataset; read it with the test or all split (--split test or --split all; "
+                        "split='test' or 'all' in Python); the train split needs an .npz or .pt container with a 'train' array.")
     if isinstance(contents, torch.Tensor):
         contents = contents.detach().to(torch.float64).numpy() if contents.is_floating_point() else contents.numpy()
     if not isinstance(contents, np.ndarray):

@@ -65,7 +65,7 @@ def as_images(array: Union[np.ndarray, torch.Tensor], *, layout: Optional[str] =
         raise InputError(f"Expected argument `layout` to be one of {list(LAYOUTS)}, got {layout!r}.")
     tensor = array.detach().cpu() if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
     if tensor.dtype == torch.bool or tensor.is_complex() or not (tensor.is_floating_point() or tensor.dtype in _INT_DTYPES):
-        raise DataError(f"{name} holds {tensor.dtype} values; images must be integers 0..levels-1.")
+        raise DataError(f"{name} holds {tensor.dtype} values; images must be integer levels (0..255 for 8-bit images, 0..L-1 for L levels).")
     shape = tuple(tensor.shape)
     layout = layout or _detect_layout(shape, name)
     if len(shape) != len(layout):
@@ -76,11 +76,11 @@ def as_images(array: Union[np.ndarray, torch.Tensor], *, layout: Optional[str] =
         if not bool(torch.isfinite(tensor).all()) or bool((tensor != tensor.round()).any()):
             raise DataError(
                 f"{name} holds non-integer float values (range [{float(tensor.min()):g}, {float(tensor.max()):g}]); "
-                "images must be the integer levels 0..levels-1 (e.g. 8-bit values 0..255, not values divided by 255)."
+                "images must be the integer levels (0..255 for 8-bit images, not values divided by 255; 0..L-1 for L levels)."
             )
         tensor = tensor.to(torch.int64)
     if int(tensor.min()) < 0:
-        raise DataError(f"{name} holds negative values (minimum {int(tensor.min())}); images must be integers 0..levels-1.")
+        raise DataError(f"{name} holds negative values (minimum {int(tensor.min())}); images must be integer levels (0..255 for 8-bit images, 0..L-1 for L levels).")
     if tensor.dtype != torch.uint8:
         tensor = tensor.to(torch.int64)
     if layout == "NHW":

@@ -71,7 +71,7 @@ def _read_container(path: Path, split: str, target: Optional[str]) -> tuple[np.n
     if not isinstance(arrays, dict):
         raise DataError(f"{path} holds a {type(arrays).__name__}; save a dict with inputs 'x' and targets 'y'.")
     if f"x_{split}" not in arrays and split == "train":
-        raise DataError(f"{path} has no 'x_train' array; use split='test' or 'all' for a file holding one dataset.")
+        raise DataError(f"{path} has no 'x_train' array; read it with the test or all split (--split test or --split all; split='test' or 'all' in Python) for a file holding one dataset.")
     x = _pick(arrays, [f"x_{split}", "x"], path, "inputs")
     y = _pick(arrays, [target] if target is not None else [f"y_{split}", "y"], path, "targets")
     return x, y

@@ -5,7 +5,7 @@ for loading and saving, :mod:`evalkit.models.discrete` for the image decoders (t
 
 May import :mod:`evalkit.errors` and :mod:`evalkit.atomic`; nothing else of evalkit.
 """
-from .base import EncoderDecoderModel, LatentVariableModel, check_model
+from .base import EncoderDecoderModel, LatentVariableModel, ModelCheck, check_model
 from .bnn import BayesianMLP
 from .conv import ConvVAE
 from .iwae import IWAE
@@ -25,6 +25,7 @@ __all__ = [
     "LatentVariableModel",
     "LinearGaussianModel",
     "MLPVAE",
+    "ModelCheck",
     "check_model",
     "diagonal_normal",
 ]

@@ -31,6 +31,7 @@ families; :func:`evalkit.models.joint.check_ais_model` says what a model lacks.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -213,11 +214,43 @@ def standard_normal_prior(latent_dim: int, like: Tensor) -> Independent:
     return Independent(Normal(zeros, torch.ones_like(zeros), validate_args=False), 1)
 
 
-def check_model(model: object) -> None:
+@dataclass(frozen=True)
+class ModelCheck:
+    """What :func:`check_model` found: the protocol attributes and the optional hooks.
+
+    ``str()`` of it is one sentence, e.g. ``MLPVAE follows the log-weight protocol:
+    log_weights(x, noise), noise_shape (16,), data_dim 64, binary data; no exact log_marginal``.
+    """
+
+    name: str
+    noise_shape: tuple
+    data_dim: int
+    requires_binary_data: bool
+    data_levels: object  # int for a discrete decoder, else None
+    has_log_marginal: bool
+
+    def __str__(self) -> str:
+        data = ("binary data" if self.requires_binary_data
+                else f"integer data in 0..{self.data_levels - 1}" if isinstance(self.data_levels, int)
+                else "real-valued data")
+        marginal = ("an exact log_marginal(x) (sweep's reference)" if self.has_log_marginal
+                    else "no exact log_marginal")
+        return (f"{self.name} follows the log-weight protocol: log_weights(x, noise), noise_shape "
+                f"{tuple(self.noise_shape)}, data_dim {self.data_dim}, {data}; {marginal}. The engine checks "
+                "the shape and values of what log_weights returns when it runs the model.")
+
+
+def check_model(model: object) -> ModelCheck:
     """Check that ``model`` follows the log-weight protocol; raise :class:`InputError` if not.
 
     Checks the attributes only (``noise_shape``, ``data_dim``, ``requires_binary_data``, a
     callable ``log_weights``); the engine checks the output shape when it runs the model.
+
+    Returns
+    -------
+    ModelCheck
+        What was checked and found (``print(check_model(model))`` says it in one sentence),
+        including the optional ``data_levels`` and ``log_marginal``.
     """
     name = type(model).__name__
     if not isinstance(model, nn.Module):
@@ -252,6 +285,11 @@ def check_model(model: object) -> None:
             f"{name}.requires_binary_data must be True (Bernoulli decoder) or False, "
             f"got {getattr(model, 'requires_binary_data', None)!r}."
         )
+    levels = getattr(model, "data_levels", None)
+    return ModelCheck(name=name, noise_shape=tuple(noise_shape), data_dim=data_dim,
+                      requires_binary_data=model.requires_binary_data,
+                      data_levels=levels if isinstance(levels, int) and not isinstance(levels, bool) else None,
+                      has_log_marginal=callable(getattr(model, "log_marginal", None)))
 
 
 def _inner_model(model: nn.Module) -> "str | None":

@@ -127,7 +127,7 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     good = np.isfinite(tb) & (tb > 0)
     if good.any():
         ax.plot(tk[good], tb[good], color=_color_of(result, "iwae"), linestyle="--", linewidth=1.2,
-                label="IWAE theory: mu2 / (2 K mu^2)")
+                label="IWAE theory: mu2 / (2 K mu^2)" + _theory_subset(result, theory))
         plotted.extend(tb[good].tolist())
     if anchor is not None and plotted:
         k_all = np.geomspace(anchor[0], max(tk.max() if tk.size else 0.0, max(plotted_k), anchor[0] * 1.0001), 50)
@@ -144,8 +144,9 @@ def plot_bias(result, ax=None, *, slopes: Sequence[int] = (1, 2, 3)):
     ax.set_ylabel(f"|bias| ({result.unit_label}) vs {_ref_axis(result.reference, result.quantity)}")
     ax.set_title("|bias| vs K (hollow: within 2 SE of 0; bars: ± 2 SE)", fontsize=9)
     ax.grid(True, which="major", alpha=0.3)
-    # |bias| falls with K, so the lower left is free; loc="best" warns on many points.
-    _legend(ax, fontsize=7, ncol=2, loc="lower left")
+    # Outside the axes, to the right: inside, wherever it went it covered a slope guide or the points
+    # (the guides fan out from the upper left over the whole plot); constrained layout makes room.
+    _legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig
 
 
@@ -191,7 +192,7 @@ def plot_variance(result, ax=None):
     good = np.isfinite(tv) & (tv > 0)
     if good.any():
         ax.plot(tk[good], tv[good], color=_color_of(result, "iwae"), linestyle="--", linewidth=1.2,
-                label="IWAE theory: mu2 / (K mu^2)")
+                label="IWAE theory: mu2 / (K mu^2)" + _theory_subset(result, theory))
         plotted.extend(tv[good].tolist())
     if plotted:  # limits from the points; long error bars are cut by the frame
         ax.set_ylim(min(plotted) / 3.0, max(plotted) * 3.0)
@@ -302,6 +303,15 @@ def figure_png_bytes(fig) -> bytes:
 # ----------------------------------------------------------------------------------------------
 
 
+def _theory_subset(result, theory) -> str:
+    """`` (27 of 359 datapoints: k-hat < 0.5)`` when the theory averages fewer datapoints than the
+    measured points do (the moments do not exist for the others), else ``""``: a curve from a
+    subset can lie far from the measurement over all of them, and the legend must say why."""
+    used = int(theory["datapoints"].iloc[0]) if "datapoints" in theory and len(theory) else result.metadata["n"]
+    n = result.metadata["n"]
+    return f"\n(from {used} of {n} datapoints: k-hat < 0.5)" if used < n else ""
+
+
 def _legend(ax, **options) -> None:
     # A sweep with nothing to draw (one K, one column) has no labelled artists; matplotlib would
     # warn "No artists with labels found to put in legend", which tells the user nothing.
@@ -345,7 +355,7 @@ def _ref_legend(ref, quantity: str) -> str:
     if ref.kind == "exact":
         return f"exact {quantity}"
     if ref.kind == "ais":
-        return f"AIS {quantity} (reference)"
+        return f"AIS {quantity}"
     return f"user-supplied {quantity}"
 
 

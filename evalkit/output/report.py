@@ -14,13 +14,14 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 import pandas as pd
 
 from ..analysis.diagnostics import mean_se
-from ..analysis.tables import markdown_table, pm
+from ..analysis.tables import footnoted, markdown_table, pm  # noqa: F401 (footnoted re-exported)
 from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text, check_writable
 from ..errors import OutputError
 
@@ -228,10 +229,17 @@ def findings(result) -> List[str]:
         if est == "iwae" or "iwae" not in last.index:
             continue
         diff, diff_se = mean_se((at_max[est] - at_max["iwae"]).to_numpy())
-        text = (f"{est} - IWAE at K = {k_max}: {pm(diff, diff_se)} {u} (paired over datapoints); "
-                f"a debiased estimator removes IWAE's O(1/K) bias")
-        if not theory_last.empty:
-            text += f", which the leading-order theory puts at {-theory_last['bias'].iloc[0]:.3g} {u}"
+        text = f"{est} - IWAE at K = {k_max}: {pm(diff, diff_se)} {u} (paired over datapoints)"
+        if _debiases_iwae(est):
+            # IWAE's bias is negative (a lower bound); removing it moves the estimate up by -bias.
+            text += "; a debiased estimator removes IWAE's O(1/K) bias"
+            if not theory_last.empty:
+                bias = theory_last["bias"].iloc[0]
+                text += (f", so the leading-order theory expects {est} - IWAE = {-bias:+.3g} {u} "
+                         f"(IWAE's bias of {bias:.3g} {u}, with the sign reversed)")
+        elif est == "elbo":
+            text += ("; the ELBO (the mean log-weight) is never above IWAE on the same samples (Jensen), "
+                     "and more samples do not reduce its bias")
         lines.append(text + ".")
     fits = result.fits.dropna(subset=["a"])
     if not fits.empty:
@@ -249,6 +257,11 @@ def findings(result) -> List[str]:
     if ref.kind == "pool":
         lines.append(f"No exact {result.quantity} was available: 'bias' is measured against {ref.label}.")
     return lines
+
+
+def _debiases_iwae(name: str) -> bool:
+    """Whether ``name`` is one of the estimators that remove IWAE's leading O(1/K) bias."""
+    return name in ("dvi", "sumo") or (name.startswith("jvi") and name[3:].isdigit())
 
 
 def _in_other_unit(result, k_max: int) -> str:
@@ -271,6 +284,8 @@ def units_sentence(result) -> str:
                 "(standard errors: se / (D ln 2)); sweep.json holds every value in nats and in bits/dim, "
                 "sweep.csv has the nats columns and their *_bpd twins.")
     if dims is None:
+        if result.quantity != "log p(x)":  # a classifier's log p(y | x): bits per data dimension mean nothing
+            return f"Units: nats per datapoint ({result.quantity} of each test point)."
         return "Units: nats per datapoint (D unknown: pass dims= for bits per dimension)."
     return (f"Units: nats per datapoint; bits per dimension are -nats / ({dims} ln 2) (D = {dims}), "
             "in sweep.json's *_bpd fields.")
@@ -299,8 +314,8 @@ def render_markdown(result, *, title: str, command: str) -> str:
         out += [f"![{name}](figures/{name}.png)", "", f"*{_FIGURE_CAPTIONS[name]}*", ""]
     if result.notes or result.warnings:
         out += ["## Notes", ""] + [f"* {text}" for text in list(result.warnings) + list(result.notes)] + [""]
-    out += ["## Reproduce", "", "```", command, "```", "", "| package | version |", "|---|---|"]
-    out += [f"| {k} | {v} |" for k, v in m.get("versions", {}).items()]
+    out += ["## Reproduce", "", "```", command, "```", "", "| package or setting | version or value |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in provenance_rows(m)]
     out += ["", "Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
     return "\n".join(out)
 
@@ -317,33 +332,58 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     body += [f"<li>{esc(line)}</li>" for line in findings(result)]
     body += ["</ul>", "<h2>Bias, variance and RMSE over K</h2>",
              f"<p>Reference: {esc(result.reference.label)}.</p>",
-             main.to_html(index=False, border=0, classes="t"), _html_notes(main_notes, 1),
+             _html_table(main), _html_notes(main_notes, 1),
              "<h2>Extrapolation a + b/K + c/K^2</h2>",
              "<p>Weighted least squares on the per-K estimates; the SE of a is over datapoints "
              "(the Ks share samples, so a textbook WLS SE would be wrong).</p>",
-             fits.to_html(index=False, border=0, classes="t"), _html_notes(fit_notes, len(main_notes) + 1),
+             _html_table(fits), _html_notes(fit_notes, len(main_notes) + 1),
              "<h2>IWAE theory (from the pool's weight moments)</h2>",
              f"<p>{esc(theory_sentence(result))}</p>",
-             theory.to_html(index=False, border=0, classes="t") if not theory.empty else "",
+             _html_table(theory) if not theory.empty else "",
              "<h2>Figures</h2>"]
     for name in FIGURE_NAMES:
         data = base64.b64encode(pngs[name]).decode("ascii")
         body += [f'<figure><img alt="{name}" src="data:image/png;base64,{data}">',
-                 f"<figcaption>{esc(_FIGURE_CAPTIONS[name])}</figcaption></figure>"]
+                 f"<figcaption>{_html_inline_code(_FIGURE_CAPTIONS[name])}</figcaption></figure>"]
     if result.notes or result.warnings:
         body += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{esc(t)}</li>" for t in list(result.warnings) + list(result.notes)] + ["</ul>"]
-    body += ["<h2>Reproduce</h2>", f"<pre>{esc(command)}</pre>", "<table class='t'><tr><th>package</th><th>version</th></tr>"]
-    body += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in m.get("versions", {}).items()]
+    body += ["<h2>Reproduce</h2>", f"<pre>{esc(command)}</pre>",
+             "<table class='t'><tr><th>package or setting</th><th>version or value</th></tr>"]
+    body += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in provenance_rows(m)]
     body += ["</table>"]
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
-             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right;white-space:nowrap}"
+             # Numbers stay on one line; headers wrap, so that the widest table (the fits) fits 1024 px.
+             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 6px;text-align:right;white-space:nowrap}"
+             "table.t th{white-space:normal;vertical-align:bottom}"
              "table.t td:last-child{white-space:normal}ol.notes{font-size:0.85rem;color:#444}"
-             "pre{background:#f4f4f4;padding:0.5rem;overflow-x:auto}img{max-width:100%}"
+             # The command wraps instead of scrolling out of sight (a screenshot or a printout keeps it whole);
+             # a table wider than the page scrolls inside its own box instead of widening the page.
+             "pre{background:#f4f4f4;padding:0.5rem;white-space:pre-wrap;overflow-wrap:anywhere}img{max-width:100%}"
+             "div.scroll{overflow-x:auto;max-width:100%}"
              "figcaption{font-size:0.85rem;color:#444}")
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{esc(title)}</title>\n<style>{style}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def provenance_rows(metadata: dict) -> List[tuple]:
+    """``(name, value)`` rows of the Reproduce table: the package versions, then the run's
+    provenance (git revision, device, CPU capability, threads, dtype, date, input digests)."""
+    rows = list(metadata.get("versions", {}).items())
+    shown = {"evalkit_version", "torch_version", "numpy_version", "python_version", "command"}  # in the versions
+    rows += [(name.replace("_", " "), value) for name, value in metadata.get("provenance", {}).items()
+             if name not in shown and value is not None]
+    return rows
+
+
+def _html_table(frame: pd.DataFrame) -> str:
+    return f'<div class="scroll">{frame.to_html(index=False, border=0, classes="t")}</div>'
+
+
+def _html_inline_code(text: str) -> str:
+    """``text`` escaped, with Markdown's `code` spans as <code> (the captions are shared with report.md)."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
 
 
 def _overview(result) -> str:
@@ -352,27 +392,6 @@ def _overview(result) -> str:
             f"N = {m['n']} datapoints, K_max = {m['k_max']} samples per datapoint drawn once "
             f"({'seed ' + str(m['seed']) if m.get('seed') is not None else 'given as a matrix'}); every K is evaluated on floor(K_max / K) disjoint groups of the same pool. "
             f"Estimators: {', '.join(m.get('estimators', []))}.")
-
-
-def footnoted(frame: pd.DataFrame, *, start: int = 1) -> tuple:
-    """``(frame, notes)``: every ``note`` cell of ``frame`` replaced by numbered markers ``[1]``.
-
-    Each distinct note (cells may join several with ``"; "``) gets one number, counting from
-    ``start``; the notes are returned in that order, to be listed under the table.
-    """
-    if "note" not in frame.columns:
-        return frame, []
-    notes: List[str] = []
-    markers = []
-    for cell in frame["note"].fillna(""):
-        parts = [part.strip() for part in str(cell).split("; ") if part.strip()]
-        for part in parts:
-            if part not in notes:
-                notes.append(part)
-        markers.append(" ".join(f"[{start + notes.index(part)}]" for part in parts))
-    out = frame.copy()
-    out["note"] = markers
-    return out, notes
 
 
 def _md_notes(notes: List[str], start: int) -> List[str]:

@@ -57,7 +57,7 @@ from typing import Iterator, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
-from ..data import check_data_for_model
+from ..data import as_data_tensor, check_data_for_model
 from ..errors import InputError, ResourceError
 from ..models.base import check_model
 from ..noise import check_seed
@@ -222,7 +222,8 @@ def log_weights(
         when its device or dtype differs from the computation's. With ``threads > 1`` on the
         CPU, ``log_weights`` is called from several threads at once, so it must not write to
         the module (none of evalkit's models do; pass ``threads=1`` for one that does).
-    data : Tensor, shape (N, D)
+    data : Tensor or numpy array, shape (N, D)
+        float64 stays float64; other values are computed from float32 (as :func:`evalkit.estimate`).
     k : int
         Importance samples per datapoint.
     seed : int, default 0
@@ -299,6 +300,7 @@ def log_weights(
     check_model(model)
     k, seed, batch_size, k_chunk, threads = _checked_sizes(k, seed, batch_size, k_chunk, threads)
     _check_dtype_and_flags(dtype, compile=compile, tf32=tf32)
+    data = as_data_tensor(data)  # numpy arrays as estimate and sweep take them
     check_data_for_model(data, model)
     indices = _check_indices(indices, data.shape[0])
     device = resolve_device(device)

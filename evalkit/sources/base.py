@@ -10,7 +10,7 @@ source without asking where it came from; a new way to make log-weights is a new
 from __future__ import annotations
 
 import abc
-from typing import Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 import torch
@@ -105,6 +105,12 @@ class LogWeightSource(abc.ABC):
     def exact_log_marginal(self) -> Optional[np.ndarray]:
         """The exact log p(x_n) of every row (shape ``(n,)``) when the model has one, else None."""
         return None
+
+    @property
+    def run_settings(self) -> Dict[str, Any]:
+        """What computed the weights (``device``, ``dtype``, ``threads``) for the provenance; empty
+        for a matrix that was given (nothing was computed)."""
+        return {}
 
     @property
     def has_exact_log_marginal(self) -> bool:

@@ -36,6 +36,11 @@ class _BayesianSource(LogWeightSource):
     def _compute(self) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def run_settings(self) -> Dict[str, Any]:
+        # The network keeps its own dtype; the weight samples are drawn on one thread.
+        return {"device": self.options.get("device"), "dtype": next(self.model.parameters()).dtype, "threads": 1}
+
     def blocks(self, rows: int) -> Iterator[Block]:
         if self._matrix is None:  # small (N_test x K, or 1 x K): computed once, then viewed
             self._matrix = MatrixSource(self._compute())

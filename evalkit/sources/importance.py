@@ -62,6 +62,11 @@ class ImportanceSamplingSource(LogWeightSource):
         """How the weights were drawn, beyond plain importance sampling (empty for the engine)."""
         return self.sampler.summary() if self.sampler is not None else {}
 
+    @property
+    def run_settings(self) -> Dict[str, Any]:
+        options = self.engine_options
+        return {"device": options.get("device"), "dtype": options.get("dtype"), "threads": options.get("threads")}
+
     def blocks(self, rows: int) -> Iterator[Block]:
         # Each block draws the streams of its own dataset indices: bitwise the rows of one call.
         return engine_blocks(self.model, self.data, self.k, seed=self.seed, rows=rows,

@@ -77,15 +77,8 @@ def resolve_data(
     elif isinstance(data, (str, os.PathLike)):
         tensor = data_module.load_data(data, split=split, binarize=binarize, seed=seed)
     else:
-        if isinstance(data, np.ndarray):
-            array = np.asarray(data)
-            tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float64 if array.dtype == np.float64 else np.float32))
-        elif isinstance(data, torch.Tensor):
-            # Keep float64 data float64: rounding x to float32 would change log p(x) itself.
-            tensor = data.detach().to("cpu")
-            if not tensor.is_floating_point():
-                tensor = tensor.to(torch.float32)
-        else:
+        tensor = data_module.as_data_tensor(data)
+        if not isinstance(tensor, torch.Tensor):
             raise DataError(
                 f"data must be a tensor, a numpy array, a file path or a dataset name, got {type(data).__name__}"
             )
@@ -260,6 +253,13 @@ METHODS = ("is", "ais")
 """How a model's log-weights are drawn: importance sampling from q(z | x), or annealed importance sampling."""
 
 
+def _cli_spelling(argument: str) -> str:
+    """``cache_shard_size`` -> ``--cache-shard-size``; ``method='ais'`` -> ``--method ais``."""
+    name, _, value = argument.partition("=")
+    option = "--" + name.replace("_", "-")
+    return f"{option} {value.strip(chr(39))}" if value else option
+
+
 def _bayesian_source(model: Any, model_arg: Any, data: Any, *, k: int, seed: int, split: Optional[str],
                      quantity: Optional[str], target: Optional[str], extra: Dict[str, Any],
                      engine_options: Dict[str, Any]) -> LogWeightSource:
@@ -273,7 +273,9 @@ def _bayesian_source(model: Any, model_arg: Any, data: Any, *, k: int, seed: int
     unused += [name for name, value in engine_options.items()
                if name not in _BAYESIAN_OPTIONS and value not in (None, False) and str(value) not in _DEFAULT_DTYPES]
     if unused:
-        raise InputError(f"{', '.join(unused)} do not apply to a Bayesian network's {quantity}; drop them")
+        # Each named as in Python and as the command line spells it (cache_shard_size, --cache-shard-size).
+        named = ", ".join(f"{name} ({_cli_spelling(name)})" for name in unused)
+        raise InputError(f"{named} do not apply to a Bayesian network's {quantity}; drop them")
     split = ("train" if quantity == "evidence" else "test") if split is None else split
     if isinstance(data, tuple) and len(data) == 2:
         x, y = (torch.as_tensor(np.asarray(part)) if not isinstance(part, torch.Tensor) else part for part in data)
