@@ -29,6 +29,7 @@ from ..estimators.shared_columns import (jackknife_groups, jackknife_se, leave_g
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sources import LogWeightSource, MatrixSource, open_source
 from ..sources.inputs import DataLike, ModelLike
+from ..sources.matrix import as_log_weight_tensor, check_real_floating
 from .diagnostics import summarize_weights, weight_diagnostics
 from .in_units import check_units, resolve_dims, units_note
 from .estimate_result import JSON_SCHEMA_VERSION, EstimateResult  # noqa: F401 (re-exported)
@@ -173,7 +174,8 @@ def estimate_from_log_weights(
     the block size, bit for bit. ``units`` and ``dims`` are :func:`estimate`'s (a matrix has no
     D of its own: bits per dimension need ``dims``).
     """
-    log_w = torch.as_tensor(log_w)
+    log_w = as_log_weight_tensor(log_w)
+    check_real_floating(log_w)
     if log_w.ndim != 2 or log_w.shape[1] == 0 or log_w.shape[0] == 0:
         raise InputError(
             f"log-weights must be a non-empty [N, K] matrix (one row per datapoint), got shape {tuple(log_w.shape)}"
