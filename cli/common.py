@@ -75,6 +75,9 @@ data_options = _compose(
     click.option("--binarize", type=click.Choice(["none", "threshold", "bernoulli"]), default="none",
                  show_default=True,
                  help="Binarise the data: threshold at 0.5, or sample Bernoulli once (seeded by --seed)."),
+    click.option("--rescale-levels", is_flag=True, default=False,
+                 help="Map the built-in digits' 17 grey levels to the model's data_levels "
+                      "(v -> floor(v (L-1)/16 + 1/2)); without it a model with other levels refuses the digits."),
     click.option("--quantity", type=click.Choice(["predictive", "evidence"]), default=None,
                  help="For a Bayesian network (weights as the latent variable): the test log predictive "
                       "density log p(y|x) with K weight samples shared by all rows (default), or the evidence "
@@ -179,9 +182,15 @@ def input_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         "allow_pickle": params.get("allow_pickle", False),
         "split": params.get("split"),
         "binarize": params.get("binarize", "none"),
+        **level_kwargs(params),
         "quantity": params.get("quantity"),
         "target": params.get("target"),
     }
+
+
+def level_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """``rescale_levels`` for the API when ``--rescale-levels`` was given (else nothing, so old callers are unchanged)."""
+    return {"rescale_levels": True} if params.get("rescale_levels") else {}
 
 
 def cache_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
@@ -292,12 +301,21 @@ def messages_to_stderr(*, quiet: bool = False, debug: bool = False):
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _show_warning
+            if quiet:
+                hide_advice_warnings()
             yield
     finally:
         if not quiet:
             log.removeHandler(handler)
             log.setLevel(old_level)
             log.propagate = old_propagate
+
+
+def hide_advice_warnings() -> None:
+    """``--quiet``: ignore evalkit's warnings that advise about the inputs (:class:`evalkit.errors.DataWarning`)."""
+    from evalkit.errors import DataWarning
+
+    warnings.filterwarnings("ignore", category=DataWarning)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

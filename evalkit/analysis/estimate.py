@@ -51,6 +51,7 @@ def estimate(
     allow_pickle: bool = False,
     split: Optional[str] = None,
     binarize: str = "none",
+    rescale_levels: bool = False,
     quantity: Optional[str] = None,
     target: Optional[str] = None,
     method: str = "is",
@@ -75,6 +76,10 @@ def estimate(
         -- default ``"test"`` -- and ``binarize`` say which part and how to binarise; ``seed``
         seeds the Bernoulli binarisation). A Bayesian network takes labelled data: ``"digits"``,
         a file with targets (``target`` names the key or CSV column) or an ``(x, y)`` pair.
+    rescale_levels : bool, default False
+        For a model with a discrete decoder (``data_levels``): map the built-in digits' 17 grey
+        levels to the model's levels (:func:`evalkit.data.rescale_levels`); without it the digits
+        are refused for a model of another level count.
     k : int
         Importance samples per datapoint.
     estimators : sequence of str
@@ -147,7 +152,8 @@ def estimate(
     check_units(units, 1)  # a bad name fails before the run; a missing D once the source is known
     started = time.perf_counter()
     source = open_source(model, data=data, k=k, seed=seed, factory=factory, prefix=prefix,
-                         allow_pickle=allow_pickle, split=split, binarize=binarize, quantity=quantity, target=target, method=method, ais=ais, cache=cache,
+                         allow_pickle=allow_pickle, split=split, binarize=binarize, rescale_levels=rescale_levels,
+                         quantity=quantity, target=target, method=method, ais=ais, cache=cache,
                          cache_shard_size=cache_shard_size, engine_options=engine_options)
     result = estimate_source(source, estimators, keep_log_weights=keep_log_weights, block_size=block_size,
                              units=units, dims=dims)
