@@ -11,7 +11,7 @@ import functools
 import logging
 import sys
 import warnings
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import click
 
@@ -196,6 +196,38 @@ def level_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
 def cache_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
     """Keyword arguments of :func:`evalkit.analysis.estimate` (and ``sweep``) from parsed cache options."""
     return {"cache": params.get("cache"), "cache_shard_size": params.get("cache_shard_size")}
+
+
+def run_inputs(checkpoint: Optional[str], params: Dict[str, Any], **files: Optional[str]) -> Dict[str, list]:
+    """What a run reads, for :func:`evalkit.output.files.check_outputs_are_not_inputs`.
+
+    ``{"inputs": [(name, path), ...], "directories": [(name, path), ...]}``: the CHECKPOINT (with
+    the JSON header or safetensors weights beside it), the ``--data`` file (not ``digits``), the
+    files given as ``files`` (``log_weights="..."`` is named ``--log-weights``) and the ``--cache``
+    directory, each named as the command line spells it.
+    """
+    import os
+
+    inputs: list = []
+    if checkpoint is not None:
+        inputs.append(("the checkpoint", checkpoint))
+        stem, suffix = os.path.splitext(checkpoint)
+        partner = {".safetensors": ".json", ".json": ".safetensors"}.get(suffix.lower())
+        if partner is not None:
+            inputs.append(("the checkpoint's " + partner[1:] + " file", stem + partner))
+    data = params.get("data")
+    if checkpoint is not None and data is not None and data != "digits":
+        inputs.append(("--data", data))
+    inputs += [("--" + name.replace("_", "-"), path) for name, path in files.items() if path is not None]
+    cache = params.get("cache")
+    return {"inputs": inputs, "directories": [("--cache", cache)] if cache is not None else []}
+
+
+def check_outputs_spare_inputs(outputs, checkpoint: Optional[str], params: Dict[str, Any], **files: Optional[str]) -> None:
+    """Refuse, before the run, an output (``[(option, path), ...]``) that names one of the run's inputs."""
+    from evalkit.output.files import check_outputs_are_not_inputs
+
+    check_outputs_are_not_inputs(outputs, **run_inputs(checkpoint, params, **files))
 
 
 def parse_ks(text: str) -> list:
