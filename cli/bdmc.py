@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .common import command_errors, echo_err, model_options, parse_ks, run_options
+from .common import check_outputs_spare_inputs, command_errors, echo_err, model_options, parse_ks, run_options
 from .main import main
 
 
@@ -52,6 +52,7 @@ def bdmc_command(checkpoint, factory, prefix, allow_pickle, n, steps, chains, ks
         from evalkit.output.report import check_output_dir
 
         check_output_dir(_paths(out), overwrite=overwrite)
+        check_outputs_spare_inputs([("--out", path) for path in _paths(out).values()], checkpoint, {})
     model = evalkit.load_model(checkpoint, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
     report = evalkit.bdmc(model, n=n, steps=steps, chains=chains, ks=ks, estimators=estimators or ("iwae", "jvi1"),
                           seed=seed, device=None if device == "auto" else device, progress=False if quiet else None,

@@ -11,7 +11,7 @@ import functools
 import logging
 import sys
 import warnings
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import click
 
@@ -80,6 +80,9 @@ data_options = _compose(
     click.option("--binarize", type=click.Choice(["none", "threshold", "bernoulli"]), default="none",
                  show_default=True,
                  help="Binarise the data: threshold at 0.5, or sample Bernoulli once (seeded by --seed)."),
+    click.option("--rescale-levels", is_flag=True, default=False,
+                 help="Map the built-in digits' 17 grey levels to the model's data_levels "
+                      "(v -> floor(v (L-1)/16 + 1/2)); without it a model with other levels refuses the digits."),
     click.option("--quantity", type=click.Choice(["predictive", "evidence"]), default=None,
                  help="For a Bayesian network (weights as the latent variable): the test log predictive "
                       "density log p(y|x) with K weight samples shared by all rows (default), or the evidence "
@@ -184,14 +187,52 @@ def input_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         "allow_pickle": params.get("allow_pickle", False),
         "split": params.get("split"),
         "binarize": params.get("binarize", "none"),
+        **level_kwargs(params),
         "quantity": params.get("quantity"),
         "target": params.get("target"),
     }
 
 
+def level_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
+    """``rescale_levels`` for the API when ``--rescale-levels`` was given (else nothing, so old callers are unchanged)."""
+    return {"rescale_levels": True} if params.get("rescale_levels") else {}
+
+
 def cache_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
     """Keyword arguments of :func:`evalkit.analysis.estimate` (and ``sweep``) from parsed cache options."""
     return {"cache": params.get("cache"), "cache_shard_size": params.get("cache_shard_size")}
+
+
+def run_inputs(checkpoint: Optional[str], params: Dict[str, Any], **files: Optional[str]) -> Dict[str, list]:
+    """What a run reads, for :func:`evalkit.output.files.check_outputs_are_not_inputs`.
+
+    ``{"inputs": [(name, path), ...], "directories": [(name, path), ...]}``: the CHECKPOINT (with
+    the JSON header or safetensors weights beside it), the ``--data`` file (not ``digits``), the
+    files given as ``files`` (``log_weights="..."`` is named ``--log-weights``) and the ``--cache``
+    directory, each named as the command line spells it.
+    """
+    import os
+
+    inputs: list = []
+    if checkpoint is not None:
+        inputs.append(("the checkpoint", checkpoint))
+        stem, suffix = os.path.splitext(checkpoint)
+        partner = {".safetensors": ".json", ".json": ".safetensors"}.get(suffix.lower())
+        if partner is not None:
+            inputs.append(("the checkpoint's " + partner[1:] + " file", stem + partner))
+    data = params.get("data")
+    if checkpoint is not None and data is not None and data != "digits":
+        inputs.append(("--data", data))
+    inputs += [("--" + name.replace("_", "-"), path) for name, path in files.items() if path is not None]
+    cache = params.get("cache")
+    return {"inputs": inputs, "directories": [("--cache", cache)] if cache is not None else []}
+
+
+def check_outputs_spare_inputs(outputs, checkpoint: Optional[str], params: Dict[str, Any], **files: Optional[str]) -> None:
+    """Refuse, before the run, an output (``[(option, path), ...]``) that names one of the run's inputs."""
+    from evalkit.output.files import check_outputs_are_not_inputs
+
+    check_outputs_are_not_inputs(outputs, **run_inputs(checkpoint, params, **files))
 
 
 def parse_ks(text: str, option: str = "--ks") -> list:
@@ -300,12 +341,21 @@ def messages_to_stderr(*, quiet: bool = False, debug: bool = False):
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _show_warning
+            if quiet:
+                hide_advice_warnings()
             yield
     finally:
         if not quiet:
             log.removeHandler(handler)
             log.setLevel(old_level)
             log.propagate = old_propagate
+
+
+def hide_advice_warnings() -> None:
+    """``--quiet``: ignore evalkit's warnings that advise about the inputs (:class:`evalkit.errors.DataWarning`)."""
+    from evalkit.errors import DataWarning
+
+    warnings.filterwarnings("ignore", category=DataWarning)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -8,7 +8,8 @@ import click
 
 from evalkit.errors import WeightWarning
 
-from .common import (FORMATS, ais_settings, cache_kwargs, cache_options, command_errors, data_options, echo_err,
+from .common import (FORMATS, ais_settings, cache_kwargs, cache_options, check_outputs_spare_inputs, command_errors,
+                     data_options, echo_err,
                      engine_kwargs, engine_options, input_kwargs, method_kwargs, method_options, model_options,
                      run_options)
 from .main import main
@@ -81,6 +82,8 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     # rank 0 writes; if it fails here, torchrun stops the other processes.
     if distributed.rank() == 0:
         check_outputs(outputs, overwrite=overwrite)
+        check_outputs_spare_inputs([("--output", output), ("--per-example", per_example),
+                                    ("--save-log-weights", save_log_weights)], checkpoint, params)
     # The weight warning is shown after the results (and hidden by --quiet); other warnings as they come.
     with warnings.catch_warnings(record=True) as weight_warnings:
         warnings.simplefilter("always", WeightWarning)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import click
 
-from .common import command_errors, echo_err, run_options
+from .common import check_outputs_spare_inputs, command_errors, echo_err, run_options
 from .main import main
-from .sweep import command_line, run_sweep, sweep_inputs
+from .sweep import command_line, reference_file, run_sweep, sweep_inputs
 
 
 @main.command("report")
@@ -32,6 +32,8 @@ def report_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k
     ctx = click.get_current_context()
     if distributed.rank() == 0:  # fail now, not after the sweep; under torchrun only rank 0 writes
         check_output_dir(report_paths(out), overwrite=overwrite)
+        check_outputs_spare_inputs([("--out", path) for path in report_paths(out).values()], checkpoint, params,
+                                   log_weights=log_weights, reference=reference_file(reference))
     result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
     if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
         return

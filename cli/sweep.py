@@ -13,16 +13,16 @@ from typing import Any, Dict, Optional
 import click
 from click.core import ParameterSource
 
-from .common import (ais_settings, cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
-                     engine_options, input_kwargs, method_kwargs, method_options, model_options, parse_ks,
-                     run_options)
+from .common import (ais_settings, cache_kwargs, cache_options, check_outputs_spare_inputs, command_errors,
+                     data_options, echo_err, engine_kwargs, engine_options, input_kwargs, method_kwargs,
+                     method_options, model_options, parse_ks, run_options)
 from .main import main
 from .units import units_kwargs, units_options
 
 SWEEP_FORMATS = ("table", "json", "csv", "markdown")
 
 #: Options that only mean something when a model is run (refused with --log-weights).
-MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "quantity", "target", "method",
+MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "rescale_levels", "quantity", "target", "method",
               "chains", "steps", "schedule", "leapfrog", "ais_init", "seed", "device", "batch_size",
               "k_chunk", "memory_budget", "dtype", "cache", "cache_shard_size")
 
@@ -137,6 +137,12 @@ def _annealing(common: Dict[str, Any], params: Dict[str, Any]) -> Dict[str, Any]
     return {"ks": ks, **method_kwargs(params)}
 
 
+def reference_file(text: Optional[str]) -> Optional[str]:
+    """The file ``--reference`` names, if it names one (not a number, not ``ais``)."""
+    reference = _reference(text)
+    return reference if isinstance(reference, str) and reference != "ais" else None
+
+
 def _reference(text: Optional[str]):
     if text is None:
         return None
@@ -182,7 +188,10 @@ def sweep_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k,
     ctx = click.get_current_context()
     formats = check_formats(figure_formats)
     if out is not None and distributed.rank() == 0:  # fail now, not after the sweep; only rank 0 writes
-        check_output_dir(sweep_paths(out, formats=formats, per_datapoint=per_datapoint), overwrite=overwrite)
+        paths = sweep_paths(out, formats=formats, per_datapoint=per_datapoint)
+        check_output_dir(paths, overwrite=overwrite)
+        check_outputs_spare_inputs([("--out", path) for path in paths.values()], checkpoint, params,
+                                   log_weights=log_weights, reference=reference_file(reference))
     result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
     if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
         return

@@ -18,17 +18,23 @@ A write error (a full disk, ``ENOSPC`` from ``/dev/full``, an I/O error) is an
 :class:`~evalkit.errors.OutputError` naming the path and the reason, and leaves no partial file.
 :func:`atomic_directory` stages a new output directory under a hidden name and renames it into
 place when complete, so that a report directory appears whole or not at all.
+
+The outputs of one run appear together or not at all: an :class:`OutputGroup`
+(:func:`output_group`) stages every file and new directory first and commits them together at
+the end, putting back what it had replaced when a later one fails. And no output may name an input
+of the run, even with ``overwrite`` (:func:`evalkit.output.files.check_outputs_are_not_inputs`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import stat
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator, List, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 from .errors import OutputError
 
@@ -97,77 +103,64 @@ def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+def atomic_path(path: PathLike, *, overwrite: bool = False, group: Optional["OutputGroup"] = None) -> Iterator[Path]:
     """Yield a temporary path to write; on success it becomes ``path`` (see the module docstring).
 
     Use for writers that want a file name (``torch.save``, ``fig.savefig``). On an exception
     the temporary file is removed and ``path`` is left untouched; an ``OSError`` while writing,
-    syncing or renaming becomes an :class:`OutputError`.
+    syncing or renaming becomes an :class:`OutputError`. With ``group`` the file is only staged:
+    it appears when the group commits, together with the group's other outputs.
     """
-    path = check_writable(path, overwrite=overwrite)
-    if is_stream(path):
-        with _streamed(path) as tmp:
+    if group is not None:
+        with group.stage(path, overwrite=overwrite) as tmp:
             yield tmp
         return
-    real = _real_path(path)
-    try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
-    except OSError as exc:
-        raise _write_error(path, exc) from None
-    os.close(fd)
-    # mkstemp creates the file private (0600); outputs get the permissions a plain open() would.
-    os.chmod(tmp_name, 0o666 & ~_current_umask())
-    tmp = Path(tmp_name)
-    try:
-        try:
-            yield tmp
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, real)
-            _fsync_directory(real.parent)
-        except OSError as exc:
-            raise _write_error(path, exc) from None
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with output_group() as own, own.stage(path, overwrite=overwrite) as tmp:
+        yield tmp
 
 
-def atomic_write_bytes(path: PathLike, data: bytes, *, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically (directly for stdout, a FIFO, a device); return the path."""
-    path = check_writable(path, overwrite=overwrite)
-    if is_stream(path):
-        _write_stream(path, data)
-        return path
-    with atomic_path(path, overwrite=overwrite) as tmp:
+def atomic_write_bytes(path: PathLike, data: bytes, *, overwrite: bool = False,
+                       group: Optional["OutputGroup"] = None) -> Path:
+    """Write ``data`` to ``path`` atomically (directly for stdout, a FIFO, a device); return the path.
+
+    With ``group``, staged: written when the group commits (:class:`OutputGroup`).
+    """
+    if group is None:
+        path = check_writable(path, overwrite=overwrite)
+        if is_stream(path):
+            _write_stream(path, data)
+            return path
+    with atomic_path(path, overwrite=overwrite, group=group) as tmp:
         with open(tmp, "wb") as fh:
             fh.write(data)
-    return path
+    return Path(path)
 
 
-def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; return the path."""
-    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite)
+def atomic_write_text(path: PathLike, text: str, *, overwrite: bool = False,
+                      group: Optional["OutputGroup"] = None) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (staged in ``group`` when given); return the path."""
+    return atomic_write_bytes(path, text.encode("utf-8"), overwrite=overwrite, group=group)
 
 
 @contextlib.contextmanager
-def atomic_directory(out: PathLike) -> Iterator[Path]:
+def atomic_directory(out: PathLike, *, group: Optional["OutputGroup"] = None) -> Iterator[Path]:
     """Yield the directory to fill; a new ``out`` appears whole, when the block ends, or not at all.
 
     If ``out`` does not exist, the files go to a hidden sibling ``.<name>.<random>.tmp`` that is
     renamed to ``out`` at the end; on an exception (or Ctrl-C) the staging directory and any
     parent directories created for it are removed. An existing directory is filled in place
-    (each file is still atomic).
+    (each file is still atomic). With ``group`` the rename waits for the group's commit, and the
+    files staged in the same group inside an existing ``out`` appear together.
     """
+    if group is not None:
+        with group.directory(out) as stage:
+            yield stage
+        return
     out = Path(out)
     if out.is_dir():
         yield out
         return
-    created: List[Path] = []
-    ancestor = out.parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        created.append(ancestor)
-        ancestor = ancestor.parent
+    created = _missing_ancestors(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -188,19 +181,148 @@ def atomic_directory(out: PathLike) -> Iterator[Path]:
         raise
 
 
-# ----------------------------------------------------------------------------------------------
+class OutputGroup:
+    """The outputs of one run, staged now and committed together: all of them appear, or none.
+
+    Stage files with ``atomic_path(path, group=g)`` / ``atomic_write_text(..., group=g)`` and new
+    directories with ``atomic_directory(out, group=g)``; nothing is visible until :meth:`commit`.
+    It renames every staged file over its destination (a file it replaces is first kept under a
+    hidden hard link beside it), then every new directory into place, then writes the bytes of
+    the streams (stdout, a FIFO, a device: they cannot be taken back, so they go last). If any
+    step fails, what was done is undone: replaced files get their old content back, new files and
+    directories are removed; the error is an :class:`OutputError` naming the output. Use it
+    through :func:`output_group`. Nothing but a regular file is ever replaced
+    (:func:`check_writable` runs when a file is staged).
+    """
+
+    def __init__(self) -> None:
+        self._files: List[Tuple[Path, Path, Path]] = []  # (temporary, destination, path as given)
+        self._directories: List[Tuple[Path, Path, List[Path]]] = []  # (stage, destination, parents made)
+        self._streams: List[Tuple[Path, Path, Path]] = []  # (path as given, temporary, private directory)
+        self._targets: set = set()
+
+    @contextlib.contextmanager
+    def stage(self, path: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+        """Yield a temporary file to write for ``path``; it becomes ``path`` when the group commits."""
+        path = check_writable(path, overwrite=overwrite)
+        key = output_key(path)
+        if key in self._targets:
+            raise OutputError(f"two outputs name the same file {str(path)!r}; give each its own name")
+        self._targets.add(key)
+        if is_stream(path):
+            directory = Path(tempfile.mkdtemp(prefix="evalkit-"))
+            tmp = directory / path.name.replace(os.sep, "_")
+            try:
+                yield tmp
+            except BaseException:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise
+            self._streams.append((path, tmp, directory))
+            return
+        real = _real_path(path)
+        tmp = _temporary_sibling(path, real)
+        try:
+            try:
+                yield tmp
+                with open(tmp, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _write_error(path, exc) from None
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        self._files.append((tmp, real, path))
+
+    @contextlib.contextmanager
+    def directory(self, out: PathLike) -> Iterator[Path]:
+        """Yield the directory to fill: ``out`` if it exists, else a hidden stage renamed to it on commit."""
+        out = Path(out)
+        if out.is_dir():
+            yield out
+            return
+        created = _missing_ancestors(out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        except OSError as exc:
+            _remove_empty(created)
+            raise _write_error(out, exc) from None
+        try:
+            yield stage
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            _remove_empty(created)
+            raise
+        self._directories.append((stage, out, created))
+
+    def commit(self) -> None:
+        """Put every staged output in place, or, if one fails, none (see the class docstring)."""
+        done: List[tuple] = []
+        keep_old = len(self._files) + len(self._directories) + len(self._streams) > 1
+        current: PathLike = "."
+        try:
+            for tmp, real, shown in self._files:
+                current = shown
+                old = _keep_a_link(real) if keep_old and _is_regular(real) else None
+                os.replace(tmp, real)
+                done.append(("file", real, old))
+            for parent in dict.fromkeys(real.parent for _, real, _ in self._files):
+                _fsync_directory(parent)
+            for stage, out, created in self._directories:
+                current = out
+                os.chmod(stage, 0o777 & ~_current_umask())
+                os.rename(stage, out)
+                done.append(("directory", out, created))
+                _fsync_directory(out.parent)
+            for shown, tmp, _ in self._streams:
+                current = shown
+                _write_stream(shown, tmp.read_bytes())
+        except BaseException as exc:
+            _undo(done)
+            self.discard()
+            if isinstance(exc, OSError):
+                raise _write_error(current, exc) from None
+            raise
+        for kind, target, old in done:
+            if kind == "file" and old is not None:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+        self.discard()
+
+    def discard(self) -> None:
+        """Remove everything staged and not committed (temporary files, stages, the parents made for them)."""
+        for tmp, _, _ in self._files:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        for stage, _, created in self._directories:
+            shutil.rmtree(stage, ignore_errors=True)
+            _remove_empty(created)
+        for _, _, directory in self._streams:
+            shutil.rmtree(directory, ignore_errors=True)
+        self._files, self._directories, self._streams = [], [], []
 
 
 @contextlib.contextmanager
-def _streamed(path: Path) -> Iterator[Path]:
-    # Writers that need a file name write to a private temporary file, then its bytes are streamed.
-    directory = tempfile.mkdtemp(prefix="evalkit-")
+def output_group() -> Iterator[OutputGroup]:
+    """Yield an :class:`OutputGroup`; commit it when the block ends, discard it on an exception.
+
+    Examples
+    --------
+    >>> with output_group() as group:                                          # doctest: +SKIP
+    ...     atomic_write_text("summary.json", text, group=group)
+    ...     atomic_write_text("per_example.csv", table, group=group)           # both appear, or neither
+    """
+    group = OutputGroup()
     try:
-        tmp = Path(directory) / path.name.replace(os.sep, "_")
-        yield tmp
-        _write_stream(path, tmp.read_bytes())
-    finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        yield group
+    except BaseException:
+        group.discard()
+        raise
+    group.commit()
+
+
+# ----------------------------------------------------------------------------------------------
 
 
 def _write_stream(path: Path, data: bytes) -> None:
@@ -281,3 +403,59 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _missing_ancestors(out: Path) -> List[Path]:
+    """The ancestors of ``out`` that do not exist yet, deepest first (made for it, removed on failure)."""
+    created: List[Path] = []
+    ancestor = out.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        created.append(ancestor)
+        ancestor = ancestor.parent
+    return created
+
+
+def _temporary_sibling(path: Path, real: Path) -> Path:
+    """A new empty hidden file beside ``real``, with the permissions a plain open() would give."""
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{real.name}.", suffix=".tmp", dir=real.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    os.close(fd)
+    # mkstemp creates the file private (0600); outputs get the permissions a plain open() would.
+    os.chmod(tmp_name, 0o666 & ~_current_umask())
+    return Path(tmp_name)
+
+
+def _is_regular(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def _keep_a_link(real: Path) -> Path:
+    """A hidden second name for the file at ``real`` (a hard link; a copy where links are not supported)."""
+    while True:
+        old = real.parent / f".{real.name}.{secrets.token_hex(6)}.old"
+        try:
+            os.link(real, old)
+            return old
+        except FileExistsError:
+            continue
+        except OSError:
+            shutil.copy2(real, old)
+            return old
+
+
+def _undo(done: List[tuple]) -> None:
+    """Undo committed steps, last first: old files back from their links, new files and directories removed."""
+    for kind, target, extra in reversed(done):
+        with contextlib.suppress(OSError):
+            if kind == "directory":
+                shutil.rmtree(target)
+                _remove_empty(extra)
+            elif extra is not None:
+                os.replace(extra, target)
+            else:
+                target.unlink()

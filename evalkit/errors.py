@@ -47,6 +47,15 @@ class ReferenceWarning(UserWarning):
     The measured "bias" is then the reference's error, not IWAE's."""
 
 
+class DataWarning(UserWarning):
+    """Data that a model can evaluate but probably not as meant: image values far below the top of the
+    model's ``data_levels`` (17-level data scored as 8-bit images, say).
+
+    :func:`evalkit.estimate` and :func:`evalkit.sweep` issue it once per call, naming the data's
+    largest value and the model's levels; the command line prints it on stderr (``--quiet`` hides it).
+    """
+
+
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes :func:`warnings.warn` name the first caller outside evalkit.
 

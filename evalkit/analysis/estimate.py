@@ -29,6 +29,7 @@ from ..estimators.shared_columns import (jackknife_groups, jackknife_se, leave_g
 from ..sampling.blocks import block_rows, check_block_size, reissue_warnings
 from ..sources import LogWeightSource, MatrixSource, open_source
 from ..sources.inputs import DataLike, ModelLike
+from ..sources.matrix import as_log_weight_tensor, check_real_floating
 from .diagnostics import summarize_weights, weight_diagnostics
 from .in_units import check_units, resolve_dims, units_note
 from .provenance import provenance
@@ -51,6 +52,7 @@ def estimate(
     allow_pickle: bool = False,
     split: Optional[str] = None,
     binarize: str = "none",
+    rescale_levels: bool = False,
     quantity: Optional[str] = None,
     target: Optional[str] = None,
     method: str = "is",
@@ -75,6 +77,10 @@ def estimate(
         -- default ``"test"`` -- and ``binarize`` say which part and how to binarise; ``seed``
         seeds the Bernoulli binarisation). A Bayesian network takes labelled data: ``"digits"``,
         a file with targets (``target`` names the key or CSV column) or an ``(x, y)`` pair.
+    rescale_levels : bool, default False
+        For a model with a discrete decoder (``data_levels``): map the built-in digits' 17 grey
+        levels to the model's levels (:func:`evalkit.data.rescale_levels`); without it the digits
+        are refused for a model of another level count.
     k : int
         Importance samples per datapoint.
     estimators : sequence of str
@@ -147,7 +153,8 @@ def estimate(
     check_units(units, 1)  # a bad name fails before the run; a missing D once the source is known
     started = time.perf_counter()
     source = open_source(model, data=data, k=k, seed=seed, factory=factory, prefix=prefix,
-                         allow_pickle=allow_pickle, split=split, binarize=binarize, quantity=quantity, target=target, method=method, ais=ais, cache=cache,
+                         allow_pickle=allow_pickle, split=split, binarize=binarize, rescale_levels=rescale_levels,
+                         quantity=quantity, target=target, method=method, ais=ais, cache=cache,
                          cache_shard_size=cache_shard_size, engine_options=engine_options)
     result = estimate_source(source, estimators, keep_log_weights=keep_log_weights, block_size=block_size,
                              units=units, dims=dims)
@@ -174,7 +181,8 @@ def estimate_from_log_weights(
     the block size, bit for bit. ``units`` and ``dims`` are :func:`estimate`'s (a matrix has no
     D of its own: bits per dimension need ``dims``).
     """
-    log_w = torch.as_tensor(log_w)
+    log_w = as_log_weight_tensor(log_w)
+    check_real_floating(log_w)
     if log_w.ndim != 2 or log_w.shape[1] == 0 or log_w.shape[0] == 0:
         raise InputError(
             f"log-weights must be a non-empty [N, K] matrix (one row per datapoint), got shape {tuple(log_w.shape)}"

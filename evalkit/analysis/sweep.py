@@ -55,6 +55,7 @@ def sweep(
     allow_pickle: bool = False,
     split: Optional[str] = None,
     binarize: str = "none",
+    rescale_levels: bool = False,
     quantity: Optional[str] = None,
     target: Optional[str] = None,
     method: str = "is",
@@ -107,6 +108,9 @@ def sweep(
     data : Tensor, ndarray, path or str
         The data for a model (required then): ``[N, D]``, a file, or ``"digits"``; ``split``
         and ``binarize`` as in :func:`evalkit.sources.inputs.resolve_data`. Not allowed with a matrix.
+    rescale_levels : bool, default False
+        Map the digits' 17 grey levels to a discrete decoder's ``data_levels``
+        (:func:`evalkit.data.rescale_levels`), as in :func:`evalkit.estimate`.
     indices : sequence of int, optional
         Evaluate only these datapoints (rows of the data). Each keeps the random stream of its
         dataset index, so the numbers equal those rows of a full sweep; tables name them by
@@ -185,7 +189,7 @@ def sweep(
             engine_options["threads"] = threads
     source = open_source(model_or_log_weights, data=data, k=ks_given[-1] if ks_given else DEFAULT_K_MAX,
                          seed=seed, factory=factory, prefix=prefix, allow_pickle=allow_pickle, split=split,
-                         binarize=binarize, indices=indices, cache=cache, cache_shard_size=cache_shard_size,
+                         binarize=binarize, rescale_levels=rescale_levels, indices=indices, cache=cache, cache_shard_size=cache_shard_size,
                          engine_options=engine_options, quantity=quantity, target=target,
                          method=method, ais=ais)
     check_units(units, resolve_dims(source.dims, dims))  # before the long model pass

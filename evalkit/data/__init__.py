@@ -10,8 +10,9 @@ May import :mod:`evalkit.errors` and :mod:`evalkit.noise` only.
 """
 from .checks import as_data_tensor, check_data_for_model, check_discrete_data, rows_text
 from .datasets import BINARIZE, SPLITS, _digits_pixel_counts, binarize, digits_split, load_data  # noqa: F401
-from .images import as_images, load_images
+from .images import DIGITS_LEVELS, as_images, load_images, rescale_levels
 from .labelled import check_targets_for_model, load_labelled_data
 
-__all__ = ["BINARIZE", "SPLITS", "as_data_tensor", "as_images", "binarize", "check_data_for_model", "check_discrete_data",
-           "check_targets_for_model", "digits_split", "load_data", "load_images", "load_labelled_data", "rows_text"]
+__all__ = ["BINARIZE", "DIGITS_LEVELS", "SPLITS", "as_data_tensor", "as_images", "binarize", "check_data_for_model",
+           "check_discrete_data", "check_targets_for_model", "digits_split", "load_data", "load_images",
+           "load_labelled_data", "rescale_levels", "rows_text"]

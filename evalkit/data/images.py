@@ -90,6 +90,39 @@ def as_images(array: Union[np.ndarray, torch.Tensor], *, layout: Optional[str] =
     return tensor.contiguous()
 
 
+def rescale_levels(images: torch.Tensor, from_levels: int, to_levels: int) -> torch.Tensor:
+    """Map integer levels ``0..from_levels-1`` to ``0..to_levels-1`` so that each keeps its intensity.
+
+    Parameters
+    ----------
+    images : Tensor
+        Integer-valued levels (any integer or float dtype; the result has the same dtype).
+    from_levels, to_levels : int
+        Level counts S and L (at least 2).
+
+    Returns
+    -------
+    Tensor, same shape and dtype
+        ``v' = floor(v * (L - 1) / (S - 1) + 1/2)``: level v of S is the intensity v / (S - 1)
+        (0 black, S - 1 white, the scale evalkit's discrete decoders use: ``x * 2 / (L - 1) - 1``),
+        rounded to the nearest of the L levels, halves up. Computed exactly in integers as
+        ``(2 v (L - 1) + S - 1) // (2 (S - 1))``; black and white stay black and white.
+
+    Examples
+    --------
+    >>> rescale_levels(torch.tensor([0, 1, 8, 15, 16]), 17, 256).tolist()  # the digits' 17 levels as 8-bit values
+    [0, 16, 128, 239, 255]
+    """
+    for name, value in (("from_levels", from_levels), ("to_levels", to_levels)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
+            raise InputError(f"Expected argument `{name}` to be an int >= 2, got {value!r}.")
+    s, l = int(from_levels), int(to_levels)
+    v = images.to(torch.int64)
+    if bool(((v < 0) | (v > s - 1)).any()):
+        raise DataError(f"the images hold values outside 0..{s - 1}, so they do not have {s} levels; check from_levels.")
+    return ((2 * v * (l - 1) + s - 1) // (2 * (s - 1))).to(images.dtype)
+
+
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32, torch.uint64)
 
 
@@ -136,4 +169,4 @@ def load_images(
 
 
 
-__all__ = ["DIGITS_LEVELS", "LAYOUTS", "as_images", "check_discrete_data", "load_images"]
+__all__ = ["DIGITS_LEVELS", "LAYOUTS", "as_images", "check_discrete_data", "load_images", "rescale_levels"]

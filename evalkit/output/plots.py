@@ -259,8 +259,11 @@ def sweep_figures(result) -> Dict[str, Any]:
 
 
 def save_figure(fig, stem: Union[str, os.PathLike], *, formats: Sequence[str] = FIGURE_FORMATS,
-                overwrite: bool = False) -> List[Path]:
+                overwrite: bool = False, group=None) -> List[Path]:
     """Save ``fig`` as ``stem.png``, ``stem.svg``, ``stem.pdf`` (each atomically); return the paths.
+
+    With ``group`` (an :class:`evalkit.atomic.OutputGroup`) the files are staged in it and appear
+    when it commits.
 
     SVG and PDF carry no creation date and SVG ids are salted with a constant, so reruns give
     identical files.
@@ -275,7 +278,8 @@ def save_figure(fig, stem: Union[str, os.PathLike], *, formats: Sequence[str] = 
         path = Path(f"{stem}.{fmt}")
         metadata = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}.get(fmt)
         # A fixed salt makes SVG element ids (random by default) the same on every run.
-        with atomic_path(path, overwrite=overwrite) as tmp, matplotlib.rc_context({"svg.hashsalt": "evalkit"}):
+        with atomic_path(path, overwrite=overwrite, group=group) as tmp, \
+                matplotlib.rc_context({"svg.hashsalt": "evalkit"}):
             fig.savefig(tmp, format=fmt, dpi=DPI, metadata=metadata)
         paths.append(path)
     return paths

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..analysis.diagnostics import mean_se
 from ..analysis.tables import footnoted, markdown_table, pm  # noqa: F401 (footnoted re-exported)
-from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text, check_writable
+from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text, check_writable, output_group
 from ..errors import OutputError
 
 PathLike = Union[str, os.PathLike]
@@ -127,18 +127,18 @@ def write_sweep(result, out: PathLike, *, formats: Sequence[str] = ("png", "svg"
 
     paths = sweep_paths(out, formats=formats, per_datapoint=per_datapoint)
     check_output_dir(paths, overwrite=overwrite)
-    with atomic_directory(out) as stage:  # a new directory appears whole or not at all
+    # A new directory appears whole or not at all; the files of an existing one together.
+    with output_group() as group, atomic_directory(out, group=group) as stage:
         staged = sweep_paths(stage, formats=formats, per_datapoint=per_datapoint)
-        atomic_write_text(staged["table_csv"], result.to_csv(), overwrite=overwrite)
-        atomic_write_text(staged["table_json"], result.to_json() + "\n", overwrite=overwrite)
-        atomic_write_text(staged["table_md"], result.to_markdown(), overwrite=overwrite)
-        atomic_write_text(staged["theory_csv"], _csv(result.theory), overwrite=overwrite)
-        atomic_write_text(staged["fits_csv"], _csv(result.fits), overwrite=overwrite)
-        atomic_write_text(staged["weights_csv"], _csv(result.weights.to_frame()), overwrite=overwrite)
+        texts = {"table_csv": result.to_csv(), "table_json": result.to_json() + "\n", "table_md": result.to_markdown(),
+                 "theory_csv": _csv(result.theory), "fits_csv": _csv(result.fits),
+                 "weights_csv": _csv(result.weights.to_frame())}
         if per_datapoint:
-            atomic_write_text(staged["per_datapoint_csv"], _csv(result.per_datapoint), overwrite=overwrite)
+            texts["per_datapoint_csv"] = _csv(result.per_datapoint)
+        for name, text in texts.items():
+            atomic_write_text(staged[name], text, overwrite=overwrite, group=group)
         for name, fig in result.figures().items():
-            save_figure(fig, stage / name, formats=formats, overwrite=overwrite)
+            save_figure(fig, stage / name, formats=formats, overwrite=overwrite, group=group)
     return paths
 
 
@@ -182,18 +182,18 @@ def write_report(result, out: PathLike, *, title: Optional[str] = None, command:
     pngs = {name: figure_png_bytes(fig) for name, fig in result.figures().items()}
     title = title or f"evalkit report: {result.metadata.get('model') or result.metadata.get('data')}"
     command = command or "(not recorded: made from Python without command=)"
-    with atomic_directory(out) as stage:  # a new report directory appears whole or not at all
+    # A new report directory appears whole or not at all; the files of an existing one together.
+    with output_group() as group, atomic_directory(out, group=group) as stage:
         staged = report_paths(stage)
         staged["report_md"].parent.joinpath("figures").mkdir(exist_ok=True)
-        atomic_write_text(staged["table_csv"], result.to_csv(), overwrite=overwrite)
-        atomic_write_text(staged["table_json"], result.to_json() + "\n", overwrite=overwrite)
-        atomic_write_text(staged["weights_csv"], _csv(result.weights.to_frame()), overwrite=overwrite)
+        texts = {"table_csv": result.to_csv(), "table_json": result.to_json() + "\n",
+                 "weights_csv": _csv(result.weights.to_frame()),
+                 "report_md": render_markdown(result, title=title, command=command),
+                 "report_html": render_html(result, pngs, title=title, command=command)}
         for name, data in pngs.items():
-            atomic_write_bytes(staged[f"{name}_png"], data, overwrite=overwrite)
-        atomic_write_text(staged["report_md"], render_markdown(result, title=title, command=command),
-                          overwrite=overwrite)
-        atomic_write_text(staged["report_html"], render_html(result, pngs, title=title, command=command),
-                          overwrite=overwrite)
+            atomic_write_bytes(staged[f"{name}_png"], data, overwrite=overwrite, group=group)
+        for name, text in texts.items():
+            atomic_write_text(staged[name], text, overwrite=overwrite, group=group)
     return paths
 
 

@@ -262,6 +262,12 @@ class _Runner:
                 f"and noise of shape {tuple(noise.shape)}; it must return a tensor "
                 f"[{n_slots}, {width}] (one log-weight per datapoint and sample)."
             )
+        if not out.is_floating_point():  # int64 has lost the fractions; complex is no log-density
+            raise InputError(
+                f"{type(self.model).__name__}.log_weights(x, noise) returned {out.dtype} values; log-weights must be "
+                "real floating point (float32 or float64), so compute them in floating point: integers have lost "
+                "their fractions and complex numbers are no log-densities."
+            )
         return out.to(torch.float64)
 
     def finish(self, launched: tuple) -> int:

@@ -15,6 +15,8 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import InputError
+
 Block = Tuple[int, torch.Tensor]
 """``(start, log_w[start:start + rows])``: a block of rows, float64 on the CPU."""
 
@@ -100,7 +102,8 @@ class LogWeightSource(abc.ABC):
                 for _ in self.blocks(rows):
                     pass
             return None
-        return (row_blocks(log_w, rows) if log_w is not None else self.blocks(rows)), log_w
+        blocks = row_blocks(log_w, rows) if log_w is not None else self.blocks(rows)
+        return refuse_zero_weight_rows(blocks, self), log_w
 
     def exact_log_marginal(self) -> Optional[np.ndarray]:
         """The exact log p(x_n) of every row (shape ``(n,)``) when the model has one, else None."""
@@ -122,3 +125,50 @@ def row_blocks(log_w: torch.Tensor, rows: int) -> Iterator[Block]:
     """``(start, log_w[start:start + rows])`` over an in-memory matrix: views, no copies."""
     for start in range(0, log_w.shape[0], rows):
         yield start, log_w[start:start + rows]
+
+
+def zero_weight_rows(log_w: torch.Tensor) -> torch.Tensor:
+    """Positions (LongTensor) of the rows of ``log_w`` ``[rows, K]`` whose log-weights are all ``-inf``."""
+    return torch.isneginf(log_w).all(dim=1).nonzero().flatten()
+
+
+def zero_weight_rows_error(rows: np.ndarray, n: int, *, model_made: bool) -> InputError:
+    """The one sentence that refuses rows whose every weight is zero (all log-weights ``-inf``).
+
+    ``rows`` are dataset indices (a model's source) or matrix rows (a matrix given as it is); such
+    a row's log p(x) estimate would be ``-inf`` whatever the estimator, which is almost never
+    the truth: a finite density that underflowed in float32, an infinite parameter.
+    """
+    shown = rows[:5].tolist()
+    listed = f"{shown}" + (f" and {len(rows) - len(shown)} more" if len(rows) > len(shown) else "")
+    if model_made:
+        return InputError(
+            f"every log-weight of the datapoints with dataset indices {listed} is -inf ({len(rows)} of {n} datapoints), "
+            "so their log p(x) would be -inf; most likely a finite density underflowed in float32 (re-run with --dtype float64, "
+            "dtype=torch.float64) or the model has an infinite parameter (an inf bias, a log-sigma of -inf), so fix "
+            "the model or drop those datapoints."
+        )
+    return InputError(
+        f"every log-weight of rows {listed} is -inf ({len(rows)} of {n} rows, zero weights), so their log p(x) would "
+        "be -inf; drop those rows, or recompute them in float64 if a finite density underflowed in float32."
+    )
+
+
+def refuse_zero_weight_rows(blocks: Iterator[Block], source: "LogWeightSource") -> Iterator[Block]:
+    """Yield ``blocks`` of ``source`` as they are; after the last, refuse rows whose log-weights are all ``-inf``.
+
+    The check :func:`evalkit.estimate` and :func:`evalkit.sweep` share (a matrix given as it is
+    is refused earlier, by :func:`evalkit.sources.matrix.check_log_weights`, with the same
+    rule). It names every such row by its dataset index, so it raises once the pass is over
+    rather than at the first block.
+    """
+    dead = []
+    for start, block in blocks:
+        rows = zero_weight_rows(block)
+        if len(rows):
+            dead.append(rows.numpy() + start)
+        yield start, block
+    if dead:
+        positions = np.concatenate(dead)
+        raise zero_weight_rows_error(np.asarray(source.index)[positions], source.n,
+                                     model_made=source.model_label is not None or source.seed is not None)

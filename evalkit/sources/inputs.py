@@ -49,6 +49,7 @@ def resolve_data(
     split: str = "test",
     binarize: str = "none",
     seed: int = 0,
+    rescale_levels: bool = False,
 ) -> torch.Tensor:
     """Return the data as a ``[N, D]`` float tensor, checked against ``model`` when given.
 
@@ -61,6 +62,10 @@ def resolve_data(
         When given, the data dimension and (for Bernoulli decoders) binariness are checked.
     split, binarize, seed
         As in :func:`evalkit.data.load_data`; ``binarize`` also applies to in-memory data.
+    rescale_levels : bool, default False
+        Map the built-in digits' 17 grey levels to the model's ``data_levels`` with
+        :func:`evalkit.data.rescale_levels` (``v -> floor(v (L - 1) / 16 + 1/2)``). Without it,
+        the digits are refused for a model of another level count.
 
     Notes
     -----
@@ -69,11 +74,20 @@ def resolve_data(
     ``[N, H, W]``, ``[N, H, W, C]`` or ``[N, C, H, W]`` array is read by
     :func:`evalkit.data.load_images` (layout detected, unscaled) and flattened channel-major
     to ``[N, C*H*W]``. Other models get :func:`evalkit.data.load_data`'s floats.
+
+    The levels must be the model's: the digits (17 levels) are refused for a model of another
+    level count unless ``rescale_levels``, and image data whose largest value is below half the
+    model's top level ``data_levels - 1`` get a :class:`~evalkit.errors.DataWarning` naming both
+    (17-level data scored as 8-bit images would look like nearly black pictures).
     """
     from .. import data as data_module
 
-    if _takes_images(model, data, binarize):
-        tensor = _image_rows(data, split)
+    takes_images = _takes_images(model, data, binarize)
+    if rescale_levels and not takes_images:
+        raise InputError("rescale_levels (CLI: --rescale-levels) maps the digits' 17 grey levels to a discrete "
+                         "decoder's data_levels; this model has no data_levels, or the data are binarised, so drop it.")
+    if takes_images:
+        tensor = _at_model_levels(_image_rows(data, split), data, int(model.data_levels), rescale=rescale_levels)
     elif isinstance(data, (str, os.PathLike)):
         tensor = data_module.load_data(data, split=split, binarize=binarize, seed=seed)
     else:
@@ -121,6 +135,38 @@ def _image_rows(data: Any, split: str) -> torch.Tensor:
     return images.reshape(images.shape[0], -1).to(dtype)
 
 
+def _at_model_levels(rows: torch.Tensor, data: Any, levels: int, *, rescale: bool) -> torch.Tensor:
+    """Image rows at the model's ``levels``: the digits rescaled (or refused), other data warned about when dark."""
+    import warnings
+
+    from ..data import DIGITS_LEVELS, rescale_levels
+    from ..errors import DataWarning, user_stacklevel
+
+    is_digits = isinstance(data, str) and data == "digits"
+    if is_digits and levels != DIGITS_LEVELS:
+        if not rescale:
+            raise DataError(
+                f"the built-in digits have {DIGITS_LEVELS} grey levels (0..{DIGITS_LEVELS - 1}) but the model's decoder "
+                f"takes data_levels={levels} (0..{levels - 1}), so it would read their white ({DIGITS_LEVELS - 1}) as "
+                f"{DIGITS_LEVELS - 1} of {levels - 1}; pass "
+                f"--rescale-levels (rescale_levels=True) to map each level v to floor(v * {levels - 1} / "
+                f"{DIGITS_LEVELS - 1} + 1/2), or give --data a file with {levels} levels."
+            )
+        return rescale_levels(rows, DIGITS_LEVELS, levels)
+    if rescale and not is_digits:
+        raise InputError("rescale_levels (CLI: --rescale-levels) applies to the built-in digits, whose 17 levels are "
+                         "known; a file or an array does not record its level count, so rescale it to "
+                         f"0..{levels - 1} yourself (evalkit.data.rescale_levels) and drop the option.")
+    top = float(rows.max())
+    if not is_digits and top < (levels - 1) / 2:
+        warnings.warn(
+            f"the data's largest value is {top:g} but the model's decoder takes levels 0..{levels - 1} "
+            f"(data_levels={levels}); if the data have fewer levels (the digits' 17, say), rescale them to "
+            f"0..{levels - 1} first (evalkit.data.rescale_levels), or the model scores them as nearly black images.",
+            DataWarning, stacklevel=user_stacklevel())
+    return rows
+
+
 def describe_model(model: Any, model_obj: Any) -> str:
     """How tables name a model: the checkpoint path it came from, else its class name."""
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
@@ -128,10 +174,13 @@ def describe_model(model: Any, model_obj: Any) -> str:
     return type(model_obj).__name__
 
 
-def describe_data(data: Any, split: str, binarize: str) -> str:
-    """How tables name the data: ``digits (test split)``, a file path or ``in-memory Tensor (N, D)``."""
+def describe_data(data: Any, split: str, binarize: str, *, levels: Optional[int] = None) -> str:
+    """How tables name the data: ``digits (test split)``, a file path or ``in-memory Tensor (N, D)``.
+
+    ``levels``: the level count the digits were rescaled to (``rescale_levels``), named in the label.
+    """
     if isinstance(data, str) and data == "digits":
-        text = f"digits ({split} split)"
+        text = f"digits ({split} split" + (f", 17 levels rescaled to {levels}" if levels else "") + ")"
     elif isinstance(data, (str, bytes)) or hasattr(data, "__fspath__"):
         text = str(data)
     else:
@@ -159,6 +208,7 @@ def open_source(
     target: Optional[str] = None,
     method: str = "is",
     ais: Optional[Dict[str, Any]] = None,
+    rescale_levels: bool = False,
 ) -> LogWeightSource:
     """The log-weight source for what the user handed the API: the one place that decides it.
 
@@ -167,7 +217,7 @@ def open_source(
     model_or_log_weights : Module, path, Tensor, ndarray or LogWeightSource
         A model or checkpoint (importance sampling from its proposal), a precomputed ``[N, K]``
         matrix (its K columns; ``k`` is ignored), or a source, returned as it is.
-    data, split, binarize, seed
+    data, split, binarize, seed, rescale_levels
         The model's data (:func:`resolve_data`); ``seed`` keys the per-datapoint streams.
         ``split`` defaults to ``"test"`` (``"train"`` for a Bayesian network's evidence).
     k : int
@@ -195,7 +245,8 @@ def open_source(
         return model_or_log_weights
     if isinstance(model_or_log_weights, (torch.Tensor, np.ndarray)):
         extra = [name for name, value in (("data", data), ("indices", indices), ("cache", cache),
-                                          ("cache_shard_size", cache_shard_size)) if value is not None]
+                                          ("cache_shard_size", cache_shard_size),
+                                          ("rescale_levels", rescale_levels or None)) if value is not None]
         extra += [name for name, value in engine_options.items() if value is not None]
         if extra:
             raise InputError(f"{', '.join(extra)} only apply when sweeping a model; drop them for a log-weight matrix")
@@ -208,14 +259,14 @@ def open_source(
             raise InputError("a Bayesian network's predictive or evidence runs in one process (its K weight samples "
                              "are shared by all rows); run it without torchrun")
         extra = {"indices": indices, "cache": cache, "binarize": binarize != "none", "method='ais'": method == "ais",
-                 "ais": ais}
+                 "ais": ais, "rescale_levels": rescale_levels}
         return _bayesian_source(model, model_or_log_weights, data, k=k, seed=seed, split=split, quantity=quantity,
                                 target=target, extra=extra, engine_options=engine_options)
     if quantity is not None or target is not None:
         raise InputError("quantity and target apply only to Bayesian networks (weights as the latent variable); "
                          "drop them for this model")
     split = "test" if split is None else split
-    x = resolve_data(data, model=model, split=split, binarize=binarize, seed=seed)
+    x = resolve_data(data, model=model, split=split, binarize=binarize, seed=seed, rescale_levels=rescale_levels)
     row_index = engine_options.pop("indices", None)
     _check_run_options(cache, indices if indices is not None else row_index)
     if indices is not None:
@@ -225,7 +276,8 @@ def open_source(
         row_index = np.asarray(row_index.cpu() if isinstance(row_index, torch.Tensor) else row_index)
     common = dict(seed=seed, index=row_index, engine_options=engine_options,
                   model_label=describe_model(model_or_log_weights, model),
-                  data_label=describe_data(data, split, binarize), sampler=_sampler(method, ais, model))
+                  data_label=describe_data(data, split, binarize, levels=model.data_levels if rescale_levels else None),
+                  sampler=_sampler(method, ais, model))
     if cache is not None:
         return CachedSource(model, x, k, cache_dir=cache, shard_size=cache_shard_size, **common)
     if distributed.launched_by_torchrun():

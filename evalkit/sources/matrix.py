@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputError
-from .base import Block, LogWeightSource, row_blocks
+from .base import Block, LogWeightSource, row_blocks, zero_weight_rows, zero_weight_rows_error
 
 
 class MatrixSource(LogWeightSource):
@@ -44,29 +44,54 @@ class MatrixSource(LogWeightSource):
         return row_blocks(self.log_w, rows)
 
 
+def as_log_weight_tensor(log_w: Any) -> torch.Tensor:
+    """``log_w`` as a tensor without changing its dtype (a list of floats becomes float64, as numpy reads it)."""
+    if isinstance(log_w, torch.Tensor):
+        return log_w
+    try:
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(log_w)))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"log-weights could not be read as a numeric [N, K] array ({exc}); pass a numpy array or "
+                         "a torch tensor") from None
+
+
+def check_real_floating(log_w: torch.Tensor, *, what: str = "log-weights") -> None:
+    """Refuse log-weights whose dtype is not real floating point (integers, complex, bool) with one sentence.
+
+    Integer log-weights have already lost their fractions (``-8.72`` stored as ``-8``), and a
+    complex number is no log-density; converting either to float64 would give a wrong number
+    without a word, so neither is converted.
+    """
+    if not log_w.is_floating_point():
+        raise InputError(
+            f"{what} must be real floating point numbers (float32 or float64), got dtype {log_w.dtype}; "
+            "integer log-weights have lost their fractions and complex ones are no log-densities, so compute them "
+            "in floating point."
+        )
+
+
 def check_log_weights(log_w: Any) -> torch.Tensor:
     """Validate a ``[N, K]`` log-weight matrix and return it as a float64 CPU tensor.
 
-    Raises :class:`InputError` for a wrong shape, NaN or ``+inf`` entries, or a row whose
-    weights are all zero (``-inf``). The caller's array is never modified.
+    Raises :class:`InputError` for a wrong shape, a dtype that is not real floating point
+    (:func:`check_real_floating`), NaN or ``+inf`` entries, or a row whose weights are all zero
+    (``-inf``: :func:`~evalkit.sources.base.zero_weight_rows_error`). The caller's array is never modified.
     """
-    tensor = torch.as_tensor(log_w) if not isinstance(log_w, np.ndarray) else torch.from_numpy(np.asarray(log_w))
+    tensor = as_log_weight_tensor(log_w)
     if tensor.ndim != 2 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
         raise InputError(
             f"log-weights must be a non-empty [N, K] matrix (one row per datapoint), got shape {tuple(tensor.shape)}"
         )
-    if not (tensor.is_floating_point()):
-        raise InputError(f"log-weights must be floating point, got dtype {tensor.dtype}; convert with .astype(float)")
+    check_real_floating(tensor)
     tensor = tensor.detach().to("cpu", torch.float64)
     if torch.isnan(tensor).any():
         rows = torch.nonzero(torch.isnan(tensor).any(dim=1)).flatten()[:5].tolist()
         raise InputError(f"log-weights contain NaN (rows {rows}); fix the tool that produced them")
     if torch.isposinf(tensor).any():
         raise InputError("log-weights contain +inf; every weight must be finite (log-weights < +inf)")
-    dead = torch.isneginf(tensor).all(dim=1)
-    if dead.any():
-        rows = torch.nonzero(dead).flatten()[:5].tolist()
-        raise InputError(f"every log-weight of rows {rows} is -inf (zero weight); drop those datapoints")
+    dead = zero_weight_rows(tensor)
+    if len(dead):
+        raise zero_weight_rows_error(dead.numpy(), tensor.shape[0], model_made=False)
     return tensor
 
 
