@@ -32,7 +32,7 @@ from ..sources.inputs import DataLike, ModelLike
 from .diagnostics import summarize_weights, weight_diagnostics
 from .in_units import check_units, resolve_dims, units_note
 from .estimate_result import JSON_SCHEMA_VERSION, EstimateResult  # noqa: F401 (re-exported)
-from .tables import jsonable, quantity_metadata
+from .tables import jsonable, provenance_metadata, quantity_metadata
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 
@@ -339,6 +339,7 @@ def _result(
         "seed": source.seed,
         "model": source.model_label,
         "data": source.data_label,
+        **provenance_metadata(source),
         "dims": dims,
         "units": units_note(dims),
         "evalkit_version": _version(),

@@ -30,7 +30,7 @@ from .reference import Reference, bias_order, resolve_reference, user_reference 
 from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
 from .in_units import check_units, resolve_dims, units_note
-from .tables import jsonable, quantity_metadata
+from .tables import jsonable, provenance_metadata, quantity_metadata
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
 
@@ -292,6 +292,7 @@ def _metadata(source: LogWeightSource, ks: Sequence[int], chosen: Sequence[Any],
         "seed": source.seed,
         "model": source.model_label,
         "data": source.data_label,
+        **provenance_metadata(source),
         "dims": dims,
         "units": units_note(dims),
         "fit_min_k": fit_min_k,

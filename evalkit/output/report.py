@@ -15,7 +15,7 @@ import base64
 import html
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -276,6 +276,14 @@ def units_sentence(result) -> str:
             "in sweep.json's *_bpd fields.")
 
 
+def inputs_sentence(metadata: Dict[str, Any]) -> str:
+    """The sha256 of the checkpoint and of the data file the numbers came from (``metadata.*_sha256``)."""
+    def digest(key: str, what: str) -> str:
+        value = metadata.get(key)
+        return f"{what} sha256 {value}" if value else f"{what}: not a file"
+    return f"Inputs: {digest('checkpoint_sha256', 'checkpoint')}; {digest('data_sha256', 'data')}."
+
+
 def render_markdown(result, *, title: str, command: str) -> str:
     """The report as Markdown; figures are linked as ``figures/<name>.png``."""
     m = result.metadata
@@ -301,7 +309,8 @@ def render_markdown(result, *, title: str, command: str) -> str:
         out += ["## Notes", ""] + [f"* {text}" for text in list(result.warnings) + list(result.notes)] + [""]
     out += ["## Reproduce", "", "```", command, "```", "", "| package | version |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in m.get("versions", {}).items()]
-    out += ["", "Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
+    out += ["", inputs_sentence(m), ""]
+    out += ["Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
     return "\n".join(out)
 
 
@@ -334,7 +343,7 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
         body += ["<h2>Notes</h2>", "<ul>"] + [f"<li>{esc(t)}</li>" for t in list(result.warnings) + list(result.notes)] + ["</ul>"]
     body += ["<h2>Reproduce</h2>", f"<pre>{esc(command)}</pre>", "<table class='t'><tr><th>package</th><th>version</th></tr>"]
     body += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in m.get("versions", {}).items()]
-    body += ["</table>"]
+    body += ["</table>", f"<p>{esc(inputs_sentence(m))}</p>"]
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
              "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 8px;text-align:right;white-space:nowrap}"

@@ -22,6 +22,7 @@ from .annealed import AIS_OPTIONS, AISSampler
 from .bayesian import QUANTITIES, EvidenceSource, PredictiveSource
 from .importance import CachedSource, ImportanceSamplingSource, TorchrunSource
 from .matrix import MatrixSource, check_log_weights
+from .provenance import input_digests
 
 ModelLike = Union[torch.nn.Module, str, os.PathLike]
 DataLike = Union[torch.Tensor, np.ndarray, str, os.PathLike]
@@ -216,8 +217,10 @@ def open_source(
                              "are shared by all rows); run it without torchrun")
         extra = {"indices": indices, "cache": cache, "binarize": binarize != "none", "method='ais'": method == "ais",
                  "ais": ais}
-        return _bayesian_source(model, model_or_log_weights, data, k=k, seed=seed, split=split, quantity=quantity,
-                                target=target, extra=extra, engine_options=engine_options)
+        source = _bayesian_source(model, model_or_log_weights, data, k=k, seed=seed, split=split, quantity=quantity,
+                                  target=target, extra=extra, engine_options=engine_options)
+        source.provenance = input_digests(model_or_log_weights, data)
+        return source
     if quantity is not None or target is not None:
         raise InputError("quantity and target apply only to Bayesian networks (weights as the latent variable); "
                          "drop them for this model")
@@ -234,10 +237,13 @@ def open_source(
                   model_label=describe_model(model_or_log_weights, model),
                   data_label=describe_data(data, split, binarize), sampler=_sampler(method, ais, model))
     if cache is not None:
-        return CachedSource(model, x, k, cache_dir=cache, shard_size=cache_shard_size, **common)
-    if distributed.launched_by_torchrun():
-        return TorchrunSource(model, x, k, **common)
-    return ImportanceSamplingSource(model, x, k, **common)
+        source = CachedSource(model, x, k, cache_dir=cache, shard_size=cache_shard_size, **common)
+    elif distributed.launched_by_torchrun():
+        source = TorchrunSource(model, x, k, **common)
+    else:
+        source = ImportanceSamplingSource(model, x, k, **common)
+    source.provenance = input_digests(model_or_log_weights, data)
+    return source
 
 
 def _sampler(method: str, ais: Optional[Dict[str, Any]], model: Any) -> Optional[AISSampler]:
