@@ -58,6 +58,8 @@ def sweep(
     target: Optional[str] = None,
     method: str = "is",
     ais: Optional[Dict[str, Any]] = None,
+    prior: Any = None,
+    activation: Optional[str] = None,
     reference_ais: Optional[Dict[str, Any]] = None,
     indices: Optional[Sequence[int]] = None,
     cache: Optional[Union[str, os.PathLike]] = None,
@@ -116,6 +118,8 @@ def sweep(
         interrupted sweep resumes bitwise identically. Not with ``indices``.
     method, ais : optional
         Draw the pool by annealed importance sampling instead (as :func:`evalkit.estimate`).
+    prior, activation : optional
+        Replace a Bayes-by-backprop network's weight prior and activation (as :func:`evalkit.estimate`).
     reference_ais : dict, optional
         Options of the AIS run behind ``reference="ais"``.
     fit_min_k : int
@@ -186,7 +190,7 @@ def sweep(
                          seed=seed, factory=factory, prefix=prefix, allow_pickle=allow_pickle, split=split,
                          binarize=binarize, indices=indices, cache=cache, cache_shard_size=cache_shard_size,
                          engine_options=engine_options, quantity=quantity, target=target,
-                         method=method, ais=ais)
+                         method=method, ais=ais, prior=prior, activation=activation)
     check_units(units, resolve_dims(source.dims, dims))  # before the long model pass
     if ks_given is not None and ks_given[-1] > source.k:
         raise InputError(f"k = {ks_given[-1]} exceeds the {source.k} log-weights per datapoint; use ks up to {source.k}")

@@ -21,9 +21,11 @@ DEFAULT_QUANTITY = LogWeightSource.quantity_label
 
 def quantity_metadata(source: LogWeightSource) -> Dict[str, str]:
     """``{"quantity": label}`` for a source whose estimates are not of log p(x) (e.g. a Bayesian
-    network's predictive, ``"log p(y | x)"``), else ``{}``: metadata of log p(x) results is unchanged."""
+    network's predictive, ``"log p(y | x)"``), else ``{}``: metadata of log p(x) results is unchanged; and
+    ``{"prior": ...}`` naming the weight prior of a Bayesian network's evidence (which depends on it)."""
     label = source.quantity_label
-    return {} if label == DEFAULT_QUANTITY else {"quantity": label}
+    prior = getattr(source, "prior_label", None)  # a Bayesian network's evidence: the prior it is under
+    return ({} if label == DEFAULT_QUANTITY else {"quantity": label}) | ({"prior": prior} if prior else {})
 
 
 def provenance_metadata(source: LogWeightSource) -> Dict[str, Optional[str]]:

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .bnn import is_bbb_layout
+from .bnn_layouts import bnn_layout
 from .iwae import REFERENCE_ANCHOR_KEY, is_reference_layout
 
 PathLike = Union[str, os.PathLike]
@@ -36,7 +36,10 @@ FORMAT_NAME = "evalkit"
 FORMAT_VERSION = 1
 DIRECTORY_HEADER = "model.json"
 DIRECTORY_WEIGHTS = "model.safetensors"
-KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "bbb", "state_dict", "pickled_module")
+KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "bbb", "blitz", "bayesian_torch", "state_dict",
+         "pickled_module")
+BNN_KINDS = ("bbb", "blitz", "bayesian_torch")
+"""The Bayes-by-backprop state_dict layouts (:mod:`evalkit.models.bnn_layouts`), loaded as a BayesianMLP."""
 
 # Where training scripts commonly nest a state_dict.
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
@@ -208,10 +211,10 @@ def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoi
 
 
 def _state_dict_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``"iwae_reference"``, ``"bbb"`` (Bayes-by-backprop layout) or ``"state_dict"``."""
+    """``"iwae_reference"``, a Bayes-by-backprop layout (:data:`BNN_KINDS`) or ``"state_dict"``."""
     if _reference_prefix(state_dict) is not None:
         return "iwae_reference"
-    return "bbb" if is_bbb_layout(list(state_dict)) else "state_dict"
+    return bnn_layout(list(state_dict)) or "state_dict"
 
 
 def detect_checkpoint_kind(path: PathLike, *, allow_pickle: bool = False) -> str:

@@ -360,7 +360,8 @@ def _overview(result) -> str:
     return (f"Model: {m.get('model') or 'n/a (log-weights given)'}. Data: {m.get('data')}. "
             f"N = {m['n']} datapoints, K_max = {m['k_max']} samples per datapoint drawn once "
             f"({'seed ' + str(m['seed']) if m.get('seed') is not None else 'given as a matrix'}); every K is evaluated on floor(K_max / K) disjoint groups of the same pool. "
-            f"Estimators: {', '.join(m.get('estimators', []))}.")
+            f"Estimators: {', '.join(m.get('estimators', []))}."
+            + (f" Weight prior P(w): {m['prior']}." if m.get("prior") else ""))
 
 
 def footnoted(frame: pd.DataFrame, *, start: int = 1) -> tuple:
