@@ -89,6 +89,11 @@ data_options = _compose(
                       "log p(D) of the split as one row."),
     click.option("--target", default=None, metavar="NAME",
                  help="Key (.npz, .pt) or column (.csv) holding the targets of labelled data (Bayesian networks)."),
+    click.option("--prior", default=None, metavar="gaussian:SIGMA|scale_mixture:PI,S1,S2",
+                 help="Weight prior of a Bayesian network (the evidence depends on it; default: the library's of "
+                      "its layout, see docs/bnn.md), e.g. gaussian:1 or gaussian:0,1 (MEAN,SIGMA)."),
+    click.option("--activation", type=click.Choice(["relu", "tanh"]), default=None,
+                 help="Activation of a Bayesian network; a state_dict does not record it (default: relu)."),
 )
 
 engine_options = _compose(
@@ -190,6 +195,8 @@ def input_kwargs(params: Dict[str, Any]) -> Dict[str, Any]:
         **level_kwargs(params),
         "quantity": params.get("quantity"),
         "target": params.get("target"),
+        "prior": params.get("prior"),
+        "activation": params.get("activation"),
     }
 
 

@@ -22,7 +22,7 @@ from .units import units_kwargs, units_options
 SWEEP_FORMATS = ("table", "json", "csv", "markdown")
 
 #: Options that only mean something when a model is run (refused with --log-weights).
-MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "rescale_levels", "quantity", "target", "method",
+MODEL_ONLY = ("factory", "prefix", "allow_pickle", "data", "split", "binarize", "rescale_levels", "quantity", "target", "prior", "activation", "method",
               "chains", "steps", "schedule", "leapfrog", "ais_init", "seed", "device", "batch_size",
               "k_chunk", "memory_budget", "dtype", "cache", "cache_shard_size")
 

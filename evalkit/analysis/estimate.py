@@ -34,7 +34,7 @@ from .diagnostics import summarize_weights, weight_diagnostics
 from .in_units import check_units, resolve_dims, units_note
 from .provenance import provenance
 from .estimate_result import JSON_SCHEMA_VERSION, EstimateResult  # noqa: F401 (re-exported)
-from .tables import jsonable, quantity_metadata
+from .tables import jsonable, provenance_metadata, quantity_metadata
 
 DEFAULT_ESTIMATORS = ("elbo", "iwae", "jvi1", "jvi2", "dvi")
 
@@ -57,6 +57,8 @@ def estimate(
     target: Optional[str] = None,
     method: str = "is",
     ais: Optional[Dict[str, Any]] = None,
+    prior: Any = None,
+    activation: Optional[str] = None,
     cache: Optional[Any] = None,
     cache_shard_size: Optional[int] = None,
     block_size: Optional[int] = None,
@@ -93,6 +95,11 @@ def estimate(
         predictive density log p(y | x) per datapoint with K weight samples shared by all rows
         (default; the MC SE is then the jackknife over the samples), or the evidence log p(D)
         of the whole (by default training) split as one row (:mod:`evalkit.sources.bayesian`).
+    prior, activation : optional
+        For a Bayes-by-backprop network: replace its weight prior (a prior, ``{"kind": "gaussian",
+        "sigma": ...}`` or ``"gaussian:SIGMA"``; the evidence depends on it, the predictive does not)
+        and its activation (``"relu"``, ``"tanh"``). A state_dict records neither: loading one
+        assumes ReLU and its library's default prior (docs/bnn.md).
     method : {"is", "ais"}
         ``"is"``: importance sampling from the proposal q(z | x) (the engine). ``"ais"``:
         annealed importance sampling from q(z | x) (or the prior) to p(x, z) with ``k`` chains
@@ -154,7 +161,8 @@ def estimate(
     started = time.perf_counter()
     source = open_source(model, data=data, k=k, seed=seed, factory=factory, prefix=prefix,
                          allow_pickle=allow_pickle, split=split, binarize=binarize, rescale_levels=rescale_levels,
-                         quantity=quantity, target=target, method=method, ais=ais, cache=cache,
+                         quantity=quantity, target=target, method=method, ais=ais,
+                         prior=prior, activation=activation, cache=cache,
                          cache_shard_size=cache_shard_size, engine_options=engine_options)
     result = estimate_source(source, estimators, keep_log_weights=keep_log_weights, block_size=block_size,
                              units=units, dims=dims)
@@ -346,6 +354,7 @@ def _result(
         "seed": source.seed,
         "model": source.model_label,
         "data": source.data_label,
+        **provenance_metadata(source),
         "dims": dims,
         "units": units_note(dims),
         "evalkit_version": _version(),

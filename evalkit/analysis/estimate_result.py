@@ -182,6 +182,8 @@ class EstimateResult:
             head += (f"\nannealed importance sampling: {sampler['steps']} {sampler['schedule']} steps from the "
                      f"{sampler['init']}, {sampler['leapfrog']} leapfrog steps, K = chains per datapoint; mean "
                      f"acceptance {sampler.get('mean_acceptance_rate', float('nan')):.2f}")
+        if meta.get("prior"):
+            head += f"\nweight prior P(w): {meta['prior']}"
         if self.units == "bpd":
             head += f"\nin bits per dimension: bpd = -{self.quantity} / (D ln 2), D = {meta['dims']}"
         return f"{head}\n{text}\n{self.diagnostics_text()}\n"

@@ -5,7 +5,7 @@ A log p(x) in a paper is reproducible only with the code and the settings that m
 checkout), torch's and numpy's versions, the device (torch's name for a GPU), the CPU's vector
 capability (its SIMD path decides the last bits, see the README's "Reproducible"), the worker
 threads and compute dtype, the command line and the date. The inputs' sha256 digests come with
-the model and data descriptions (:mod:`evalkit.models.checkpoints`).
+the model and data descriptions (:mod:`evalkit.sources.provenance`, ``metadata.checkpoint_sha256`` and ``data_sha256``).
 """
 from __future__ import annotations
 

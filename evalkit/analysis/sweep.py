@@ -31,7 +31,7 @@ from .pool_statistics import PoolStatistics, first_pass, without_positions
 from .sweep_result import FIT_COLUMNS, TABLE_COLUMNS, SweepResult, versions
 from .in_units import check_units, resolve_dims, units_note
 from .provenance import provenance
-from .tables import jsonable, quantity_metadata
+from .tables import jsonable, provenance_metadata, quantity_metadata
 
 DEFAULT_ESTIMATORS = ("iwae", "jvi1", "jvi2")
 
@@ -60,6 +60,8 @@ def sweep(
     target: Optional[str] = None,
     method: str = "is",
     ais: Optional[Dict[str, Any]] = None,
+    prior: Any = None,
+    activation: Optional[str] = None,
     reference_ais: Optional[Dict[str, Any]] = None,
     indices: Optional[Sequence[int]] = None,
     cache: Optional[Union[str, os.PathLike]] = None,
@@ -121,6 +123,8 @@ def sweep(
         interrupted sweep resumes bitwise identically. Not with ``indices``.
     method, ais : optional
         Draw the pool by annealed importance sampling instead (as :func:`evalkit.estimate`).
+    prior, activation : optional
+        Replace a Bayes-by-backprop network's weight prior and activation (as :func:`evalkit.estimate`).
     reference_ais : dict, optional
         Options of the AIS run behind ``reference="ais"``.
     fit_min_k : int
@@ -191,7 +195,7 @@ def sweep(
                          seed=seed, factory=factory, prefix=prefix, allow_pickle=allow_pickle, split=split,
                          binarize=binarize, rescale_levels=rescale_levels, indices=indices, cache=cache, cache_shard_size=cache_shard_size,
                          engine_options=engine_options, quantity=quantity, target=target,
-                         method=method, ais=ais)
+                         method=method, ais=ais, prior=prior, activation=activation)
     check_units(units, resolve_dims(source.dims, dims))  # before the long model pass
     if ks_given is not None and ks_given[-1] > source.k:
         raise InputError(f"k = {ks_given[-1]} exceeds the {source.k} log-weights per datapoint; use ks up to {source.k}")
@@ -303,6 +307,7 @@ def _metadata(source: LogWeightSource, ks: Sequence[int], chosen: Sequence[Any],
         "seed": source.seed,
         "model": source.model_label,
         "data": source.data_label,
+        **provenance_metadata(source),
         "dims": dims,
         "units": units_note(dims),
         "fit_min_k": fit_min_k,

@@ -6,13 +6,14 @@ rounded to the SE, short numbers, and JSON-safe values (NaN and infinities becom
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
 from ..errors import InputError
 from ..sources.base import LogWeightSource
+from ..sources.provenance import PROVENANCE_KEYS
 
 DEFAULT_QUANTITY = LogWeightSource.quantity_label
 """What estimates estimate unless the source says otherwise: ``"log p(x)"``."""
@@ -20,9 +21,18 @@ DEFAULT_QUANTITY = LogWeightSource.quantity_label
 
 def quantity_metadata(source: LogWeightSource) -> Dict[str, str]:
     """``{"quantity": label}`` for a source whose estimates are not of log p(x) (e.g. a Bayesian
-    network's predictive, ``"log p(y | x)"``), else ``{}``: metadata of log p(x) results is unchanged."""
+    network's predictive, ``"log p(y | x)"``), else ``{}``: metadata of log p(x) results is unchanged; and
+    ``{"prior": ...}`` naming the weight prior of a Bayesian network's evidence (which depends on it)."""
     label = source.quantity_label
-    return {} if label == DEFAULT_QUANTITY else {"quantity": label}
+    prior = getattr(source, "prior_label", None)  # a Bayesian network's evidence: the prior it is under
+    return ({} if label == DEFAULT_QUANTITY else {"quantity": label}) | ({"prior": prior} if prior else {})
+
+
+def provenance_metadata(source: LogWeightSource) -> Dict[str, Optional[str]]:
+    """``{"checkpoint_sha256": ..., "data_sha256": ...}``: the sha256 of the input files (None where an
+    input is not a file, e.g. a log-weight matrix, an in-memory model or ``"digits"``); the same keys
+    in every result's metadata."""
+    return {key: source.provenance.get(key) for key in PROVENANCE_KEYS}
 
 
 def quantity_of(metadata: Dict[str, Any]) -> str:

@@ -32,6 +32,7 @@ References
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -134,6 +135,10 @@ class BayesianMLP(nn.Module):
 
     is_bayesian_network = True
     """Marks the model for consumers that choose a log-weight source (predictive or evidence)."""
+
+    prior_note: Optional[str] = None
+    """Where the prior came from when the loader knows (a library's default, the file's buffers,
+    ``prior=``), for the outputs that name the prior; None for a network built in Python."""
 
     def __init__(
         self,
@@ -280,6 +285,29 @@ class BayesianMLP(nn.Module):
         return cls(options.pop("sizes"), **options)
 
 
+def with_bnn_settings(model: "BayesianMLP", *, prior: Optional[Union[Prior, Mapping[str, Any], str]] = None,
+                      activation: Optional[str] = None) -> "BayesianMLP":
+    """Return ``model`` with another prior and/or activation (a shallow copy; ``model`` is unchanged).
+
+    The weights are shared with ``model``. This is what ``prior=`` / ``activation=`` of
+    :func:`evalkit.estimate` and ``--prior`` / ``--activation`` do, since a state_dict records
+    neither (ReLU and the library's default prior are assumed when loading one).
+    """
+    if prior is None and activation is None:
+        return model
+    if not isinstance(model, BayesianMLP):
+        given = " and ".join(name for name, value in (("prior", prior), ("activation", activation)) if value is not None)
+        raise InputError(f"{given} (CLI: --{given.replace(' and ', ' and --')}) apply to Bayes-by-backprop networks "
+                         f"(BayesianMLP), but the model is a {type(model).__name__}; leave them out.")
+    changed = copy.copy(model)  # nn.Module's __dict__ copied: parameters shared, attributes replaceable
+    if prior is not None:
+        changed.prior = prior_from_config(prior)
+        changed.prior_note = "given by prior= (CLI: --prior)"
+    if activation is not None:
+        changed.activation = _check_choice("activation", activation, ACTIVATIONS)
+    return changed
+
+
 # ----------------------------------------------------------------------------------------------
 # The common PyTorch layout
 
@@ -363,5 +391,5 @@ def bbb_state_dict_for_model(state_dict: Mapping[str, Tensor]) -> dict[str, Tens
 
 __all__ = [
     "BayesLinear", "BayesianMLP", "GaussianPrior", "ScaleMixturePrior", "DEFAULT_PRIOR", "ACTIVATIONS", "LIKELIHOODS",
-    "is_bbb_layout", "bbb_layer_names", "config_from_bbb_state_dict", "bbb_state_dict_for_model",
+    "is_bbb_layout", "bbb_layer_names", "with_bnn_settings", "config_from_bbb_state_dict", "bbb_state_dict_for_model",
 ]

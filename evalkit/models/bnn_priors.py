@@ -3,7 +3,7 @@ r"""Weight priors and the softplus scale of Bayes-by-backprop networks.
 Two priors over the weights ``w`` of a network (Blundell et al. 2015 [1]_), both factorised over
 the weights, both full normalised log-densities:
 
-* :class:`GaussianPrior` ``(sigma)``: :math:`P(w) = \prod_j \mathcal N(w_j; 0, \sigma^2)`;
+* :class:`GaussianPrior` ``(sigma, mean=0)``: :math:`P(w) = \prod_j \mathcal N(w_j; m, \sigma^2)`;
 * :class:`ScaleMixturePrior` ``(pi, sigma1, sigma2)``:
   :math:`P(w) = \prod_j [\pi \mathcal N(w_j; 0, \sigma_1^2) + (1 - \pi) \mathcal N(w_j; 0, \sigma_2^2)]`,
   evaluated as ``logsumexp`` of the two weighted component log-densities (never exp-then-log).
@@ -59,25 +59,36 @@ def _positive(name: str, value: Any) -> float:
 
 @dataclass(frozen=True)
 class GaussianPrior:
-    r"""Independent :math:`\mathcal N(0, \sigma^2)` on every weight and bias.
+    r"""Independent :math:`\mathcal N(m, \sigma^2)` on every weight and bias.
 
     Parameters
     ----------
     sigma : float
         Prior standard deviation, > 0.
+    mean : float, default 0.0
+        Prior mean ``m`` (bayesian-torch's ``prior_mean``; 0 for every other prior here).
     """
 
     sigma: float = 1.0
+    mean: float = 0.0
 
     def __post_init__(self) -> None:
         _positive("sigma", self.sigma)
+        if isinstance(self.mean, bool) or not isinstance(self.mean, (int, float)) or not math.isfinite(self.mean):
+            raise InputError(f"Expected prior parameter `mean` to be a finite number, got {self.mean!r}.")
 
     def log_prob(self, w: Tensor) -> Tensor:
         """Return the elementwise log-density, shape of ``w``, in ``w``'s dtype."""
-        return Normal(torch.zeros((), dtype=w.dtype, device=w.device), float(self.sigma), validate_args=False).log_prob(w)
+        mean = torch.full((), float(self.mean), dtype=w.dtype, device=w.device)
+        return Normal(mean, float(self.sigma), validate_args=False).log_prob(w)
 
     def get_config(self) -> dict[str, Any]:
-        return {"kind": "gaussian", "sigma": float(self.sigma)}
+        # "mean" only when it is not 0, so that the configs saved before it existed stay the same.
+        return {"kind": "gaussian", "sigma": float(self.sigma), **({"mean": float(self.mean)} if self.mean else {})}
+
+    def describe(self) -> str:
+        """The prior in words, e.g. ``"N(0, 1^2) per weight"``."""
+        return f"N({self.mean:g}, {self.sigma:g}^2) per weight"
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,10 @@ class ScaleMixturePrior:
         second = Normal(zero, float(self.sigma2), validate_args=False).log_prob(w) + math.log1p(-self.pi)
         return torch.logaddexp(first, second)
 
+    def describe(self) -> str:
+        """The prior in words, e.g. ``"0.5 N(0, 1^2) + 0.5 N(0, 0.00248^2) per weight"``."""
+        return f"{self.pi:g} N(0, {self.sigma1:g}^2) + {1 - self.pi:g} N(0, {self.sigma2:.3g}^2) per weight"
+
     def get_config(self) -> dict[str, Any]:
         return {"kind": "scale_mixture", "pi": float(self.pi), "sigma1": float(self.sigma1), "sigma2": float(self.sigma2)}
 
@@ -127,6 +142,8 @@ def prior_from_config(config: Union[Prior, Mapping[str, Any]]) -> Prior:
     ``{"kind": "scale_mixture", "pi": ..., "sigma1": ..., "sigma2": ...}`` (or a prior itself)."""
     if isinstance(config, (GaussianPrior, ScaleMixturePrior)):
         return config
+    if isinstance(config, str):
+        return parse_prior(config)
     if not isinstance(config, Mapping):
         raise InputError(f"Expected a prior as GaussianPrior, ScaleMixturePrior or a dict with 'kind', got {config!r}.")
     options = dict(config)
@@ -141,4 +158,23 @@ def prior_from_config(config: Union[Prior, Mapping[str, Any]]) -> Prior:
     raise InputError(f"Expected prior kind 'gaussian' or 'scale_mixture', got {kind!r}.")
 
 
-__all__ = ["GaussianPrior", "ScaleMixturePrior", "Prior", "prior_from_config", "softplus_scale", "log_softplus_scale"]
+def parse_prior(text: str) -> Prior:
+    """Return the prior written ``gaussian:SIGMA``, ``gaussian:MEAN,SIGMA`` or ``scale_mixture:PI,SIGMA1,SIGMA2``.
+
+    The form the command line's ``--prior`` takes (``--prior gaussian:1``, ``--prior
+    scale_mixture:0.5,1,0.0025``); the API's ``prior=`` also accepts it.
+    """
+    kind, _, numbers = str(text).partition(":")
+    try:
+        values = [float(part) for part in numbers.split(",")] if numbers else []
+    except ValueError:
+        values = None
+    if kind == "gaussian" and values is not None and len(values) in (1, 2):
+        return GaussianPrior(sigma=values[-1], mean=values[0] if len(values) == 2 else 0.0)
+    if kind == "scale_mixture" and values is not None and len(values) == 3:
+        return ScaleMixturePrior(*values)
+    raise InputError(f"{text!r} is not a prior; write gaussian:SIGMA, gaussian:MEAN,SIGMA or "
+                     "scale_mixture:PI,SIGMA1,SIGMA2 (e.g. gaussian:1 or scale_mixture:0.5,1,0.0025).")
+
+
+__all__ = ["parse_prior", "GaussianPrior", "ScaleMixturePrior", "Prior", "prior_from_config", "softplus_scale", "log_softplus_scale"]

@@ -18,6 +18,7 @@ import pickle
 import re
 import warnings
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence, Union
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from .bnn import is_bbb_layout
+from .bnn_layouts import bnn_layout
 from .iwae import REFERENCE_ANCHOR_KEY, is_reference_layout
 
 PathLike = Union[str, os.PathLike]
@@ -35,7 +36,10 @@ FORMAT_NAME = "evalkit"
 FORMAT_VERSION = 1
 DIRECTORY_HEADER = "model.json"
 DIRECTORY_WEIGHTS = "model.safetensors"
-KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "bbb", "state_dict", "pickled_module")
+KINDS = ("evalkit", "safetensors", "torchscript", "iwae_reference", "bbb", "blitz", "bayesian_torch", "state_dict",
+         "pickled_module")
+BNN_KINDS = ("bbb", "blitz", "bayesian_torch")
+"""The Bayes-by-backprop state_dict layouts (:mod:`evalkit.models.bnn_layouts`), loaded as a BayesianMLP."""
 
 # Where training scripts commonly nest a state_dict.
 STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "module", "weights")
@@ -78,11 +82,36 @@ def _unwrap_state_dict(obj: Any) -> Optional[dict]:
     return None
 
 
-def _is_torchscript_archive(path: Path) -> bool:
+def _verified_zip_names(path: Path) -> Optional[list[str]]:
+    """Check every record of the zip archive at ``path`` against its CRC-32; return the record names.
+
+    Returns None for a file that is not a zip archive (a legacy ``torch.save`` pickle, which has no
+    checksums). ``torch.load`` and ``torch.jit.load`` do not check the CRCs, so a record with flipped
+    bytes would load as different weights; :meth:`zipfile.ZipFile.testzip` reads each record in
+    1 MiB blocks (memory independent of the file size) and names the first that fails.
+
+    Raises
+    ------
+    CheckpointError
+        A record whose bytes do not match its CRC, or an archive too damaged to read.
+    """
     if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") or "/code/" in name for name in archive.namelist())
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+            names = archive.namelist()
+    except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, NotImplementedError) as err:
+        # zlib.error: a compressed record too damaged to inflate; NotImplementedError: an unknown compression
+        raise CheckpointError(f"{path} is a damaged zip archive ({err}); re-download or re-save the checkpoint.") from None
+    if bad is not None:
+        raise CheckpointError(f"{path} is damaged: its record '{bad}' does not match its CRC-32 checksum, so the weights "
+                              "in it are not the ones saved; re-download or re-save the checkpoint.")
+    return names
+
+
+def _is_torchscript_archive(names: Optional[list[str]]) -> bool:
+    return names is not None and any(name.endswith("/constants.pkl") or "/code/" in name for name in names)
 
 
 def _read_header(path: Path) -> dict:
@@ -127,6 +156,22 @@ def _torch_load(path: Path, allow_pickle: bool) -> Any:
         ) from None
 
 
+_TORCHSCRIPT = object()
+"""What :func:`_open_torch_file` returns for a TorchScript archive (loaded later by ``torch.jit.load``)."""
+
+
+def _open_torch_file(path: Path, allow_pickle: bool) -> Any:
+    """The one place a ``torch.save`` / ``torch.jit.save`` file is opened: verified, then read.
+
+    A zip archive has its CRCs checked first (:func:`_verified_zip_names`); a TorchScript archive
+    gives :data:`_TORCHSCRIPT`, anything else what ``torch.load`` reads.
+    """
+    names = _verified_zip_names(path)
+    if _is_torchscript_archive(names):
+        return _TORCHSCRIPT
+    return _torch_load(path, allow_pickle)
+
+
 def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoint:
     path = Path(path)
     if not path.exists():
@@ -147,9 +192,9 @@ def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoi
         if header is not None:
             return _Checkpoint("safetensors", path, header, state_dict)
         return _Checkpoint(_state_dict_kind(state_dict), path, state_dict=state_dict)
-    if _is_torchscript_archive(path):
+    obj = _open_torch_file(path, allow_pickle)
+    if obj is _TORCHSCRIPT:
         return _Checkpoint("torchscript", path)
-    obj = _torch_load(path, allow_pickle)
     if isinstance(obj, Mapping) and obj.get("format") == FORMAT_NAME:
         return _Checkpoint("evalkit", path, header=dict(obj), state_dict=dict(obj.get("state_dict", {})))
     if isinstance(obj, nn.Module):
@@ -166,10 +211,10 @@ def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoi
 
 
 def _state_dict_kind(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """``"iwae_reference"``, ``"bbb"`` (Bayes-by-backprop layout) or ``"state_dict"``."""
+    """``"iwae_reference"``, a Bayes-by-backprop layout (:data:`BNN_KINDS`) or ``"state_dict"``."""
     if _reference_prefix(state_dict) is not None:
         return "iwae_reference"
-    return "bbb" if is_bbb_layout(list(state_dict)) else "state_dict"
+    return bnn_layout(list(state_dict)) or "state_dict"
 
 
 def detect_checkpoint_kind(path: PathLike, *, allow_pickle: bool = False) -> str:

@@ -8,13 +8,15 @@ Kinds :func:`load_model` recognises from the file content (:func:`detect_checkpo
 ``"safetensors"``
     ``NAME.safetensors`` with the same header as JSON in ``NAME.json`` beside it, or a
     directory with ``model.json`` and ``model.safetensors``. A ``.safetensors`` file without a
-    JSON header holds plain weights and is treated like ``"bbb"``
-    A state_dict in the layout of the widely copied PyTorch Bayes-by-backprop code: every key
-    ``<layer>.{weight_mu, weight_rho, bias_mu, bias_rho}`` (see :mod:`evalkit.models.bnn`);
-    loads as a :class:`~evalkit.models.BayesianMLP` with sizes and depth from the shapes and
-    the activation, likelihood and prior from ``bnn_options`` (default ReLU, categorical, the
-    scale mixture 0.5 N(0, 1) + 0.5 N(0, e^-12)).
-``"state_dict"``.
+    JSON header holds plain weights and is treated like a state_dict (below).
+``"bbb"``, ``"blitz"``, ``"bayesian_torch"``
+    A state_dict in the layout of the widely copied PyTorch Bayes-by-backprop code (every key
+    ``<layer>.{weight_mu, weight_rho, bias_mu, bias_rho}``), of blitz-bayesian-pytorch's
+    ``BayesianLinear`` or of bayesian-torch's ``LinearReparameterization``
+    (:mod:`evalkit.models.bnn_layouts`); loads as a :class:`~evalkit.models.BayesianMLP` with
+    sizes and depth from the shapes, the prior of the layout's library (the scale mixture
+    0.5 N(0, 1) + 0.5 N(0, e^-12); N(0, 0.1^2); bayesian-torch's buffers or N(0, 1)) and the
+    activation, likelihood and any other prior from ``bnn_options`` (default ReLU, categorical).
 ``"torchscript"``
     A ``torch.jit.save`` archive whose module has ``log_weights(x, noise)`` (exported with
     ``@torch.jit.export``) and the attributes ``noise_shape``, ``data_dim``,
@@ -55,10 +57,11 @@ from ..atomic import atomic_path, atomic_write_text
 from ..errors import CheckpointError, InputError, OutputError
 from . import BUILTIN_MODELS, check_model
 from .base import LatentVariableModel
-from .checkpoint_formats import (DIRECTORY_HEADER, DIRECTORY_WEIGHTS, FORMAT_NAME, FORMAT_VERSION, KINDS,  # noqa: F401
+from .checkpoint_formats import (BNN_KINDS, DIRECTORY_HEADER, DIRECTORY_WEIGHTS, FORMAT_NAME, FORMAT_VERSION, KINDS,  # noqa: F401
                                  PathLike, PrefixStrippedWarning, _load_weights, _read_checkpoint, _reference_prefix,
                                  _strip_prefix, detect_checkpoint_kind)
 from .bnn import BayesianMLP, bbb_state_dict_for_model, config_from_bbb_state_dict
+from .bnn_layouts import library_prior, to_common_layout
 from .iwae import IWAE, config_from_reference_state_dict
 
 
@@ -202,13 +205,25 @@ def resolve_factory(factory: Union[str, Callable[[], nn.Module]]) -> Callable[[]
     return target
 
 
-def _factory_model(factory: Union[str, Callable[[], nn.Module]], state_dict: Mapping[str, torch.Tensor], prefix: Optional[str], path: Path) -> nn.Module:
+def _factory_model(factory: Union[str, Callable[[], nn.Module]], state_dict: Mapping[str, torch.Tensor], prefix: Optional[str],
+                   path: Path, kind: str = "state_dict") -> nn.Module:
+    """The factory's model with the checkpoint's weights.
+
+    A :class:`BayesianMLP` (weights as the latent variable, no ``log_weights``) is accepted as it is;
+    given a file in a Bayes-by-backprop layout its keys are renamed to the network's
+    (``layers.0.weight_mu``), and it keeps the prior and activation the factory gave it.
+    """
     build = resolve_factory(factory)
     try:
         model = build()
     except TypeError as err:
         raise InputError(f"factory {factory!r} must build the model with no arguments ({err}); wrap it in a function that does.") from None
-    check_model(model)
+    if isinstance(model, BayesianMLP):
+        if kind in BNN_KINDS:
+            state_dict, prefix = bbb_state_dict_for_model(to_common_layout(state_dict, kind)), ""
+        model.prior_note = f"given by the factory {factory!r}" if isinstance(factory, str) else "given by the factory"
+    else:
+        check_model(model)
     return _load_weights(model, state_dict, prefix=prefix, path=path)
 
 
@@ -226,13 +241,23 @@ def _reference_model(state_dict: Mapping[str, torch.Tensor], prefix: Optional[st
     return _load_weights(IWAE(**config_from_reference_state_dict(state_dict)), state_dict, prefix="", path=path)
 
 
-def _bbb_model(state_dict: Mapping[str, torch.Tensor], options: Optional[Mapping[str, Any]], path: Path) -> BayesianMLP:
+def _bbb_model(state_dict: Mapping[str, torch.Tensor], options: Optional[Mapping[str, Any]], path: Path,
+               layout: str = "bbb") -> BayesianMLP:
+    """A :class:`BayesianMLP` from a state_dict in one of the Bayes-by-backprop layouts, with that layout's prior
+    (:func:`~evalkit.models.bnn_layouts.library_prior`) unless ``options`` give one; ``model.prior_note`` says which."""
     options = dict(options or {})
     unknown = sorted(set(options) - {"activation", "likelihood", "noise_scale", "prior"})
     if unknown:
         raise InputError(f"unknown bnn_options {unknown}; the options are activation, likelihood, noise_scale and prior.")
-    model = BayesianMLP.from_config(config_from_bbb_state_dict(state_dict, **options))
-    return _load_weights(model, bbb_state_dict_for_model(state_dict), prefix="", path=path)
+    common = to_common_layout(state_dict, layout)
+    if options.get("prior") is None:
+        options["prior"], note = library_prior(state_dict, layout)
+    else:
+        note = "given by prior= (CLI: --prior)"
+    model = BayesianMLP.from_config(config_from_bbb_state_dict(common, **options))
+    model = _load_weights(model, bbb_state_dict_for_model(common), prefix="", path=path)
+    model.prior_note = note
+    return model
 
 
 class TorchScriptModel(LatentVariableModel):
@@ -321,9 +346,12 @@ def load_model(
     noise_shape, data_dim, requires_binary_data : optional
         Protocol attributes of a TorchScript archive that does not carry them.
     bnn_options : dict, optional
-        For a Bayes-by-backprop state_dict (kind ``"bbb"``): ``activation`` ("relu", "tanh"),
+        For a Bayes-by-backprop state_dict (kinds ``"bbb"``, ``"blitz"``, ``"bayesian_torch"``):
+        ``activation`` ("relu", "tanh"),
         ``likelihood`` ("categorical", "gaussian"), ``noise_scale`` (Gaussian) and ``prior``
-        (a prior or ``{"kind": "gaussian", "sigma": ...}`` / ``{"kind": "scale_mixture", ...}``).
+        (a prior, ``{"kind": "gaussian", "sigma": ...}`` / ``{"kind": "scale_mixture", ...}`` or
+        ``"gaussian:SIGMA"``); the prior defaults to the layout's library's
+        (:mod:`evalkit.models.bnn_layouts`).
 
     Returns
     -------
@@ -342,19 +370,19 @@ def load_model(
             f"noise_shape, data_dim and requires_binary_data describe TorchScript archives, but {checkpoint.path} is a "
             f"{checkpoint.kind!r} checkpoint; leave them out."
         )
-    if bnn_options is not None and checkpoint.kind != "bbb":
+    if bnn_options is not None and checkpoint.kind not in BNN_KINDS:
         raise InputError(f"bnn_options describe Bayes-by-backprop state_dicts, but {checkpoint.path} is a "
                          f"{checkpoint.kind!r} checkpoint; leave them out.")
     if factory is not None:
         if checkpoint.kind in ("torchscript", "pickled_module"):
             raise InputError(f"{checkpoint.path} is a {checkpoint.kind} checkpoint that builds its own model; leave out factory=.")
-        return _factory_model(factory, checkpoint.state_dict, prefix, checkpoint.path)
+        return _factory_model(factory, checkpoint.state_dict, prefix, checkpoint.path, checkpoint.kind)
     if checkpoint.kind in ("evalkit", "safetensors"):
         return _builtin_model(checkpoint.header, checkpoint.state_dict, checkpoint.path)
     if checkpoint.kind == "iwae_reference":
         return _reference_model(checkpoint.state_dict, prefix, checkpoint.path)
-    if checkpoint.kind == "bbb":
-        return _bbb_model(checkpoint.state_dict, bnn_options, checkpoint.path)
+    if checkpoint.kind in BNN_KINDS:
+        return _bbb_model(checkpoint.state_dict, bnn_options, checkpoint.path, checkpoint.kind)
     if checkpoint.kind == "torchscript":
         return _torchscript_model(checkpoint.path, noise_shape=noise_shape, data_dim=data_dim,
                                   requires_binary_data=requires_binary_data)
@@ -364,7 +392,9 @@ def load_model(
     sample = sorted(checkpoint.state_dict)[:4]
     raise CheckpointError(
         f"{checkpoint.path} holds a state_dict (keys like {sample}) in no layout evalkit recognises; pass "
-        "factory='package.module:function' that builds the architecture (CLI: --model package.module:function)."
+        "factory='package.module:function' that builds the architecture (CLI: --model package.module:function), or, "
+        "for a Bayes-by-backprop network in another library's layout, rename its keys to "
+        "<layer>.weight_mu/.weight_rho/.bias_mu/.bias_rho as docs/bnn.md ('Checkpoints') shows."
     )
 
 

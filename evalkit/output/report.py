@@ -16,7 +16,7 @@ import html
 import os
 import re
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import pandas as pd
 
@@ -291,6 +291,14 @@ def units_sentence(result) -> str:
             "in sweep.json's *_bpd fields.")
 
 
+def inputs_sentence(metadata: Dict[str, Any]) -> str:
+    """The sha256 of the checkpoint and of the data file the numbers came from (``metadata.*_sha256``)."""
+    def digest(key: str, what: str) -> str:
+        value = metadata.get(key)
+        return f"{what} sha256 {value}" if value else f"{what}: not a file"
+    return f"Inputs: {digest('checkpoint_sha256', 'checkpoint')}; {digest('data_sha256', 'data')}."
+
+
 def render_markdown(result, *, title: str, command: str) -> str:
     """The report as Markdown; figures are linked as ``figures/<name>.png``."""
     m = result.metadata
@@ -316,7 +324,8 @@ def render_markdown(result, *, title: str, command: str) -> str:
         out += ["## Notes", ""] + [f"* {text}" for text in list(result.warnings) + list(result.notes)] + [""]
     out += ["## Reproduce", "", "```", command, "```", "", "| package or setting | version or value |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in provenance_rows(m)]
-    out += ["", "Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
+    out += ["", inputs_sentence(m), ""]
+    out += ["Files: `sweep.csv`, `sweep.json` (full precision), `weights.csv` (ESS/K, k-hat per datapoint).", ""]
     return "\n".join(out)
 
 
@@ -350,7 +359,7 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     body += ["<h2>Reproduce</h2>", f"<pre>{esc(command)}</pre>",
              "<table class='t'><tr><th>package or setting</th><th>version or value</th></tr>"]
     body += [f"<tr><td>{esc(k)}</td><td>{esc(str(v))}</td></tr>" for k, v in provenance_rows(m)]
-    body += ["</table>"]
+    body += ["</table>", f"<p>{esc(inputs_sentence(m))}</p>"]
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
              # Numbers stay on one line; headers wrap, so that the widest table (the fits) fits 1024 px.
@@ -391,7 +400,8 @@ def _overview(result) -> str:
     return (f"Model: {m.get('model') or 'n/a (log-weights given)'}. Data: {m.get('data')}. "
             f"N = {m['n']} datapoints, K_max = {m['k_max']} samples per datapoint drawn once "
             f"({'seed ' + str(m['seed']) if m.get('seed') is not None else 'given as a matrix'}); every K is evaluated on floor(K_max / K) disjoint groups of the same pool. "
-            f"Estimators: {', '.join(m.get('estimators', []))}.")
+            f"Estimators: {', '.join(m.get('estimators', []))}."
+            + (f" Weight prior P(w): {m['prior']}." if m.get("prior") else ""))
 
 
 def _md_notes(notes: List[str], start: int) -> List[str]:

@@ -50,6 +50,9 @@ class LogWeightSource(abc.ABC):
         D, the number of data dimensions of one datapoint (a model's ``data_dim``: C x H x W
         for images), which converts nats per datapoint to bits per dimension
         (:mod:`evalkit.units`); None where it is unknown (a bare matrix: pass ``dims=``).
+    provenance : dict
+        ``{"checkpoint_sha256", "data_sha256"}`` of the input files (:mod:`evalkit.sources.provenance`;
+        None where an input is not a file); empty for a source not opened from a model and data.
     details : dict
         How the weights were drawn when that is more than importance sampling from q(z | x)
         (annealed importance sampling: its settings and acceptance rate); empty otherwise.
@@ -65,6 +68,7 @@ class LogWeightSource(abc.ABC):
     shared_columns: bool = False
     quantity_label: str = "log p(x)"
     dims: Optional[int] = None
+    provenance: Dict[str, Optional[str]] = {}  # replaced per instance by open_source, never mutated
 
     @abc.abstractmethod
     def blocks(self, rows: int) -> Iterator[Block]:

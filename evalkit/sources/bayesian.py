@@ -77,5 +77,11 @@ class EvidenceSource(_BayesianSource):
     n = 1
     index = np.zeros(1, dtype=np.int64)
 
+    @property
+    def prior_label(self) -> str:
+        """The prior P(w) the evidence is under, in words, and where it came from (``model.prior_note``)."""
+        note = getattr(self.model, "prior_note", None)
+        return self.model.prior.describe() + (f" ({note})" if note else "")
+
     def _compute(self) -> torch.Tensor:
         return evidence_log_weights(self.model, self.x, self.y, k=self.k, seed=self.seed, **self.options)

@@ -22,6 +22,7 @@ from .annealed import AIS_OPTIONS, AISSampler
 from .bayesian import QUANTITIES, EvidenceSource, PredictiveSource
 from .importance import CachedSource, ImportanceSamplingSource, TorchrunSource
 from .matrix import MatrixSource, check_log_weights
+from .provenance import input_digests
 
 ModelLike = Union[torch.nn.Module, str, os.PathLike]
 DataLike = Union[torch.Tensor, np.ndarray, str, os.PathLike]
@@ -33,13 +34,21 @@ def resolve_model(
     factory: Optional[str] = None,
     prefix: Optional[str] = None,
     allow_pickle: bool = False,
+    prior: Any = None,
+    activation: Optional[str] = None,
 ) -> torch.nn.Module:
-    """Return ``model`` itself, or load it from a checkpoint path with :func:`evalkit.load_model`."""
-    if isinstance(model, torch.nn.Module) or hasattr(model, "log_weights"):
-        return model
-    from ..models.checkpoints import load_model
+    """Return ``model`` itself, or load it from a checkpoint path with :func:`evalkit.load_model`.
 
-    return load_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
+    ``prior`` and ``activation`` replace a Bayesian network's (:func:`~evalkit.models.bnn.with_bnn_settings`;
+    refused for other models).
+    """
+    from ..models.bnn import with_bnn_settings
+
+    if not (isinstance(model, torch.nn.Module) or hasattr(model, "log_weights")):
+        from ..models.checkpoints import load_model
+
+        model = load_model(model, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
+    return with_bnn_settings(model, prior=prior, activation=activation)
 
 
 def resolve_data(
@@ -209,6 +218,8 @@ def open_source(
     method: str = "is",
     ais: Optional[Dict[str, Any]] = None,
     rescale_levels: bool = False,
+    prior: Any = None,
+    activation: Optional[str] = None,
 ) -> LogWeightSource:
     """The log-weight source for what the user handed the API: the one place that decides it.
 
@@ -236,6 +247,9 @@ def open_source(
     method : {"is", "ais"}
         Importance sampling from q(z | x) (the engine), or annealed importance sampling with
         ``k`` chains per datapoint and the options ``ais`` (:class:`~evalkit.sources.annealed.AISSampler`).
+    prior, activation : optional
+        Replace a Bayesian network's weight prior (a prior, its config dict or ``"gaussian:SIGMA"``)
+        and activation (``"relu"``, ``"tanh"``): a state_dict records neither.
 
     Under torchrun a model's rows are split across the processes (:class:`TorchrunSource`).
     Nothing is computed until the source's blocks are asked for.
@@ -246,22 +260,26 @@ def open_source(
     if isinstance(model_or_log_weights, (torch.Tensor, np.ndarray)):
         extra = [name for name, value in (("data", data), ("indices", indices), ("cache", cache),
                                           ("cache_shard_size", cache_shard_size),
-                                          ("rescale_levels", rescale_levels or None)) if value is not None]
+                                          ("rescale_levels", rescale_levels or None), ("prior", prior),
+                                          ("activation", activation)) if value is not None]
         extra += [name for name, value in engine_options.items() if value is not None]
         if extra:
             raise InputError(f"{', '.join(extra)} only apply when sweeping a model; drop them for a log-weight matrix")
         return MatrixSource(check_log_weights(model_or_log_weights), data_label=matrix_label)
     if data is None:
         raise InputError("a model needs data to evaluate; pass data= a tensor, a data file or 'digits'")
-    model = resolve_model(model_or_log_weights, factory=factory, prefix=prefix, allow_pickle=allow_pickle)
+    model = resolve_model(model_or_log_weights, factory=factory, prefix=prefix, allow_pickle=allow_pickle,
+                          prior=prior, activation=activation)
     if getattr(model, "is_bayesian_network", False):
         if distributed.launched_by_torchrun():
             raise InputError("a Bayesian network's predictive or evidence runs in one process (its K weight samples "
                              "are shared by all rows); run it without torchrun")
         extra = {"indices": indices, "cache": cache, "binarize": binarize != "none", "method='ais'": method == "ais",
                  "ais": ais, "rescale_levels": rescale_levels}
-        return _bayesian_source(model, model_or_log_weights, data, k=k, seed=seed, split=split, quantity=quantity,
-                                target=target, extra=extra, engine_options=engine_options)
+        source = _bayesian_source(model, model_or_log_weights, data, k=k, seed=seed, split=split, quantity=quantity,
+                                  target=target, extra=extra, engine_options=engine_options)
+        source.provenance = input_digests(model_or_log_weights, data)
+        return source
     if quantity is not None or target is not None:
         raise InputError("quantity and target apply only to Bayesian networks (weights as the latent variable); "
                          "drop them for this model")
@@ -279,10 +297,13 @@ def open_source(
                   data_label=describe_data(data, split, binarize, levels=model.data_levels if rescale_levels else None),
                   sampler=_sampler(method, ais, model))
     if cache is not None:
-        return CachedSource(model, x, k, cache_dir=cache, shard_size=cache_shard_size, **common)
-    if distributed.launched_by_torchrun():
-        return TorchrunSource(model, x, k, **common)
-    return ImportanceSamplingSource(model, x, k, **common)
+        source = CachedSource(model, x, k, cache_dir=cache, shard_size=cache_shard_size, **common)
+    elif distributed.launched_by_torchrun():
+        source = TorchrunSource(model, x, k, **common)
+    else:
+        source = ImportanceSamplingSource(model, x, k, **common)
+    source.provenance = input_digests(model_or_log_weights, data)
+    return source
 
 
 def _sampler(method: str, ais: Optional[Dict[str, Any]], model: Any) -> Optional[AISSampler]:
