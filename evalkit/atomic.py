@@ -365,6 +365,43 @@ def _real_path(path: Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+def special_file_kind(path: PathLike) -> Optional[str]:
+    """``"a FIFO (named pipe)"``, ``"a socket"``, ``"a character device"`` or ``"a block device"``
+    when ``path`` (links followed) is one, else None (a regular file, a directory, or nothing)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return None
+
+
+def check_input_file(path: PathLike, what: str, error: type = OutputError, *, directory_ok: bool = False,
+                     must_exist: bool = True) -> Path:
+    """Refuse at once, with one sentence, an input that is not a regular file; return it as a Path.
+
+    Opening a FIFO blocks until a writer comes (forever, in practice), and a socket or a device
+    is not a file that can be read again to resume or to hash, so evalkit reads inputs only from
+    regular files (a symbolic link to one is fine). ``what`` names the input as the user gave it
+    (``"checkpoint"``, ``"data file"``, ``"cache shard"``); ``error`` is the evalkit error class
+    to raise; ``directory_ok`` accepts a directory (a checkpoint saved as a directory);
+    ``must_exist=False`` leaves a missing path to the caller's own message.
+    """
+    path = Path(path)
+    kind = special_file_kind(path)
+    if kind is not None:
+        raise error(f"{what} {str(path)!r} is {kind}, not a regular file; evalkit reads inputs only from regular "
+                    "files (a pipe or a device would block or could not be read again), so give a file's path")
+    if path.is_dir() and not directory_ok:
+        raise error(f"{what} {str(path)!r} is a directory, not a file; give the path of a file in it")
+    if must_exist and not path.exists():
+        raise error(f"{what} {str(path)!r} does not exist; check the path")
+    return path
+
+
 def _mode(path: Path):
     try:
         return os.stat(path).st_mode

@@ -6,7 +6,7 @@
 * :mod:`.labelled` -- inputs and targets for Bayesian networks;
 * :mod:`.checks` -- does this data fit this model (width, finiteness, binary or integer values).
 
-May import :mod:`evalkit.errors` and :mod:`evalkit.noise` only.
+May import :mod:`evalkit.errors`, :mod:`evalkit.atomic` (the input-file check) and :mod:`evalkit.noise` only.
 """
 from .checks import as_data_tensor, check_data_for_model, check_discrete_data, rows_text
 from .datasets import BINARIZE, SPLITS, _digits_pixel_counts, binarize, digits_split, load_data  # noqa: F401

@@ -17,6 +17,7 @@ from typing import Optional, Union
 import numpy as np
 import torch
 
+from ..atomic import check_input_file
 from ..errors import DataError, InputError
 from ..noise import binarization_uniforms, check_seed
 
@@ -181,6 +182,7 @@ def load_data(
         array, rows = _load_digits(split)
     else:
         path = Path(source)
+        check_input_file(path, "data file", DataError, must_exist=False)
         if not path.is_file():
             raise DataError(f"data file {path} does not exist; give a .npy, .npz, .pt or .csv path, or 'digits'.")
         array = _read_file(path, split)

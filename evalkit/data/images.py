@@ -16,6 +16,7 @@ import torch
 
 from .checks import check_discrete_data, rows_text  # noqa: F401 (check_discrete_data re-exported)
 from .datasets import SPLITS, _digits_pixel_counts, _read_file, digits_split
+from ..atomic import check_input_file
 from ..errors import DataError, InputError
 
 LAYOUTS = ("NHW", "NHWC", "NCHW")
@@ -161,6 +162,7 @@ def load_images(
         counts = _digits_pixel_counts()[digits_split()[split]]
         return torch.from_numpy(counts.astype(np.uint8).reshape(-1, 1, 8, 8))
     path = Path(source)
+    check_input_file(path, "image file", DataError, must_exist=False)
     if not path.is_file():
         raise DataError(f"image file {path} does not exist; give a .npy, .npz or .pt path, or 'digits'.")
     if path.suffix.lower() not in (".npy", ".npz", ".pt", ".pth"):

@@ -28,6 +28,7 @@ import torch
 
 from .checks import check_data_for_model
 from .datasets import SPLITS, digits_split
+from ..atomic import check_input_file
 from ..errors import DataError, InputError
 
 
@@ -134,6 +135,7 @@ def load_labelled_data(
         path = Path("digits")
     else:
         path = Path(source)
+        check_input_file(path, "data file", DataError, must_exist=False)
         if not path.is_file():
             raise DataError(f"data file {path} does not exist; give a .npz, .pt or .csv path, or 'digits'.")
         suffix = path.suffix.lower()

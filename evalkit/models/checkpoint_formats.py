@@ -26,6 +26,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from ..atomic import check_input_file
 from ..errors import CheckpointError
 from .bnn_layouts import bnn_layout
 from .iwae import REFERENCE_ANCHOR_KEY, is_reference_layout
@@ -115,6 +116,7 @@ def _is_torchscript_archive(names: Optional[list[str]]) -> bool:
 
 
 def _read_header(path: Path) -> dict:
+    check_input_file(path, "the JSON header", CheckpointError, must_exist=False)
     try:
         header = json.loads(path.read_text())
     except (OSError, ValueError) as err:
@@ -128,6 +130,7 @@ def _read_safetensors(path: Path) -> dict:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    check_input_file(path, "the weights file", CheckpointError, must_exist=False)
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as err:
@@ -174,6 +177,7 @@ def _open_torch_file(path: Path, allow_pickle: bool) -> Any:
 
 def _read_checkpoint(path: PathLike, *, allow_pickle: bool = False) -> _Checkpoint:
     path = Path(path)
+    check_input_file(path, "checkpoint", CheckpointError, directory_ok=True, must_exist=False)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; check the path.")
     if path.is_dir():

@@ -8,6 +8,7 @@ from typing import Any, Iterator, Optional, Union
 import numpy as np
 import torch
 
+from ..atomic import check_input_file
 from ..errors import DataError, InputError
 from .base import Block, LogWeightSource, row_blocks, zero_weight_rows, zero_weight_rows_error
 
@@ -111,8 +112,7 @@ def load_array(path: Union[str, os.PathLike], *, what: str, key: str = "log_weig
     ``.npz`` / ``.pt`` files may hold several arrays; then the one named ``key`` is taken.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{what} file {str(path)!r} does not exist; check the path")
+    check_input_file(path, f"{what} file", DataError)
     suffix = path.suffix.lower()
     try:
         if suffix == ".npy":
