@@ -359,10 +359,10 @@ def messages_to_stderr(*, quiet: bool = False, debug: bool = False):
 
 
 def hide_advice_warnings() -> None:
-    """``--quiet``: ignore evalkit's warnings that advise about the inputs (:class:`evalkit.errors.DataWarning`)."""
-    from evalkit.errors import DataWarning
-
-    warnings.filterwarnings("ignore", category=DataWarning)
+    """``--quiet`` means quiet: no warning line at all, evalkit's (k-hat, data levels, an unconverged
+    reference, torch.compile's notes) or a library's; errors and the results still print, and
+    a report keeps its warnings in its notes."""
+    warnings.simplefilter("ignore")
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

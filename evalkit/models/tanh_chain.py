@@ -50,6 +50,7 @@ def _linears(layer: Layer) -> list[nn.Linear]:
     return [layer] if isinstance(layer, nn.Linear) else list(layer)
 
 
+@torch.compiler.disable  # Python bookkeeping: traced, its loop over parameters hit dynamo's recompile limit
 def _parameter_key(layers: Sequence[Layer]) -> tuple | None:
     """Identify the parameters' current values: storage, version counter, dtype, device; None if unknowable."""
     key = []

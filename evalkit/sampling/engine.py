@@ -65,7 +65,8 @@ from .memory import SampleCost, default_memory_budget, parse_memory_budget  # no
 from .sizes import check_matrix_fits
 from .plan import (CPU_CALL_BYTES, MAX_ROWS_PER_CALL, MEMORY_MARGIN, ROW_ALIGN, ChunkPlan,  # noqa: F401 (re-exported)
                    _plan_for_workers, call_columns, model_sample_cost, plan_chunks)
-from .runner import NOISE_THREADS, _CompiledCall, _make_batches, _pad_rows, compute_log_weights  # noqa: F401
+from .runner import (NOISE_THREADS, _CompiledCall, _make_batches, _pad_rows, compute_log_weights,  # noqa: F401
+                     torch_compile_messages)
 
 
 PROGRESS_DELAY_S = 2.0
@@ -320,7 +321,7 @@ def log_weights(
         plan, workers = _plan_for_workers(data.shape[0], k, cost, budget, device=device, batch_size=batch_size,
                                           k_chunk=k_chunk, budget_is_explicit=budget_is_explicit, threads=threads)
         call = _CompiledCall(run_model) if compile else run_model.log_weights
-        with _progress_bar(progress, data.shape[0] * k) as bar:
+        with _progress_bar(progress, data.shape[0] * k) as bar, (torch_compile_messages() if compile else nullcontext()):
             compute_log_weights(run_model, data, indices, k, plan, seed=seed, device=device, dtype=dtype,
                                 out=out, threads=workers, call=call, progress=bar)
     return out

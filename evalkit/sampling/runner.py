@@ -12,12 +12,14 @@ Why every call is laid out this way (bitwise batching invariance): :mod:`evalkit
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
 import threading
 import warnings
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import torch
 from tqdm.auto import tqdm
@@ -398,6 +400,40 @@ def _run_workers(runner: _Runner, threads: int, progress: Optional[tqdm]) -> Non
             bar.update(runner.finish(runner.launch(runner.prepare(one, noise_blocks))))
 
     run_in_workers(_work_items(runner, threads), work, threads)
+
+
+class _TorchLogRecords(logging.Handler):
+    """Collects the records of torch's own loggers instead of printing them."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: List[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def torch_compile_messages() -> Iterator[None]:
+    """Hold back what torch.compile logs (dynamo's recompile-limit notes run to eight lines each,
+    printed on stderr by torch's own handlers, which ``--quiet`` cannot reach) and say it as one
+    :class:`EngineWarning` at the end, which ``--quiet`` hides like any warning."""
+    collector = _TorchLogRecords()
+    loggers = [logger for name, logger in list(logging.Logger.manager.loggerDict.items())
+               if name.split(".")[0] == "torch" and isinstance(logger, logging.Logger) and logger.handlers]
+    saved = [(logger, logger.handlers[:]) for logger in loggers]
+    for logger in loggers:
+        logger.handlers = [collector]
+    try:
+        yield
+    finally:
+        for logger, handlers in saved:
+            logger.handlers = handlers
+        if collector.records:
+            first = collector.records[0].getMessage().strip().splitlines()[0]
+            warnings.warn(f"torch.compile logged {len(collector.records)} warning(s) while compiling the model, the "
+                          f"first: {first!r}; where it gave up, calls ran eagerly (TORCH_LOGS=recompiles "
+                          "says why)", EngineWarning, stacklevel=4)
 
 
 class _CompiledCall:
