@@ -21,7 +21,7 @@ Edge cases (the written contract; each has a test):
 Names
 -----
 :func:`get` maps the public vocabulary -- ``"elbo"``, ``"iwae"``, ``"jvi1"``, ``"jvi2"``, ...
-(any ``"jviM"``, M >= 1), ``"dvi"`` -- to :class:`Estimator` records; :func:`available`
+(any ``"jviM"``, M >= 1), ``"dvi"``, ``"sumo"`` -- to :class:`Estimator` records; :func:`available`
 lists the standard ones.
 
 References
@@ -34,12 +34,14 @@ References
 
 Modules: :mod:`.bounds` (ELBO, IWAE, DVI, ESS, MC variances), :mod:`.jackknife` (JVI of any
 order), :mod:`.psis` (Pareto k-hat), :mod:`.shared_columns` (MC SE when rows share samples),
-:mod:`.registry` (names). May import :mod:`evalkit.errors` only: no model, no device logic,
+:mod:`.sumo` (SUMO, Luo et al. 2020), :mod:`.registry`
+(names). May import :mod:`evalkit.errors` only: no model, no device logic,
 no I/O.
 """
 from .bounds import dvi, elbo, elbo_mc_variance, ess, iwae, iwae_mc_variance, jvi
 from .jackknife import ACCURACY_RTOL, AccuracyWarning, jackknife_coefficients, jvi_with_error
 from .psis import KHAT_BAD, KHAT_GOOD, khat_threshold, psis_khat
+from .sumo import sumo, sumo_cap_probability, sumo_expected_columns, sumo_mc_variance, sumo_tail
 from .registry import Estimator, available, get, get_many
 
 __all__ = [
@@ -48,6 +50,11 @@ __all__ = [
     "jvi",
     "jvi_with_error",
     "dvi",
+    "sumo",
+    "sumo_mc_variance",
+    "sumo_tail",
+    "sumo_cap_probability",
+    "sumo_expected_columns",
     "ess",
     "psis_khat",
     "KHAT_GOOD",
