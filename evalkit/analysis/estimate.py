@@ -331,6 +331,10 @@ def _result(
         "fraction_khat_above_0.5": weights.fraction_above_good,
         "fraction_khat_above_0.7": weights.fraction_above_bad,
         "indices_khat_above_0.7": [int(i) for i in weights.above_bad],
+        "khat_threshold": weights.summary()["khat_threshold"],
+        "fraction_khat_above_threshold": weights.fraction_above_threshold,
+        "indices_khat_above_threshold": [int(i) for i in weights.above_threshold],
+        "n_khat_undefined": weights.n_undefined,
         "max_psis_khat": float(np.nanmax(stats.khat)) if np.isfinite(stats.khat).any() else float("nan"),
     }
     metadata = {
