@@ -129,3 +129,20 @@ def test_registry_edge_cases_and_errors():
         est(np.zeros((2, 10)))
     with pytest.raises(InputError, match="NaN"):
         est(np.full((2, 20), np.nan))
+
+
+def test_sweep_bias_of_sumo_follows_iwae_and_is_zero_within_se_where_iwae_k_is():
+    """The documented check: in a sweep SUMO's bias at k equals IWAE-k's within SE (the cap makes it
+    unbiased for E[IWAE_k]); at k = 100, where IWAE's bias is many SE below zero, SUMO's is not."""
+    from evalkit import sweep
+
+    mu, s = 0.0, 0.5
+    log_w = np.random.default_rng(11).normal(mu, s, size=(4000, 1000))
+    table = sweep(log_w, ks=[20, 100], estimators=["iwae", "sumo"], reference=mu + s * s / 2).table
+    cell = {(r.estimator, r.k): r for r in table.itertuples()}
+    for k in (20, 100):
+        gap = cell[("sumo", k)].bias - cell[("iwae", k)].bias
+        assert abs(gap) < 3 * math.hypot(cell[("sumo", k)].bias_se, cell[("iwae", k)].bias_se)
+    assert cell[("iwae", 20)].bias < -10 * cell[("iwae", 20)].bias_se
+    assert abs(cell[("sumo", 100)].bias) < 3 * cell[("sumo", 100)].bias_se
+    assert cell[("sumo", 20)].bias < -3 * cell[("sumo", 20)].bias_se  # k = 20: the cap bites (J_max = 3)

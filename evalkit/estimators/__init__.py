@@ -15,8 +15,9 @@ Edge cases (the written contract; each has a test):
   log-weight is ``-inf``.
 * ``NaN`` and ``+inf`` raise :class:`~evalkit.errors.InputError` naming the rows: an infinite
   weight makes every estimate infinite or undefined and signals a bug upstream.
-* ``K = 0`` raises :class:`~evalkit.errors.InputError`; so do ``jvi`` with ``order >= K`` and
-  ``dvi`` with ``K = 1``.
+* ``K = 0`` raises :class:`~evalkit.errors.InputError`; so do ``jvi`` with ``order >= K``,
+  ``dvi`` with ``K = 1`` and ``sumo`` with ``K < m + 1`` (``sumo`` is ``-inf`` where its first m
+  log-weights are all ``-inf``).
 
 Names
 -----
@@ -29,6 +30,8 @@ References
 .. [1] Y. Burda, R. Grosse, R. Salakhutdinov, "Importance weighted autoencoders", ICLR 2016.
 .. [2] S. Nowozin, "Debiasing evidence approximations: on importance-weighted autoencoders and
    jackknife variational inference", ICLR 2018.
+.. [4] Y. Luo, A. Beatson, M. Norouzi, J. Zhu, D. Duvenaud, R. P. Adams, R. T. Q. Chen, "SUMO:
+   Unbiased estimation of log marginal probability for latent variable models", ICLR 2020.
 .. [3] A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry, "Pareto smoothed importance
    sampling", JMLR 25 (2024); arXiv:1507.02646.
 

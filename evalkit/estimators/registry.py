@@ -30,7 +30,8 @@ class Estimator:
     mc_variance : callable or None
         ``log_w (..., K) -> (...)``: estimated Monte Carlo variance of this estimator at this
         K, per row (ELBO: ``var(log w)/K``; IWAE, DVI, JVI: the delta-method leading term
-        ``(K sum w~^2 - 1)/(K - 1)``, which debiasing does not change).
+        ``(K sum w~^2 - 1)/(K - 1)``, which debiasing does not change; SUMO: the exact variance over
+        its random truncation given the row plus IWAE_K's, :func:`~evalkit.estimators.sumo_mc_variance`).
     """
 
     name: str
@@ -117,7 +118,7 @@ def get(name: str) -> Estimator:
     Parameters
     ----------
     name : str
-        ``"elbo"``, ``"iwae"``, ``"dvi"`` or ``"jviM"`` for any order M >= 1 (``"jvi2"``).
+        ``"elbo"``, ``"iwae"``, ``"dvi"``, ``"sumo"`` or ``"jviM"`` for any order M >= 1 (``"jvi2"``).
 
     Returns
     -------
