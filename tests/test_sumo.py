@@ -146,3 +146,13 @@ def test_sweep_bias_of_sumo_follows_iwae_and_is_zero_within_se_where_iwae_k_is()
     assert cell[("iwae", 20)].bias < -10 * cell[("iwae", 20)].bias_se
     assert abs(cell[("sumo", 100)].bias) < 3 * cell[("sumo", 100)].bias_se
     assert cell[("sumo", 20)].bias < -3 * cell[("sumo", 20)].bias_se  # k = 20: the cap bites (J_max = 3)
+
+
+def test_estimate_reports_sumo_with_its_mc_se(lognormal):
+    import evalkit
+
+    rows = lognormal[0][:2000]
+    result = evalkit.estimate_from_log_weights(rows, ["sumo", "iwae"])
+    row = result.summary.set_index("estimator").loc["sumo"]
+    assert row.estimate == pytest.approx(float(np.mean(sumo(rows))), rel=1e-12)
+    assert row.se_mc == pytest.approx(math.sqrt(float(np.sum(sumo_mc_variance(rows)))) / 2000, rel=1e-12)

@@ -402,11 +402,14 @@ def _mc_standard_error(stats: _RowStatistics, name: str, n: int) -> float:
     which includes the rows' covariances.
     """
     if stats.column_sums is not None:
+        if name == "sumo":  # a randomly truncated sum: no column jackknife is valid for it (nor defined here)
+            return float("nan")
         sums = stats.column_sums.get("elbo" if name == "elbo" else "iwae")
         return jackknife_se(sums / n) if sums is not None and np.all(np.isfinite(sums)) else float("nan")
     mc_variance = stats.mc_variance[name]
-    if mc_variance is None or not np.all(np.isfinite(mc_variance)):
+    if mc_variance is None or np.any(np.isnan(mc_variance)):
         return float("nan")
+    # +inf is kept: SUMO's variance can exceed float64 (its heavy tail), which is not "unknown"
     return float(math.sqrt(float(np.sum(mc_variance))) / n)
 
 
