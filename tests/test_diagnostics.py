@@ -255,7 +255,11 @@ def test_weight_diagnostics_ess_and_named_heavy_rows():
     assert list(got.above_bad) == [104, 109] and list(got.above_good) == [104, 109]
     assert got.fraction_above_bad == pytest.approx(2 / 11)  # of the 11 datapoints with a k-hat
     assert got.good == 0.5 and got.bad == 0.7 and got.threshold == pytest.approx(1 - 1 / math.log10(2000))
-    assert "2 of 12 datapoints (104, 109), > 0.7 at 2 (104, 109)" in got.warning
+    # one denominator everywhere (issue #25): the 11 datapoints with a k-hat; the 12th is counted apart
+    assert "2 of 11 datapoints (104, 109), > 0.697 (the reliability threshold" in got.warning
+    assert "1 datapoint has no k-hat" in got.warning
+    assert got.n_defined == 11 and got.n_undefined == 1 and got.fraction_above_threshold == pytest.approx(2 / 11)
+    assert got.summary()["khat_threshold"] == pytest.approx(1 - 1 / math.log10(2000))
     summary = got.summary()
     assert summary["indices_khat_above_0.7"] == [104, 109] and summary["max_khat"] > 1
 

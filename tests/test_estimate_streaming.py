@@ -75,6 +75,10 @@ def _direct(log_w, names=NAMES):
         "fraction_khat_above_0.5": weights.fraction_above_good,
         "fraction_khat_above_0.7": weights.fraction_above_bad,
         "indices_khat_above_0.7": [int(i) for i in weights.above_bad],
+        "khat_threshold": weights.threshold,
+        "fraction_khat_above_threshold": weights.fraction_above_threshold,
+        "indices_khat_above_threshold": [int(i) for i in weights.above_threshold],
+        "n_khat_undefined": weights.n_undefined,
         "max_psis_khat": float(np.nanmax(weights.khat)),
     }
     return summary, pd.DataFrame(per_example), diagnostics

@@ -236,7 +236,7 @@ def test_jvi_close_to_dvi_at_large_k():
 
 
 def test_available_names():
-    assert E.available() == ["elbo", "iwae", "jvi1", "jvi2", "jvi3", "jvi4", "jvi5", "dvi"]
+    assert E.available() == ["elbo", "iwae", "jvi1", "jvi2", "jvi3", "jvi4", "jvi5", "dvi", "sumo"]
 
 
 @pytest.mark.parametrize("name", ["elbo", "iwae", "jvi1", "jvi2", "jvi3", "jvi4", "jvi5", "dvi"])

@@ -102,6 +102,14 @@ def test_ties_below_the_tail_are_handled_one_row_at_a_time():
     assert np.isfinite(out).all()
 
 
+def test_threshold_at_the_sample_sizes_of_issue_27():
+    """min(1 - 1/log10(K), 0.7) (Vehtari et al., JMLR 2024): 0.5, 2/3 and the 0.7 cap."""
+    assert khat_threshold(100) == pytest.approx(0.5, abs=1e-15)
+    assert khat_threshold(1000) == pytest.approx(0.6667, abs=5e-5)
+    assert khat_threshold(5000) == 0.7
+    assert khat_threshold(2155) == 0.7 and khat_threshold(2154) < 0.7  # 10**(10/3) = 2154.4
+
+
 def test_thresholds():
     assert KHAT_GOOD == 0.5 and KHAT_BAD == 0.7
     assert khat_threshold(100) == pytest.approx(0.5)
@@ -109,7 +117,8 @@ def test_thresholds():
     assert khat_threshold(1000) == pytest.approx(1 - 1 / 3)
     assert khat_threshold(10) == pytest.approx(0.0)
     assert khat_threshold(np.int64(5000)) == 0.7
-    for bad in (1, 0, 2.5, True):
+    assert khat_threshold(1) == -math.inf  # log10(1) = 0: one sample certifies nothing
+    for bad in (0, 2.5, True):
         with pytest.raises(InputError):
             khat_threshold(bad)
 

@@ -346,6 +346,10 @@ def _result(
         "fraction_khat_above_0.5": weights.fraction_above_good,
         "fraction_khat_above_0.7": weights.fraction_above_bad,
         "indices_khat_above_0.7": [int(i) for i in weights.above_bad],
+        "khat_threshold": weights.summary()["khat_threshold"],
+        "fraction_khat_above_threshold": weights.fraction_above_threshold,
+        "indices_khat_above_threshold": [int(i) for i in weights.above_threshold],
+        "n_khat_undefined": weights.n_undefined,
         "max_psis_khat": float(np.nanmax(stats.khat)) if np.isfinite(stats.khat).any() else float("nan"),
     }
     metadata = {
@@ -418,11 +422,14 @@ def _mc_standard_error(stats: _RowStatistics, name: str, n: int) -> float:
     which includes the rows' covariances.
     """
     if stats.column_sums is not None:
+        if name == "sumo":  # a randomly truncated sum: no column jackknife is valid for it (nor defined here)
+            return float("nan")
         sums = stats.column_sums.get("elbo" if name == "elbo" else "iwae")
         return jackknife_se(sums / n) if sums is not None and np.all(np.isfinite(sums)) else float("nan")
     mc_variance = stats.mc_variance[name]
-    if mc_variance is None or not np.all(np.isfinite(mc_variance)):
+    if mc_variance is None or np.any(np.isnan(mc_variance)):
         return float("nan")
+    # +inf is kept: SUMO's variance can exceed float64 (its heavy tail), which is not "unknown"
     return float(math.sqrt(float(np.sum(mc_variance))) / n)
 
 

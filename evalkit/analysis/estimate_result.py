@@ -196,16 +196,22 @@ class EstimateResult:
                 f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat not available "
                 f"(needs at least {MIN_TAIL_LENGTH} tail weights, i.e. K >= 21)"
             )
+        threshold = d.get("khat_threshold")
+        flagged = d.get("indices_khat_above_threshold", d["indices_khat_above_0.7"])
+        limit = f"{threshold:.3g}" if threshold is not None else "0.7"
         text = (
             f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat > 0.5 for "
-            f"{d['fraction_khat_above_0.5']:.1%}, > 0.7 for {d['fraction_khat_above_0.7']:.1%} of datapoints"
+            f"{d['fraction_khat_above_0.5']:.1%}, > {limit} (the threshold for K = {self.metadata.get('k')}) for "
+            f"{d.get('fraction_khat_above_threshold', d['fraction_khat_above_0.7']):.1%} of the datapoints with a k-hat"
+            + (f" ({d['n_khat_undefined']} without one)" if d.get("n_khat_undefined") else "")
         )
-        if d["indices_khat_above_0.7"]:
-            shown = ", ".join(str(i) for i in d["indices_khat_above_0.7"][:10])
-            more = " ..." if len(d["indices_khat_above_0.7"]) > 10 else ""
+        if flagged:
+            shown = ", ".join(str(i) for i in flagged[:10])
+            more = " ..." if len(flagged) > 10 else ""
             text += (
-                f"\nwarning: k-hat > 0.7 (weights with nearly infinite variance) at datapoints {shown}{more}; "
-                "IWAE/JVI asymptotics and standard errors are unreliable there"
+                f"\nwarning: k-hat > {limit} (above min(1 - 1/log10(K), 0.7), Vehtari et al. 2024: unreliable "
+                f"importance sampling) at datapoints {shown}{more}; IWAE/JVI asymptotics and standard errors are "
+                "unreliable there"
             )
         return text
 

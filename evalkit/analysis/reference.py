@@ -59,7 +59,8 @@ class Reference:
 
 
 def bias_order(name: str) -> int:
-    """Order r of an estimator's bias O(K^-r): elbo 0, iwae 1, dvi 2, jviM M+1 (others 0)."""
+    """Order r of an estimator's bias O(K^-r): elbo 0, iwae 1, dvi 2, jviM M+1 (others 0; sumo too: its bias on K
+    columns is IWAE-K's and its variance far larger, so it never becomes the pool reference)."""
     match = re.fullmatch(r"jvi(\d+)", name)
     if match:
         return int(match.group(1)) + 1

@@ -212,8 +212,9 @@ class SweepResult:
         s = self.weights.summary()
         text = (
             f"weights at K = {self.metadata['k_max']}: mean ESS/K = {s['mean_ess_fraction']:.3g}; "
-            f"PSIS k-hat > 0.5 for {s['fraction_khat_above_0.5']:.1%}, > 0.7 for "
-            f"{s['fraction_khat_above_0.7']:.1%} of datapoints"
+            f"PSIS k-hat > 0.5 for {s['fraction_khat_above_0.5']:.1%}, > {self.weights.threshold:.3g} (the threshold "
+            f"for K = {self.metadata['k_max']}) for {s['fraction_khat_above_threshold']:.1%} of the datapoints with a "
+            f"k-hat" + (f" ({s['n_khat_undefined']} without one)" if s["n_khat_undefined"] else "")
         )
         if with_warning and self.weights.warning:
             text += f"\nwarning: {self.weights.warning}"

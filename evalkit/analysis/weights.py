@@ -7,11 +7,18 @@ elsewhere (e.g. block by block).
 References
 ----------
 .. [1] A. Vehtari, D. Simpson, A. Gelman, Y. Yao, J. Gabry, "Pareto smoothed importance
-   sampling", JMLR 25 (2024) (k-hat thresholds 0.5 and 0.7).
+   sampling", JMLR 25 (2024): k-hat above ``min(1 - 1/log10(K), 0.7)``
+   (:func:`evalkit.estimators.khat_threshold`) marks an unreliable estimate; above 0.5 the
+   weights' variance is infinite, so the asymptotic expansions do not apply.
+
+Fractions, one definition everywhere: ``fraction_*`` is the share of the datapoints **with a
+finite k-hat** (the denominator ``n_khat_defined``); the others (k-hat NaN: K < 21, or too few
+distinct tail weights) are counted in ``n_khat_undefined``, never silently in or out of a
+fraction.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
@@ -35,15 +42,18 @@ class WeightDiagnostics:
     khat : ndarray, shape (N,)
         PSIS Pareto k-hat (NaN where it cannot be fitted, e.g. very small K).
     good, bad : float
-        Thresholds 0.5 (finite variance below it) and 0.7 (unreliable above it).
+        0.5 (finite variance below it: the asymptotics apply) and 0.7 (the cap of ``threshold``).
     threshold : float
-        The sample-size dependent threshold ``min(1 - 1/log10(K), 0.7)`` of Vehtari et al.
-    fraction_above_good, fraction_above_bad : float
-        Fractions of datapoints (with a finite k-hat) above 0.5 and 0.7.
-    above_good, above_bad : ndarray of int
+        The reliability threshold ``min(1 - 1/log10(K), 0.7)`` of Vehtari et al. (2024), the one
+        evalkit judges by.
+    fraction_above_good, fraction_above_bad, fraction_above_threshold : float
+        Fractions of the datapoints with a finite k-hat above 0.5, 0.7 and ``threshold``.
+    above_good, above_bad, above_threshold : ndarray of int
         Dataset indices of those datapoints.
+    n_defined, n_undefined : int
+        Datapoints with a finite k-hat (the fractions' denominator) and with none (NaN).
     warning : str or None
-        One sentence naming the datapoints above 0.5, or ``None``.
+        One sentence naming the datapoints above 0.5 or the threshold, or ``None``.
     """
 
     index: np.ndarray
@@ -57,6 +67,10 @@ class WeightDiagnostics:
     above_good: np.ndarray
     above_bad: np.ndarray
     warning: Optional[str]
+    fraction_above_threshold: float = float("nan")
+    above_threshold: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    n_defined: int = 0
+    n_undefined: int = 0
 
     def to_frame(self) -> pd.DataFrame:
         """One row per datapoint: ``index``, ``ess_fraction``, ``khat``."""
@@ -69,7 +83,11 @@ class WeightDiagnostics:
             "mean_ess_fraction": float(np.mean(self.ess_fraction)),
             "min_ess_fraction": float(np.min(self.ess_fraction)),
             "max_khat": float(np.max(self.khat[finite])) if finite.any() else None,
-            "khat_threshold": self.threshold,
+            "khat_threshold": self.threshold if np.isfinite(self.threshold) else None,
+            "fraction_khat_above_threshold": self.fraction_above_threshold,
+            "indices_khat_above_threshold": [int(i) for i in self.above_threshold],
+            "n_khat_defined": self.n_defined,
+            "n_khat_undefined": self.n_undefined,
             "fraction_khat_above_0.5": self.fraction_above_good,
             "fraction_khat_above_0.7": self.fraction_above_bad,
             "indices_khat_above_0.5": [int(i) for i in self.above_good],
@@ -126,30 +144,47 @@ def summarize_weights(ess_fraction: np.ndarray, khat: np.ndarray, k: int, *,
     ess = np.asarray(ess_fraction, dtype=np.float64)
     khat = np.asarray(khat, dtype=np.float64)
     good, bad = float(estimators.KHAT_GOOD), float(estimators.KHAT_BAD)
+    threshold = float(estimators.khat_threshold(int(k)))
     finite = np.isfinite(khat)
-    count = max(int(finite.sum()), 1)
+    defined = int(finite.sum())
+    count = max(defined, 1)
     above_good = idx[finite & (khat > good)]
     above_bad = idx[finite & (khat > bad)]
-    warning = None
-    if above_good.size:
-        warning = (
-            f"PSIS k-hat > {good:g} at {above_good.size} of {n} datapoints ({_name_indices(above_good)})"
-            + (f", > {bad:g} at {above_bad.size} ({_name_indices(above_bad)})" if above_bad.size else "")
-            + f" (k-hat estimated from K = {k} samples per datapoint): their importance weights have "
-            "infinite variance, so the IWAE/JVI asymptotics, theory curves and standard errors do not hold "
-            "there; more samples will not fix it: improve the proposal q(z | x) or report those datapoints' "
-            "estimates as unreliable (per-datapoint k-hat in the psis_khat / khat column)"
-        )
+    above_threshold = idx[finite & (khat > threshold)]
     return WeightDiagnostics(
         index=idx,
         ess_fraction=ess,
         khat=khat,
         good=good,
         bad=bad,
-        threshold=float(estimators.khat_threshold(k)) if k >= 2 else bad,
+        threshold=threshold,
         fraction_above_good=float(above_good.size / count),
         fraction_above_bad=float(above_bad.size / count),
         above_good=above_good,
         above_bad=above_bad,
-        warning=warning,
+        warning=_warning(above_good, above_threshold, threshold, defined, n - defined, k),
+        fraction_above_threshold=float(above_threshold.size / count),
+        above_threshold=above_threshold,
+        n_defined=defined,
+        n_undefined=n - defined,
     )
+
+
+def _warning(above_good: np.ndarray, above_threshold: np.ndarray, threshold: float, defined: int, undefined: int,
+             k: int) -> Optional[str]:
+    """One sentence naming the datapoints whose k-hat exceeds 0.5 or the K-aware threshold, or ``None``."""
+    if not (above_good.size or above_threshold.size):
+        return None
+    levels = [(f"{0.5:g}", above_good),
+              (f"{threshold:.3g} (the reliability threshold min(1 - 1/log10(K), 0.7) at K = {k})", above_threshold)]
+    levels = [(text, where) for text, where in levels if where.size]
+    parts = [f"PSIS k-hat > {levels[0][0]} at {levels[0][1].size} of {defined} datapoints ({_name_indices(levels[0][1])})"]
+    parts += [f"> {text} at {where.size} ({_name_indices(where)})" for text, where in levels[1:]]
+    if undefined:
+        parts.append(f"{undefined} datapoint{' has' if undefined == 1 else 's have'} no k-hat (not counted in these "
+                     "fractions)")
+    return (", ".join(parts) + f" (k-hat estimated from K = {k} samples per datapoint): above the threshold the "
+            "estimates are unreliable and above 0.5 the importance weights have infinite variance, so the IWAE/JVI "
+            "asymptotics, theory curves and standard errors do not hold there; more samples will not fix it: improve "
+            "the proposal q(z | x) or report those datapoints' estimates as unreliable (per-datapoint k-hat in the "
+            "psis_khat / khat column)")

@@ -40,7 +40,7 @@ __all__ = ["KHAT_GOOD", "KHAT_BAD", "khat_threshold", "psis_khat", "gpd_fit", "t
 
 #: Below this k-hat the weights have finite variance (Vehtari et al.).
 KHAT_GOOD = 0.5
-#: At or above this k-hat the estimate is unreliable whatever the sample size (Vehtari et al.).
+#: The cap of :func:`khat_threshold`: above it the estimate is unreliable whatever the sample size (Vehtari et al.).
 KHAT_BAD = 0.7
 
 # The smallest tail the generalised Pareto fit accepts (as in PSIS).
@@ -61,21 +61,29 @@ class KhatWarning(UserWarning):
 
 
 def khat_threshold(num_samples: int) -> float:
-    """Sample-size-dependent k-hat threshold ``min(1 - 1/log10(S), 0.7)`` of Vehtari et al. (2024).
+    """Sample-size-dependent k-hat threshold ``min(1 - 1/log10(S), 0.7)`` of Vehtari et al. (JMLR 2024).
+
+    The one definition evalkit judges k-hat by (warnings, fractions, reports): with S samples a
+    k-hat above it means the importance-sampling estimate is unreliable [1]_ (Sec. 3.2.4 of the
+    JMLR 25 (2024) version; R's loo since 2.7). 0.5 at S = 100, 0.6667 at S = 1000, 0.7 from
+    S = 10**(10/3) ~ 2154 on.
 
     Parameters
     ----------
     num_samples : int
-        S, the number of importance samples per datapoint (>= 2).
+        S, the number of importance samples per datapoint (>= 1).
 
     Returns
     -------
     float
-        Above this value the PSIS estimate with S samples is unreliable. It is <= 0 for
-        ``S <= 10``: so few samples cannot certify any tail.
+        ``<= 0`` for ``S <= 10`` (0 at S = 10, negative below) and ``-inf`` at S = 1, where
+        ``log10(1) = 0``: so few samples certify no tail at all. (evalkit fits k-hat only from
+        S = 21 on; below it k-hat is NaN and counted as undefined, never as above or below.)
     """
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 2:
-        raise InputError(f"num_samples must be an int >= 2, got {num_samples!r}; pass the number of samples K")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise InputError(f"num_samples must be an int >= 1, got {num_samples!r}; pass the number of samples K")
+    if int(num_samples) == 1:
+        return -math.inf
     return min(1.0 - 1.0 / math.log10(int(num_samples)), KHAT_BAD)
 
 

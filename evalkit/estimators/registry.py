@@ -1,4 +1,4 @@
-"""The public vocabulary of estimators: ``"elbo"``, ``"iwae"``, ``"jviM"``, ``"dvi"`` as :class:`Estimator` records."""
+"""The public vocabulary of estimators: ``"elbo"``, ``"iwae"``, ``"jviM"``, ``"dvi"``, ``"sumo"`` as :class:`Estimator` records."""
 from __future__ import annotations
 
 import difflib
@@ -10,6 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 from ..errors import InputError
 from .bounds import dvi, elbo, elbo_mc_variance, iwae, iwae_mc_variance
 from .jackknife import _jvi
+from .sumo import DEFAULT_M as _SUMO_M, sumo, sumo_mc_variance
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class Estimator:
     mc_variance : callable or None
         ``log_w (..., K) -> (...)``: estimated Monte Carlo variance of this estimator at this
         K, per row (ELBO: ``var(log w)/K``; IWAE, DVI, JVI: the delta-method leading term
-        ``(K sum w~^2 - 1)/(K - 1)``, which debiasing does not change).
+        ``(K sum w~^2 - 1)/(K - 1)``, which debiasing does not change; SUMO: the exact variance over
+        its random truncation given the row plus IWAE_K's, :func:`~evalkit.estimators.sumo_mc_variance`).
     """
 
     name: str
@@ -91,15 +93,23 @@ _FIXED = {
         fn=dvi,
         mc_variance=iwae_mc_variance,
     ),
+    "sumo": Estimator(
+        name="sumo",
+        summary=(f"SUMO, Russian-roulette debiased IWAE (Luo et al. 2020): unbiased for E[IWAE_K], m = {_SUMO_M}, "
+                 "about 21 columns used on average; heavy-tailed variance"),
+        min_k=_SUMO_M + 1,
+        fn=sumo,
+        mc_variance=sumo_mc_variance,
+    ),
 }
 
 
 def available() -> List[str]:
-    """Standard estimator names: ``["elbo", "iwae", "jvi1", ..., "jvi5", "dvi"]``.
+    """Standard estimator names: ``["elbo", "iwae", "jvi1", ..., "jvi5", "dvi", "sumo"]``.
 
     Any ``"jviM"`` with M >= 1 is also accepted by :func:`get`.
     """
-    return ["elbo", "iwae"] + [f"jvi{m}" for m in _STANDARD_JVI_ORDERS] + ["dvi"]
+    return ["elbo", "iwae"] + [f"jvi{m}" for m in _STANDARD_JVI_ORDERS] + ["dvi", "sumo"]
 
 
 def get(name: str) -> Estimator:
@@ -108,7 +118,7 @@ def get(name: str) -> Estimator:
     Parameters
     ----------
     name : str
-        ``"elbo"``, ``"iwae"``, ``"dvi"`` or ``"jviM"`` for any order M >= 1 (``"jvi2"``).
+        ``"elbo"``, ``"iwae"``, ``"dvi"``, ``"sumo"`` or ``"jviM"`` for any order M >= 1 (``"jvi2"``).
 
     Returns
     -------

@@ -207,7 +207,7 @@ def plot_variance(result, ax=None):
 
 
 def plot_khat(result, ax=None, *, bins: int = 30):
-    """Histogram of per-datapoint PSIS k-hat with the 0.5 and 0.7 thresholds.
+    """Histogram of per-datapoint PSIS k-hat with 0.5, 0.7 and the K-aware threshold ``min(1 - 1/log10(K), 0.7)``.
 
     Parameters
     ----------
@@ -241,7 +241,7 @@ def plot_khat(result, ax=None, *, bins: int = 30):
     ax.set_ylabel("datapoints")
     ax.set_title(
         f"PSIS k-hat at K = {result.metadata['k_max']}: {w.fraction_above_good:.1%} > {w.good:g}, "
-        f"{w.fraction_above_bad:.1%} > {w.bad:g}",
+        f"{w.fraction_above_threshold:.1%} > {w.threshold:.2f} (threshold for K = {result.metadata['k_max']})",
         fontsize=9,
     )
     _legend(ax, fontsize=8)

@@ -37,7 +37,7 @@ _FIGURE_CAPTIONS = {
     "variance": ("Monte Carlo variance of one estimate vs K on log-log axes with IWAE's leading-order theory (only "
                  "where it holds); triangles mark bars cut at zero. There is no point at K = K_max: the pool "
                  "holds one group of K_max samples per datapoint, and one group has no variance."),
-    "khat": ("Per-datapoint PSIS k-hat at K_max with the 0.5 and 0.7 thresholds. k-hat is itself estimated from "
+    "khat": ("Per-datapoint PSIS k-hat at K_max with 0.5, 0.7 and the K-aware threshold min(1 - 1/log10(K), 0.7). k-hat is itself estimated from "
              "the K samples of each datapoint (its tail has about 3 sqrt(K) weights), so which datapoints cross a "
              "threshold varies with K: `evalkit estimate` at K = 1000 and this report at K_max can flag "
              "different ones near the threshold."),
@@ -250,7 +250,8 @@ def findings(result) -> List[str]:
     w = result.weights
     lines.append(
         f"Weights at K = {k_max}: mean ESS/K = {w.ess_fraction.mean():.3g}; PSIS k-hat > 0.5 for "
-        f"{w.fraction_above_good:.1%} and > 0.7 for {w.fraction_above_bad:.1%} of datapoints."
+        f"{w.fraction_above_good:.1%} and > {w.threshold:.3g} (the threshold min(1 - 1/log10(K), 0.7) for "
+        f"K = {k_max}) for {w.fraction_above_threshold:.1%} of the datapoints with a k-hat."
         + (" Bias/variance asymptotics do not hold for those: " + w.warning.split(":")[0] + "."
            if w.warning else " The bias/variance asymptotics can be trusted for every datapoint.")
     )
