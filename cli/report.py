@@ -32,6 +32,8 @@ def report_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k
     ctx = click.get_current_context()
     if distributed.rank() == 0:  # fail now, not after the sweep; under torchrun only rank 0 writes
         check_output_dir(report_paths(out), overwrite=overwrite)
+    if checkpoint is not None:  # every process learns the outcome before any computes
+        distributed.agree(params.get("device"))
     result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
     if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
         return

@@ -183,6 +183,8 @@ def sweep_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k,
     formats = check_formats(figure_formats)
     if out is not None and distributed.rank() == 0:  # fail now, not after the sweep; only rank 0 writes
         check_output_dir(sweep_paths(out, formats=formats, per_datapoint=per_datapoint), overwrite=overwrite)
+    if checkpoint is not None:  # under torchrun every process learns the outcome before any computes
+        distributed.agree(params.get("device"))
     result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
     if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
         return
