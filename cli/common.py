@@ -389,9 +389,7 @@ def command_errors(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from evalkit.sampling import progress
-
-        from evalkit.sampling import distributed
+        from evalkit.sampling import distributed, progress
 
         debug = kwargs.get("debug", False)
         # Under torchrun rank 0 shows the warnings and messages, once; the other ranks are quiet.
