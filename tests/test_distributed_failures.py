@@ -102,6 +102,7 @@ def test_a_bad_option_ends_every_process_at_once(tmp_path, option, sentence):
 FAILING_MODEL = textwrap.dedent(
     """
     import os
+    import warnings
 
     from evalkit.models import IWAE
 
@@ -110,6 +111,7 @@ FAILING_MODEL = textwrap.dedent(
         '''The IWAE of the test, whose log_weights raises on torchrun rank FAIL_ON_RANK.'''
 
         def log_weights(self, x, noise):
+            warnings.warn("FailsOnOneRank is a test model")
             if os.environ.get("RANK") == os.environ["FAIL_ON_RANK"]:
                 raise RuntimeError(f"this model cannot score rank {os.environ['RANK']}'s rows")
             return super().log_weights(x, noise)
@@ -121,13 +123,17 @@ FAILING_MODEL = textwrap.dedent(
 )
 
 
+def write_failing_model(directory):
+    (directory / "failing_model.py").write_text(FAILING_MODEL)
+    torch.manual_seed(0)
+    torch.save(IWAE(12, [3], [[8, 8]]).state_dict(), directory / "weights.pt")
+    torch.save(torch.bernoulli(torch.full((40, 12), 0.5), generator=torch.Generator().manual_seed(1)),
+               directory / "x.pt")
+
+
 @pytest.mark.parametrize("failing_rank", [1, 0])
 def test_a_model_error_on_one_rank_ends_every_process_with_its_message(tmp_path, failing_rank):
-    (tmp_path / "failing_model.py").write_text(FAILING_MODEL)
-    torch.manual_seed(0)
-    torch.save(IWAE(12, [3], [[8, 8]]).state_dict(), tmp_path / "weights.pt")
-    torch.save(torch.bernoulli(torch.full((40, 12), 0.5), generator=torch.Generator().manual_seed(1)),
-               tmp_path / "x.pt")
+    write_failing_model(tmp_path)
     args = ["estimate", "weights.pt", "--model", "failing_model:build", "--data", "x.pt", "-k", "20", "-e", "iwae"]
     result, seconds = torchrun(args, tmp_path, extra_env={"FAIL_ON_RANK": str(failing_rank)})
     sentence = (f"RuntimeError: this model cannot score rank {failing_rank}'s rows (raised inside the run, "
@@ -136,6 +142,14 @@ def test_a_model_error_on_one_rank_ends_every_process_with_its_message(tmp_path,
     prefix = f"Error: torchrun rank {failing_rank}: " if failing_rank else "Error: "
     assert prefix + sentence in result.stdout + result.stderr
 
+
+
+def test_a_warning_raised_on_every_rank_is_shown_once(tmp_path):
+    write_failing_model(tmp_path)
+    args = ["estimate", "weights.pt", "--model", "failing_model:build", "--data", "x.pt", "-k", "20", "-e", "iwae"]
+    result, _ = torchrun(args, tmp_path, extra_env={"FAIL_ON_RANK": "none"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr.count("FailsOnOneRank is a test model") == 1, result.stderr
 
 
 def test_in_one_process_agreeing_and_sharing_a_failure_do_nothing(monkeypatch):
