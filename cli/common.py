@@ -267,28 +267,69 @@ def echo_err(message: str, *, quiet: bool = False) -> None:
 
 
 @contextlib.contextmanager
-def errors_as_messages(debug: bool):
-    """Turn evalkit's errors into one-line CLI errors (exit 1); re-raise them with ``--debug``."""
+def errors_as_messages(debug: bool, device=None):
+    """Turn evalkit's errors into one-line CLI errors (exit 1); re-raise them with ``--debug``.
+
+    Under torchrun a failing process first tells the others (:func:`evalkit.sampling.distributed.share_failure`),
+    so that none waits in a collective; they exit with its code (:class:`OtherRankError`).
+    """
     try:
         yield
     except EvalkitError as exc:
+        share_failure(str(exc), getattr(exc, "exit_code", 1), device)
         if debug:
             raise
-        raise click.ClickException(str(exc)) from None
-    except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        raise _message(exc) from None
+    except (click.exceptions.Exit, click.exceptions.Abort):
+        raise
+    except click.ClickException as exc:
+        share_failure(exc.format_message(), exc.exit_code, device)
         raise
     except Exception as exc:  # noqa: BLE001 -- a model's own exception, or a bug: still one line
+        from evalkit.sampling.distributed import describe
+
+        share_failure(describe(exc), 1, device)
         if debug:
             raise
-        raise click.ClickException(
-            f"{type(exc).__name__}: {exc} (raised inside the run, e.g. by the model's log_weights); "
-            "re-run with --debug for the traceback"
-        ) from None
+        raise click.ClickException(describe(exc)) from None
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _Terminated)
         if debug:
             raise
-        click.echo(interrupted_message(), err=True)
+        from evalkit.sampling import distributed
+
+        if distributed.rank() == 0:  # under torchrun every process is signalled; rank 0 speaks for all
+            click.echo(interrupted_message(), err=True)
         sys.exit(143 if isinstance(exc, _Terminated) else 130)
+
+
+def share_failure(message: str, exit_code: int, device=None) -> None:
+    """Under torchrun, tell the other processes (perhaps waiting in a collective) that this one
+    fails with ``message`` and ``exit_code``; from then on SIGTERM exits with that code."""
+    from evalkit.sampling import distributed
+
+    if distributed.launched_by_torchrun():
+        _exit_on_sigterm(exit_code)
+        distributed.share_failure(message, exit_code, None if device in (None, "auto") else device)
+
+
+def _exit_on_sigterm(exit_code: int) -> None:
+    # The processes now know the failure; torchrun signals those still running when the first
+    # exits. Exit with the shared code then, not -15 (main thread only: signals go there).
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(exit_code))
+
+
+def _message(exc: EvalkitError) -> click.ClickException:
+    """evalkit's sentence as a CLI error; another torchrun process's failure keeps its exit code
+    and says which rank it was (rank 0 prints it for all of them)."""
+    failed_rank = getattr(exc, "failed_rank", 0)
+    error = click.ClickException(f"torchrun rank {failed_rank}: {exc}" if failed_rank else str(exc))
+    error.exit_code = getattr(exc, "exit_code", 1)
+    return error
 
 
 class _Terminated(KeyboardInterrupt):
@@ -331,11 +372,12 @@ def interrupted_message() -> str:
 
 
 @contextlib.contextmanager
-def messages_to_stderr(*, quiet: bool = False, debug: bool = False):
+def messages_to_stderr(*, quiet: bool = False, debug: bool = False, silent: bool = False):
     """Show evalkit's warnings as ``warning: <message>`` lines, any other (numpy, torch,
     matplotlib, the user's model) as ``warning: <library>: <first line of the message>``, and
     evalkit's log (resuming from a cache...) as plain lines on stderr; ``--quiet`` hides the log,
-    ``--debug`` keeps Python's usual warning format (with file and line)."""
+    ``--debug`` keeps Python's usual warning format (with file and line); ``silent`` (a torchrun
+    process other than rank 0) hides the warnings too."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     log = logging.getLogger("evalkit")
@@ -348,7 +390,7 @@ def messages_to_stderr(*, quiet: bool = False, debug: bool = False):
         with warnings.catch_warnings():
             if not debug:
                 warnings.showwarning = _show_warning
-            if quiet:
+            if quiet or silent:  # --quiet, or a torchrun process other than rank 0
                 hide_advice_warnings()
             yield
     finally:
@@ -410,11 +452,14 @@ def command_errors(f: Callable) -> Callable:
 
     @functools.wraps(f)
     def wrapper(*args, **kwargs):
-        from evalkit.sampling import progress
+        from evalkit.sampling import distributed, progress
 
         debug = kwargs.get("debug", False)
+        # Under torchrun rank 0 shows the warnings and messages, once; the other ranks are quiet.
+        silent = distributed.rank() != 0
         progress.reset()
-        with errors_as_messages(debug), sigterm_as_interrupt(), messages_to_stderr(quiet=kwargs.get("quiet", False), debug=debug):
+        with errors_as_messages(debug, kwargs.get("device")), sigterm_as_interrupt(), \
+                messages_to_stderr(quiet=kwargs.get("quiet", False) or silent, debug=debug, silent=silent):
             return f(*args, **kwargs)
 
     return wrapper

@@ -79,11 +79,12 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
     outputs = {"output": output, "per_example": per_example, "log_weights": save_log_weights}
     fmt = _formats(fmt, output, per_example)
     # Fail before the (possibly long) run if an output cannot be written. Under torchrun only
-    # rank 0 writes; if it fails here, torchrun stops the other processes.
+    # rank 0 writes and checks; every process learns the outcome before any computes.
     if distributed.rank() == 0:
         check_outputs(outputs, overwrite=overwrite)
         check_outputs_spare_inputs([("--output", output), ("--per-example", per_example),
                                     ("--save-log-weights", save_log_weights)], checkpoint, params)
+    distributed.agree(params.get("device"))
     # The weight warning is shown after the results (and hidden by --quiet); other warnings as they come.
     with warnings.catch_warnings(record=True) as weight_warnings:
         warnings.simplefilter("always", WeightWarning)

@@ -34,6 +34,8 @@ def report_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k
         check_output_dir(report_paths(out), overwrite=overwrite)
         check_outputs_spare_inputs([("--out", path) for path in report_paths(out).values()], checkpoint, params,
                                    log_weights=log_weights, reference=reference_file(reference))
+    if checkpoint is not None:  # every process learns the outcome before any computes
+        distributed.agree(params.get("device"))
     result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
     if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
         return

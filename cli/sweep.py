@@ -192,6 +192,8 @@ def sweep_command(checkpoint, log_weights, ks, estimators, reference, fit_min_k,
         check_output_dir(paths, overwrite=overwrite)
         check_outputs_spare_inputs([("--out", path) for path in paths.values()], checkpoint, params,
                                    log_weights=log_weights, reference=reference_file(reference))
+    if checkpoint is not None:  # under torchrun every process learns the outcome before any computes
+        distributed.agree(params.get("device"))
     result = run_sweep(ctx, checkpoint, log_weights, ks, estimators, reference, fit_min_k, params)
     if result is None:  # a torchrun process other than rank 0: its rows went to rank 0
         return

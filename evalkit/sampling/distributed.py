@@ -12,6 +12,14 @@ of a model call as in the full run (see :mod:`evalkit.sampling.engine`); on the 
 bitwise those of the single-process run. Rank 0 gathers the rows (padded to equal length, over
 gloo on the CPU) and computes the estimators; the other ranks return ``None`` and print nothing.
 
+Failing together: a process that fails (a model error on its rows, an output that exists on
+rank 0, a data file it cannot read) must not leave the others waiting in a collective. Every
+gather is preceded by :func:`agree`, an all-gather of each process's status over the gloo
+group; a failing process takes part in that same all-gather with its error
+(:func:`share_failure`), so every process learns of it within the collective and raises
+:class:`OtherRankError` with the failing rank's sentence and exit code. The command line also
+agrees once after rank 0 has checked the outputs, before any process starts computing.
+
 Backends: NCCL when the processes compute on GPUs (each takes ``cuda:LOCAL_RANK``), gloo on
 the CPU. The gather itself always runs over a gloo group on CPU tensors, so rank 0 never holds
 the whole ``[N, K]`` matrix in GPU memory. On the CPU the default memory budget is split
@@ -28,7 +36,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from ..errors import InputError, ResourceError
+from ..errors import EvalkitError, InputError, ResourceError
 
 INIT_TIMEOUT = timedelta(minutes=10)
 """How long processes wait for each other at start-up and at the gather."""
@@ -64,6 +72,19 @@ class Context:
 
 
 _context: Optional[Context] = None
+_shared = False  # this process has told the others of its failure (or the group is gone)
+
+
+class OtherRankError(EvalkitError):
+    """Another torchrun process failed; raised on every process that did not.
+
+    ``str(error)`` is the failing process's own sentence and ``exit_code`` its exit status, so
+    that every process exits with the same code and rank 0 can print what went wrong.
+    """
+
+    def __init__(self, message: str, exit_code: int = 1, failed_rank: int = 0) -> None:
+        super().__init__(message)
+        self.exit_code, self.failed_rank = exit_code, failed_rank
 
 
 def launched_by_torchrun() -> bool:
@@ -95,7 +116,7 @@ def init(device: Optional[Any] = None) -> Optional[Context]:
     ResourceError
         ``device="cuda"`` without a GPU for every local process.
     """
-    global _context
+    global _context, _shared
     if _context is not None:
         return _context
     if not launched_by_torchrun():
@@ -123,6 +144,7 @@ def init(device: Optional[Any] = None) -> Optional[Context]:
     # The gather moves CPU tensors: a gloo group beside an NCCL default group.
     gather_group = dist.new_group(backend="gloo", timeout=INIT_TIMEOUT) if dist.get_backend() != "gloo" else None
     _context = Context(my_rank, world_size, local_rank, local_world_size, compute_device, gather_group)
+    _shared = False
     return _context
 
 
@@ -168,12 +190,74 @@ def log_weights(model: torch.nn.Module, data: torch.Tensor, k: int, *, seed: int
     if not context.is_main:
         engine_options["progress"] = False
     start, stop = shard(len(data), context.rank, context.world_size)
-    if stop > start:
-        local = engine_log_weights(model, data[start:stop], k, seed=seed, indices=torch.arange(start, stop),
-                                   **engine_options)
-    else:  # more processes than datapoints
-        local = torch.empty(0, k, dtype=torch.float64)
+    try:
+        if stop > start:
+            local = engine_log_weights(model, data[start:stop], k, seed=seed, indices=torch.arange(start, stop),
+                                       **engine_options)
+        else:  # more processes than datapoints
+            local = torch.empty(0, k, dtype=torch.float64)
+    except Exception as exc:  # the others are (or will be) in agree() below: tell them, then fail here
+        share_failure(describe(exc))
+        raise
+    agree()
     return gather_rows(local, len(data), context)
+
+
+def describe(exc: BaseException) -> str:
+    """The one sentence that reports ``exc``: evalkit's own message, else the exception's type and message."""
+    if isinstance(exc, EvalkitError):
+        return str(exc)
+    return (f"{type(exc).__name__}: {exc} (raised inside the run, e.g. by the model's log_weights); "
+            "re-run with --debug for the traceback")
+
+
+def agree(device: Optional[Any] = None) -> None:
+    """Wait until every process gets here or fails; raise :class:`OtherRankError` if one failed.
+
+    A collective over the gloo group (all-gather of each process's status, a few bytes): each
+    process calls it with nothing to report, a failing one takes part through
+    :func:`share_failure` instead. No-op in a single process. ``device`` is passed to
+    :func:`init` when the group does not exist yet.
+
+    Raises
+    ------
+    OtherRankError
+        With the sentence and exit code of the lowest failing rank.
+    """
+    if not launched_by_torchrun():
+        return
+    failures = _exchange(None, device)
+    if failures:
+        failed_rank, message, exit_code = failures[0]
+        global _shared
+        _shared = True  # every process knows; none waits for another word from this one
+        raise OtherRankError(message, exit_code, failed_rank)
+
+
+def share_failure(message: str, exit_code: int = 1, device: Optional[Any] = None) -> None:
+    """Tell the other processes that this one failed, inside the :func:`agree` they are waiting in.
+
+    Called once, where the failing process would otherwise leave (the command line's error
+    handler, :func:`log_weights`); later calls, a single process, and a process group that is
+    already finished are no-ops. If the others have already left (the failure came after the last
+    collective), the exchange fails and is ignored: there is nobody left to tell.
+    """
+    global _shared
+    if _shared or not launched_by_torchrun():
+        return
+    _shared = True
+    try:
+        _exchange((rank(), message, exit_code), device)
+    except Exception:  # noqa: BLE001 -- the others are gone, or the group cannot be joined: nothing to tell
+        pass
+
+
+def _exchange(status: Optional[tuple], device: Optional[Any]) -> list:
+    """All-gather every process's status; return the failures ``(rank, message, exit_code)`` by rank."""
+    context = init(device)
+    statuses: list = [None] * context.world_size
+    dist.all_gather_object(statuses, status, group=context.gather_group)
+    return sorted(s for s in statuses if s is not None)
 
 
 def gather_rows(local: torch.Tensor, n: int, context: Context) -> Optional[torch.Tensor]:
@@ -196,9 +280,10 @@ def gather_rows(local: torch.Tensor, n: int, context: Context) -> Optional[torch
 
 def finish() -> None:
     """Leave the process group (after the last collective of the run); no-op in a single process."""
-    global _context
+    global _context, _shared
     if _context is not None and dist.is_initialized():
         dist.destroy_process_group()
+        _shared = True  # the collectives are over: a later failure has nobody to tell
     _context = None
 
 
@@ -210,4 +295,5 @@ def _env_int(name: str, default: int) -> int:
         raise InputError(f"environment variable {name}={value!r} is not an integer; launch with torchrun.") from None
 
 
-__all__ = ["Context", "finish", "gather_rows", "init", "launched_by_torchrun", "log_weights", "rank", "shard"]
+__all__ = ["Context", "OtherRankError", "agree", "describe", "finish", "gather_rows", "init", "launched_by_torchrun",
+           "log_weights", "rank", "share_failure", "shard"]
