@@ -10,7 +10,8 @@ import click
 from evalkit.errors import WeightWarning
 
 from .common import (FORMATS, cache_kwargs, cache_options, command_errors, data_options, echo_err, engine_kwargs,
-                     engine_options, input_kwargs, method_kwargs, method_options, model_load_options, run_options)
+                     check_outputs_spare_inputs, engine_options, input_kwargs, method_kwargs, method_options, model_load_options,
+                     run_options)
 from .estimate import _positive_k, _samples
 from .main import main
 
@@ -73,6 +74,11 @@ def compare_command(checkpoints, k, estimators, names, fmt, output, per_example,
         check_outputs({"output": output, "per_example": per_example}, overwrite=overwrite)
         if report_dir is not None:
             check_output_dir(compare_report_paths(report_dir), overwrite=overwrite)
+        outputs = [("--output", output), ("--per-example", per_example)] + (
+            [("--report", path) for path in compare_report_paths(report_dir).values()] if report_dir is not None else [])
+        for checkpoint in checkpoints:  # no output may replace any compared model, the data or the cache
+            check_outputs_spare_inputs(outputs, checkpoint, params)
+    distributed.agree(params.get("device"))  # every process learns the outcome before any computes
     # As in `evalkit estimate`: the weight warnings come after the results, and --quiet hides them.
     with warnings.catch_warnings(record=True) as weight_warnings:
         warnings.simplefilter("always", WeightWarning)

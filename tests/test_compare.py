@@ -333,3 +333,15 @@ def test_log_weight_matrices_compare_as_independent_columns():
     var = evalkit.estimators.iwae_mc_variance(la).numpy() + evalkit.estimators.iwae_mc_variance(lb).numpy()
     assert row["se_mc"] == pytest.approx(math.sqrt(var.sum()) / 25, rel=1e-12)
     assert result.metadata["common_random_numbers"][0]["common"] is False
+
+
+def test_compare_output_never_replaces_a_compared_model(tmp_path):
+    import shutil
+
+    model = tmp_path / "a.pt"
+    shutil.copy("examples/digits_iwae.pt", model)
+    before = model.read_bytes()
+    run = CliRunner().invoke(main, ["compare", str(model), "examples/digits_iwae_small.pt", "--binarize", "bernoulli",
+                                    "-k", "5", "-o", str(model), "--overwrite", "-q"])
+    assert run.exit_code == 1 and "is the same file as the checkpoint" in run.output
+    assert model.read_bytes() == before
