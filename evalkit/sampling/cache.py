@@ -10,17 +10,28 @@ Layout of a cache directory::
 
     manifest.json              format version, fingerprint, N, K, shard ranges (written atomically)
     shard-<start>-<stop>.npy   float64 log-weights of datapoints start..stop-1, shape (stop-start, K)
-    shard-<start>-<stop>.sha256  sha256 of the .npy file, in ``sha256sum -c`` format
+    shard-<start>-<stop>.sha256  sha256 of the .npy file (``sha256sum -c`` format), then its key
     .lock                      held (flock) by the run using the directory
 
-Every file is written to a temporary sibling, fsynced and renamed, so a kill leaves whole
-files or none. A shard whose checksum, header or shape is wrong (a truncated copy, a disk
-error) is recomputed with a one-line :class:`CacheWarning`.
+Every file is written to a temporary sibling, fsynced and renamed onto its name (never through
+a link), so a kill leaves whole files or none. A shard whose checksum, key, header or shape is
+wrong (a truncated copy, a disk error, a copy from another cache) is recomputed with a one-line
+:class:`CacheWarning`.
 
 The **fingerprint** is a sha256 over what determines the numbers: the model (class, config,
-and every parameter and buffer: name, dtype, shape, bytes), the data (dtype, shape, bytes),
-K, the seed, the compute dtype, the device type, ``compile`` and (on CUDA) ``tf32``, the
-evalkit version and the cache format.
+and every parameter and buffer: name, dtype, shape, bytes), the model's code
+(:func:`evalkit.sampling.fingerprint.code_digest`), the data (dtype, shape, bytes), K, the
+seed, the compute dtype, the device type, ``compile`` and (on CUDA) ``tf32``, a sampler's
+settings (AIS), the evalkit version and the cache format. Each shard's checksum is bound to it.
+
+The **lock** (``flock`` on ``.lock``) is held for the whole run and released by the kernel when
+the process ends; a run refused "in use" removes and replaces nothing.
+
+Under **torchrun** rank 0 takes the lock and opens or creates the manifest, and broadcasts the
+outcome (an error reaches every rank); each rank then loads or computes a contiguous run of
+the manifest's shards (:func:`evalkit.sampling.distributed.shard` over the shard list) and rank
+0 gathers the rows, then releases the lock. Shards are row ranges fixed by the manifest, so a
+cache resumes with any world size, and every row equals the one-process row bitwise.
 Options that do not change the numbers (batch size, chunk size, memory budget, progress,
 shard size) are left out, so a run may resume with different ones. A cache made for other
 inputs is refused with an error that names what differs; it is never mixed.
@@ -97,15 +108,15 @@ def cached_log_weights(
 
     Returns
     -------
-    Tensor, shape (N, k), float64, on the CPU
+    Tensor, shape (N, k), float64, on the CPU; None on a torchrun rank other than 0
         Bitwise identical to ``evalkit.log_weights(model, data, k, seed=seed)`` on the same
-        device, however often the run was interrupted and resumed.
+        device, however often the run was interrupted and resumed, with any number of processes.
 
     Raises
     ------
     InputError
-        When the directory holds a cache made for a different checkpoint, data, k, seed, dtype
-        or device, or is a non-empty directory that is not an evalkit cache.
+        When the directory holds a cache made for a different checkpoint, model code, data, k,
+        seed, dtype or device, or is a non-empty directory that is not an evalkit cache.
     OutputError
         When the directory cannot be created or written.
     ResourceError
