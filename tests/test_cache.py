@@ -82,8 +82,9 @@ def test_fresh_run_matches_the_engine_and_writes_manifest_and_shards(tmp_path, e
         [".lock", "manifest.json"]
         + [f"shard-{a}-{b}.{ext}" for a, b in [(0, 6), (6, 12), (12, 18), (18, 20)] for ext in ("npy", "sha256")]
     )
-    # The checksum file is in `sha256sum -c` format.
-    assert (cache / "shard-0-6.sha256").read_text().endswith("  shard-0-6.npy\n")
+    # The checksum file's first line is in `sha256sum -c` format; the second binds it to the cache.
+    first, second = (cache / "shard-0-6.sha256").read_text().splitlines()
+    assert first.endswith("  shard-0-6.npy") and second.startswith("key ")
     assert np.array_equal(np.load(cache / "shard-6-12.npy"), log_w[6:12].numpy())
 
 

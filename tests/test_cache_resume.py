@@ -58,7 +58,7 @@ def test_model_config_and_compute_dtype_are_part_of_the_fingerprint(tmp_path, bi
     assert [t.shape for t in tanh.state_dict().values()] == [t.shape for t in relu.state_dict().values()]
     assert cache_module.model_digest(tanh) != cache_module.model_digest(relu)
     cached_log_weights(tanh, binary_data, 4, cache_dir=tmp_path, progress=False)
-    with pytest.raises(InputError, match="was made for a different checkpoint;"):
+    with pytest.raises(InputError, match="was made for a different checkpoint(/model code)?;"):
         cached_log_weights(relu, binary_data, 4, cache_dir=tmp_path, progress=False)
     with pytest.raises(InputError, match=r"different dtype \(cached dtype='float32'; now dtype='float64'\)"):
         cached_log_weights(tanh, binary_data, 4, cache_dir=tmp_path, dtype=torch.float64, progress=False)
@@ -130,6 +130,10 @@ def cli_run(tmp_path_factory):
     return d
 
 
+def _fingerprint(cache):
+    return json.loads((cache / "manifest.json").read_text())["fingerprint"]
+
+
 def _shards(cache):
     return sorted(p.name for p in cache.glob("shard-*.npy"))
 
@@ -157,7 +161,7 @@ def test_sigkill_mid_run_then_resume_is_bitwise_identical(cli_run):
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # a damaged shard would warn
             start, stop = map(int, name[len("shard-"):-len(".npy")].split("-"))
-            assert cache_module._load_shard(cache, start, stop, 3000) is not None
+            assert cache_module._load_shard(cache, start, stop, 3000, _fingerprint(cache)) is not None
 
     resumed = _cli(_estimate_args("cache_killed", "resumed"), d)
     out, err = resumed.communicate(timeout=600)

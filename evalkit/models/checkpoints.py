@@ -42,6 +42,7 @@ Reading and recognising the files, and matching state_dict keys, live in
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -224,7 +225,15 @@ def _factory_model(factory: Union[str, Callable[[], nn.Module]], state_dict: Map
         model.prior_note = f"given by the factory {factory!r}" if isinstance(factory, str) else "given by the factory"
     else:
         check_model(model)
-    return _load_weights(model, state_dict, prefix=prefix, path=path)
+    model = _load_weights(model, state_dict, prefix=prefix, path=path)
+    # The factory's module is model code too: a cache fingerprint hashes its source.
+    with contextlib.suppress(AttributeError, TypeError, RuntimeError):
+        object.__setattr__(model, FACTORY_MODULE_ATTRIBUTE, getattr(build, "__module__", None))
+    return model
+
+
+FACTORY_MODULE_ATTRIBUTE = "_evalkit_factory_module"
+"""Attribute naming the module of the ``factory=`` that built a model (for the cache fingerprint)."""
 
 
 def _reference_model(state_dict: Mapping[str, torch.Tensor], prefix: Optional[str], path: Path) -> IWAE:

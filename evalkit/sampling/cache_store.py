@@ -4,12 +4,15 @@ Layout of a cache directory (see :mod:`evalkit.sampling.cache` for what it is fo
 
     manifest.json              format version, fingerprint, N, K, shard ranges (written atomically)
     shard-<start>-<stop>.npy   float64 log-weights of datapoints start..stop-1, shape (stop-start, K)
-    shard-<start>-<stop>.sha256  sha256 of the .npy file, in ``sha256sum -c`` format
-    .lock                      held (flock) by the run using the directory
+    shard-<start>-<stop>.sha256  sha256 of the .npy file (``sha256sum -c`` format), then its key:
+                               a sha256 binding it to this cache's fingerprint
+    .lock                      held (flock) by the run using the directory; never unlinked but by
+                               the run holding it
 
-Every file is written to a temporary sibling, fsynced and renamed, so a kill leaves whole
-files or none. A shard whose checksum, header or shape is wrong is reported (one
-:class:`CacheWarning`) and treated as missing.
+Every file is written to a new temporary sibling, fsynced and renamed onto its name, so a kill
+leaves whole files or none, and a symbolic link in the cache is replaced, never written
+through. A shard whose checksum, key, header or shape is wrong, or that is not a regular file,
+is reported (one :class:`CacheWarning`) and treated as missing.
 """
 from __future__ import annotations
 
@@ -20,13 +23,14 @@ import json
 import math
 import os
 import re
+import secrets
+import stat
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..atomic import atomic_path, atomic_write_text
 from ..errors import InputError, OutputError, ResourceError
 from .fingerprint import CACHE_FORMAT_VERSION
 
@@ -46,6 +50,7 @@ _COMPONENT_WORDS = {
     "format": "cache format",
     "evalkit": "evalkit version",
     "model": "checkpoint",
+    "code": "model code",
     "data": "data",
     "k": "k",
     "seed": "seed",
@@ -93,33 +98,72 @@ def _make_directory(directory: Path) -> List[Path]:
     return created
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the directory so two runs never write the same cache."""
+class CacheLock:
+    """The exclusive ``flock`` this run holds on ``<cache>/.lock``, from :func:`_acquire_lock` to :meth:`release`.
+
+    The kernel releases it when the process dies (even by ``kill -9``), so a stale lock file
+    never blocks a later run. Only the holder may unlink the lock file (:meth:`release` with
+    ``remove=True``); a run that finds the file replaced after it locked it (the holder removed
+    it meanwhile) locks the new one instead, so two runs never hold locks on two files.
+    """
+
+    def __init__(self, directory: Path, fd: Optional[int]) -> None:
+        self.directory, self.fd = directory, fd
+
+    def release(self, *, remove: bool = False) -> None:
+        """Unlink the lock file first when ``remove`` (still holding it), then release the lock."""
+        if self.fd is None:
+            return
+        try:
+            if remove:
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / LOCK_NAME).unlink()
+        finally:
+            os.close(self.fd)  # closing the descriptor releases the lock
+            self.fd = None
+
+
+def _acquire_lock(directory: Path) -> CacheLock:
+    """Take the cache's lock, or raise :class:`ResourceError` when another run holds it.
+
+    A run refused here has written nothing and removes nothing: the lock file belongs to the
+    run holding it.
+    """
     try:
         import fcntl
     except ImportError:  # pragma: no cover - Windows: no advisory locks, rely on atomic renames
-        yield
-        return
+        return CacheLock(directory, None)
     lock_path = directory / LOCK_NAME
-    try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write in cache directory {str(directory)!r} ({exc.strerror}); choose another --cache directory"
-        ) from None
-    try:
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        try:
+            fd = os.open(lock_path, flags, 0o644)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write the lock file {str(lock_path)!r} ({exc.strerror}; a symbolic link or a file that "
+                "is not writable); choose another --cache directory"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
+            os.close(fd)
             raise ResourceError(
                 f"cache directory {str(directory)!r} is in use by another evalkit run; "
                 "wait for it to finish or use another --cache directory"
             ) from None
-        _remove_stale_temporaries(directory)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        if _same_file(fd, lock_path):
+            _remove_stale_temporaries(directory)
+            return CacheLock(directory, fd)
+        os.close(fd)  # the holder unlinked this file before releasing it: lock the current one
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino)
 
 
 def _remove_stale_temporaries(directory: Path) -> None:
@@ -129,15 +173,11 @@ def _remove_stale_temporaries(directory: Path) -> None:
             path.unlink()
 
 
-def _remove_if_unused(directory: Path, created: List[Path]) -> None:
-    # A run that fails before storing anything leaves nothing behind: no lock file, and none of
-    # the directories it created.
+def _remove_empty_directories(created: List[Path]) -> None:
+    # Only empty directories go (rmdir refuses others); stops at the first that is not.
     with contextlib.suppress(OSError):
-        if not (directory / MANIFEST_NAME).exists():
-            with contextlib.suppress(FileNotFoundError):
-                (directory / LOCK_NAME).unlink()
         for path in created:
-            path.rmdir()  # only empty directories go; stops at the first that is not
+            path.rmdir()
 
 
 def _open_manifest(
@@ -186,9 +226,10 @@ def _refuse_foreign(directory: Path) -> None:
         )
 
 
-def _remove_written(directory: Path, manifest: Dict[str, Any]) -> None:
-    # Only the files this run wrote into the cache it created; nothing else is touched.
-    for name in [*manifest.get("_files", []), MANIFEST_NAME]:
+def _remove_written(directory: Path, manifest: Dict[str, Any], *, manifest_too: bool = True) -> None:
+    # Only the files this run wrote into the cache it created; nothing else is touched. The
+    # manifest goes only by the hand of the lock's holder (under torchrun: rank 0).
+    for name in [*manifest.get("_files", []), *([MANIFEST_NAME] if manifest_too else [])]:
         with contextlib.suppress(FileNotFoundError):
             (directory / name).unlink()
 
@@ -229,7 +270,7 @@ def _check_shards_cover(manifest: Dict[str, Any], n: int, path: Path) -> None:
 def _mismatch_message(directory: Path, cached: Dict[str, Any], now: Dict[str, Any]) -> str:
     keys = [key for key in _COMPONENT_WORDS if cached.get(key) != now.get(key)] or ["inputs"]
     what = "/".join(_COMPONENT_WORDS.get(key, key) for key in keys)
-    shown = [key for key in keys if key not in ("model", "data")]
+    shown = [key for key in keys if key not in ("model", "code", "data")]
     detail = ""
     if shown:
         detail = " (cached " + ", ".join(f"{key}={cached.get(key)!r}" for key in shown)
@@ -242,8 +283,37 @@ def _mismatch_message(directory: Path, cached: Dict[str, Any], now: Dict[str, An
 
 def _write_manifest(directory: Path, manifest: Dict[str, Any]) -> None:
     body = {key: value for key, value in manifest.items() if not key.startswith("_")}
-    atomic_write_text(directory / MANIFEST_NAME, json.dumps(body, indent=1) + "\n", overwrite=True)
+    _write_in_cache(directory, MANIFEST_NAME, (json.dumps(body, indent=1) + "\n").encode())
     manifest["_written"] = True
+
+
+def _write_in_cache(directory: Path, name: str, payload: bytes) -> None:
+    """Write ``directory/name`` atomically as a regular file of the cache, never through a link.
+
+    The bytes go to a new hidden temporary (``O_EXCL | O_NOFOLLOW``), are fsynced, and the
+    temporary is renamed onto ``name``: a rename replaces a symbolic link itself, not the file
+    it points to, so nothing outside the cache directory is ever written.
+    """
+    path = directory / name
+    tmp = directory / f".{name}.{secrets.token_hex(6)}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(tmp, flags, 0o644)
+        try:
+            view = memoryview(payload)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(
+            f"cannot write {str(path)!r} in the cache ({exc.strerror or type(exc).__name__}); "
+            "free some space or choose another --cache directory"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,42 +325,73 @@ def shard_name(start: int, stop: int) -> str:
     return f"shard-{start}-{stop}.npy"
 
 
-def _store_shard(directory: Path, start: int, stop: int, values: np.ndarray) -> List[str]:
-    """Write one shard and its checksum file, each atomically; return their names."""
+def _store_shard(directory: Path, start: int, stop: int, values: np.ndarray, fingerprint: str) -> List[str]:
+    """Write one shard and its checksum file, each atomically; return their names.
+
+    The checksum file has two lines: ``<sha256 of the .npy>  <name>`` (``sha256sum -c``
+    checks it) and ``key <sha256 of fingerprint, name and that digest>``, which binds the shard
+    to this cache: a shard copied in from a cache of another seed or model is rejected.
+    """
     name = shard_name(start, stop)
     buffer = io.BytesIO()
     np.save(buffer, values, allow_pickle=False)
     payload = buffer.getvalue()
-    with atomic_path(directory / name, overwrite=True) as tmp:
-        tmp.write_bytes(payload)
+    _write_in_cache(directory, name, payload)
     # The checksum goes last: a shard without one (killed in between) is simply recomputed.
     digest = hashlib.sha256(payload).hexdigest()
-    atomic_write_text(directory / _checksum_name(name), f"{digest}  {name}\n", overwrite=True)
+    text = f"{digest}  {name}\nkey {_shard_key(fingerprint, name, digest)}\n"
+    _write_in_cache(directory, _checksum_name(name), text.encode())
     return [name, _checksum_name(name)]
+
+
+def _shard_key(fingerprint: str, name: str, digest: str) -> str:
+    return hashlib.sha256(f"{fingerprint}\n{name}\n{digest}\n".encode()).hexdigest()
+
+
+def _read_problem(directory: Path, name: str, mode: int, fingerprint: str) -> Union[bytes, str]:
+    """The shard's bytes when its checksum and key hold, else what is wrong with it."""
+    if stat.S_ISLNK(mode):
+        return "it is a symbolic link; it is replaced by a regular file"
+    if not stat.S_ISREG(mode):
+        return "it is not a regular file"
+    try:
+        payload = (directory / name).read_bytes()
+        checksum_path = directory / _checksum_name(name)
+        if not os.path.lexists(checksum_path):
+            return "its checksum file is missing"
+        if not stat.S_ISREG(os.lstat(checksum_path).st_mode):
+            return "its checksum file is not a regular file"
+        lines = checksum_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return f"it cannot be read ({exc})"
+    digest = hashlib.sha256(payload).hexdigest()
+    if not lines or lines[0].split()[:1] != [digest]:
+        return "its checksum does not match (truncated or corrupted)"
+    if lines[1:2] != [f"key {_shard_key(fingerprint, name, digest)}"]:
+        return "its checksum is not bound to this cache (copied from another cache?)"
+    return payload
 
 
 def _checksum_name(name: str) -> str:
     return name[: -len(".npy")] + ".sha256"
 
 
-def _load_shard(directory: Path, start: int, stop: int, k: int) -> Optional[np.ndarray]:
-    """The stored shard, or None when it is absent or damaged (damage gives one warning)."""
+def _load_shard(directory: Path, start: int, stop: int, k: int, fingerprint: str) -> Optional[np.ndarray]:
+    """The stored shard, or None when it is absent or damaged (damage gives one warning).
+
+    Damaged: not a regular file (a symbolic link is never read nor written through: the
+    recomputed shard replaces the link itself), a checksum that does not match, a checksum not
+    bound to this cache's fingerprint (a shard copied from another cache), or a bad header or shape.
+    """
     name = shard_name(start, stop)
     path = directory / name
-    if not path.exists():
-        return None
-    problem = None
     try:
-        payload = path.read_bytes()
-        checksum_path = directory / _checksum_name(name)
-        if not checksum_path.exists():
-            problem = "its checksum file is missing"
-        else:
-            recorded = checksum_path.read_text(encoding="utf-8").split()[:1]
-            if recorded != [hashlib.sha256(payload).hexdigest()]:
-                problem = "its checksum does not match (truncated or corrupted)"
-    except (OSError, UnicodeDecodeError) as exc:
-        problem = f"it cannot be read ({exc})"
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return None
+    problem = _read_problem(directory, name, mode, fingerprint)
+    payload = problem if isinstance(problem, bytes) else None
+    problem = None if payload is not None else problem
     if problem is None:
         try:
             values = np.load(io.BytesIO(payload), allow_pickle=False)

@@ -260,19 +260,22 @@ def _exchange(status: Optional[tuple], device: Optional[Any]) -> list:
     return sorted(s for s in statuses if s is not None)
 
 
-def gather_rows(local: torch.Tensor, n: int, context: Context) -> Optional[torch.Tensor]:
+def gather_rows(local: torch.Tensor, n: int, context: Context,
+                sizes: Optional[list] = None) -> Optional[torch.Tensor]:
     """Gather every process's shard (:func:`shard` of ``n`` rows) on rank 0, in row order.
 
     Shards are padded to the longest one so that one ``gather`` moves them; rank 0 returns the
-    ``[n, ...]`` concatenation, the other ranks None.
+    ``[n, ...]`` concatenation, the other ranks None. ``sizes`` gives each rank's number of
+    rows when they are not :func:`shard`'s (the cache splits whole shards between the ranks).
     """
-    longest = -(-n // context.world_size)
+    if sizes is None:
+        sizes = [stop - start for start, stop in (shard(n, r, context.world_size) for r in range(context.world_size))]
+    longest = max(sizes)
     padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype)
     padded[: len(local)] = local
     if context.is_main:
         pieces = [torch.empty_like(padded) for _ in range(context.world_size)]
         dist.gather(padded, pieces, dst=0, group=context.gather_group)
-        sizes = [stop - start for start, stop in (shard(n, r, context.world_size) for r in range(context.world_size))]
         return torch.cat([piece[:size] for piece, size in zip(pieces, sizes)])
     dist.gather(padded, None, dst=0, group=context.gather_group)
     return None

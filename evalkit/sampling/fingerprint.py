@@ -2,20 +2,26 @@
 
 A cache (:mod:`evalkit.sampling.cache`) is reused only for the same fingerprint. It covers what
 determines the numbers: the model (class, config, and every parameter and buffer: name, dtype,
-shape, bytes), the data (dtype, shape, bytes), K, the seed, the compute dtype, the device type,
-``compile`` and (on CUDA) ``tf32``, the evalkit version and the cache format; nothing else.
+shape, bytes), the model's code (:func:`code_digest`: the source files of the modules its
+classes and their bases come from, the module of the ``factory=`` that built it, TorchScript
+code, evalkit's own source and torch's version), the data (dtype, shape, bytes), K, the seed,
+the compute dtype, the device type, ``compile`` and (on CUDA) ``tf32``, the evalkit version and
+the cache format; nothing else.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
+import sys
+from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import torch
 
 #: Version of the cache layout and fingerprint recipe; a cache of another version is refused.
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2
 
 
 def fingerprint_components(
@@ -35,7 +41,7 @@ def fingerprint_components(
     -------
     dict
         ``format``, ``evalkit``, ``k``, ``seed``, ``dtype``, ``device``, ``compile``, ``tf32``
-        as plain values; ``model`` and ``data`` as sha256 hex digests. ``tf32`` only counts on
+        as plain values; ``model``, ``code`` and ``data`` as sha256 hex digests. ``tf32`` only counts on
         CUDA (it changes nothing on the CPU).
     """
     from .._version import __version__
@@ -45,6 +51,7 @@ def fingerprint_components(
         "format": CACHE_FORMAT_VERSION,
         "evalkit": __version__,
         "model": model_digest(model),
+        "code": code_digest(model),
         "data": tensor_digest(data),
         "k": int(k),
         "seed": int(seed),
@@ -71,6 +78,63 @@ def model_digest(model: Any) -> str:
     for name, tensor in _named_tensors(model):
         h.update(f"tensor {name}\n".encode())
         _update_with_tensor(h, tensor)
+    return h.hexdigest()
+
+
+def code_digest(model: Any) -> str:
+    """sha256 of the code that computes a model's log-weights.
+
+    Covers the source file of every module that the model's classes (the model's and its
+    submodules', with all their bases) come from, the module of the ``factory=`` that built it
+    (:data:`evalkit.models.checkpoints.FACTORY_MODULE_ATTRIBUTE`), the code of TorchScript
+    submodules, every source file of evalkit itself, and torch's version (torch's own files are
+    named, not read: its version stands for them). Editing a glue model's ``log_weights`` thus
+    changes the digest although its weights do not.
+    """
+    import torch.nn as nn
+
+    from ..models.checkpoints import FACTORY_MODULE_ATTRIBUTE
+
+    h = hashlib.sha256()
+    h.update(f"torch {torch.__version__}\nevalkit {_evalkit_source_digest()}\n".encode())
+    parts = list(model.modules()) if isinstance(model, nn.Module) else [model]
+    module_names = {base.__module__ for part in parts for base in type(part).__mro__}
+    factory_module = getattr(model, FACTORY_MODULE_ATTRIBUTE, None)
+    if isinstance(factory_module, str):
+        module_names.add(factory_module)
+    for name in sorted(module_names):
+        h.update(f"module {name} {_module_source_digest(name)}\n".encode())
+    for part in parts:
+        code = getattr(part, "code", None) if isinstance(part, torch.jit.ScriptModule) else None
+        if isinstance(code, str):
+            h.update(b"script ")
+            h.update(code.encode())
+    return h.hexdigest()
+
+
+def _module_source_digest(name: str) -> str:
+    # A module's source file, read now (an edit between two runs must show); torch's are named
+    # only (its version is hashed), evalkit's are in _evalkit_source_digest.
+    if name.split(".")[0] in ("torch", "builtins", "evalkit"):
+        return "-"
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None)
+    if not path:
+        return "no-file"
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"
+
+
+@functools.lru_cache(maxsize=1)
+def _evalkit_source_digest() -> str:
+    # Every .py file of the installed evalkit package (it does not change during a run).
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(f"{path.relative_to(root).as_posix()}\n".encode())
+        h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
 
 

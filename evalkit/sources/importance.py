@@ -118,12 +118,17 @@ class CachedSource(_WholeMatrixSource):
     def __init__(self, *args: Any, cache_dir: Any, shard_size: Optional[int] = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.cache_dir, self.shard_size = cache_dir, shard_size
+        self.is_main = distributed.rank() == 0  # under torchrun every rank fills its shards, rank 0 gathers
 
-    def _compute(self) -> torch.Tensor:
+    def _compute(self) -> Optional[torch.Tensor]:
         from ..sampling.cache import cached_log_weights
 
-        return cached_log_weights(self.model, self.data, self.k, cache_dir=self.cache_dir, seed=self.seed,
-                                  shard_size=self.shard_size, sampler=self.sampler, **self.engine_options)
+        log_w = cached_log_weights(self.model, self.data, self.k, cache_dir=self.cache_dir, seed=self.seed,
+                                   shard_size=self.shard_size, sampler=self.sampler, **self.engine_options)
+        if self.sampler is not None and distributed.launched_by_torchrun():
+            # Each rank saw the acceptance rates of the shards it computed only: report none.
+            self.sampler.acceptance_rates = []
+        return log_w
 
 
 class TorchrunSource(_WholeMatrixSource):

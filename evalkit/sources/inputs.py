@@ -374,11 +374,8 @@ _DEFAULT_DTYPES = ("float32", "torch.float32")  # the engine's default, passed b
 
 
 def _check_run_options(cache: Any, indices: Any) -> None:
-    """Refuse the combinations that cannot work: a shared cache, chosen rows with a cache or torchrun."""
+    """Refuse the combinations that cannot work: chosen rows with a cache or under torchrun."""
     under_torchrun = distributed.launched_by_torchrun()
-    if under_torchrun and cache is not None:
-        raise InputError("a cache cannot be shared by torchrun's processes; run one process with the cache, "
-                         "or drop the cache under torchrun.")
     if under_torchrun and indices is not None:
         raise InputError("under torchrun the processes split the rows of the data; pass the rows you want as "
                          "data, not indices=")
