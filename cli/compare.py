@@ -101,18 +101,20 @@ def compare_command(checkpoints, k, estimators, names, fmt, output, per_example,
 
 
 def _write(result, fmt, output, per_example, report_dir, overwrite, quiet) -> None:
-    from evalkit.atomic import atomic_write_text
+    from evalkit.atomic import atomic_write_text, output_group
 
     text = result.format(fmt)
-    if output is not None:
-        atomic_write_text(output, text if text.endswith("\n") else text + "\n", overwrite=overwrite)
-    if per_example is not None:
-        body = (result.per_example.to_json(orient="records", indent=1, double_precision=15)
-                if per_example.endswith(".json") else result.to_csv("per_example"))
-        atomic_write_text(per_example, body, overwrite=overwrite)
+    with output_group() as group:  # the run's outputs appear together or not at all
+        if output is not None:
+            atomic_write_text(output, text if text.endswith("\n") else text + "\n", overwrite=overwrite, group=group)
+        if per_example is not None:
+            body = (result.per_example.to_json(orient="records", indent=1, double_precision=15)
+                    if per_example.endswith(".json") else result.to_csv("per_example"))
+            atomic_write_text(per_example, body, overwrite=overwrite, group=group)
+        if report_dir is not None:
+            result.report(report_dir, command=" ".join(shlex.quote(a) for a in ["evalkit"] + sys.argv[1:]),
+                          overwrite=overwrite, group=group)
     if report_dir is not None:
-        result.report(report_dir, command=" ".join(shlex.quote(a) for a in ["evalkit"] + sys.argv[1:]),
-                      overwrite=overwrite)
         echo_err(f"wrote the report to {report_dir}", quiet=quiet)
     if output is None:
         click.echo(text, nl=not text.endswith("\n"))

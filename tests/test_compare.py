@@ -211,7 +211,7 @@ def test_models_that_need_different_data_are_refused():
     ("ab", {"names": ["A", "A"]}, "names must be distinct"),
     ("ab", {"k": 0}, "k must be a positive integer"),
     ("ab", {"estimators": ("iwea",)}, "unknown estimator"),
-    ("ab", {"k": 2, "estimators": ("jvi2",)}, "needs k >= 3"),
+    ("ab", {"k": 2, "estimators": ("jvi2",)}, "needs at least 3 samples"),
 ])
 def test_bad_inputs_are_one_sentence(pair, models, kwargs, message):
     a, b, x = pair

@@ -94,8 +94,11 @@ def compare(
     allow_pickle: bool = False,
     split: Optional[str] = None,
     binarize: str = "none",
+    rescale_levels: bool = False,
     quantity: Optional[str] = None,
     target: Optional[str] = None,
+    prior: Any = None,
+    activation: Optional[str] = None,
     method: str = "is",
     ais: Optional[Dict[str, Any]] = None,
     cache: Optional[Any] = None,
@@ -125,7 +128,7 @@ def compare(
         random numbers); each further group of noise shapes gets ``seed + g`` (module notes).
     names : sequence of str, optional
         How tables name the models (default: a checkpoint's file stem, else the class name).
-    method, ais, cache, cache_shard_size, quantity, target, block_size, units, **engine_options
+    method, ais, cache, cache_shard_size, quantity, target, rescale_levels, prior, activation, block_size, units, **engine_options
         As in :func:`evalkit.estimate`. ``cache`` is a directory holding one sub-directory per
         model (``0-<name>``, ``1-<name>``, ...).
 
@@ -158,8 +161,9 @@ def compare(
     check_units(units, 1)
     seed = check_seed(seed)
     sources, seeds = _open_sources(models, labels, data, k=k, seed=seed, factory=factory, prefix=prefix,
-                                   allow_pickle=allow_pickle, split=split, binarize=binarize, quantity=quantity,
-                                   target=target, method=method, ais=ais, cache=cache,
+                                   allow_pickle=allow_pickle, split=split, binarize=binarize,
+                                   rescale_levels=rescale_levels, quantity=quantity, target=target, prior=prior,
+                                   activation=activation, method=method, ais=ais, cache=cache,
                                    cache_shard_size=cache_shard_size, engine_options=engine_options)
     dims = _common_dims(sources, labels)
     check_units(units, dims)
@@ -233,7 +237,7 @@ def common_streams(sources: Sequence[LogWeightSource]) -> Dict[Tuple[int, int], 
             for a in range(len(sources)) for b in range(a + 1, len(sources))}
 
 
-def _open_sources(models, labels, data, *, k, seed, cache, engine_options, binarize, split, **options):
+def _open_sources(models, labels, data, *, k, seed, cache, engine_options, binarize, split, rescale_levels, **options):
     """One source per model on the same rows; the seed of each (module notes: one per noise shape)."""
     loading = {key: options.pop(key) for key in ("factory", "prefix", "allow_pickle")}
     resolved = [m if isinstance(m, (LogWeightSource, torch.Tensor, np.ndarray)) else resolve_model(m, **loading)
@@ -245,7 +249,8 @@ def _open_sources(models, labels, data, *, k, seed, cache, engine_options, binar
     for i, (label, model) in enumerate(zip(labels, resolved)):
         source_data = data
         if isinstance(model, torch.nn.Module) and not getattr(model, "is_bayesian_network", False) and data is not None:
-            x = _data_for(model, label, data, split="test" if split is None else split, binarize=binarize, seed=seed)
+            x = _data_for(model, label, data, split="test" if split is None else split, binarize=binarize, seed=seed,
+                          rescale_levels=rescale_levels)
             if shared_x is not None and (x.shape != shared_x.shape or not torch.equal(x, shared_x)):
                 raise InputError(f"models {labels[0]!r} and {label!r} need different data (shapes "
                                  f"{tuple(shared_x.shape)} and {tuple(x.shape)}, or other values: binary and not, "

@@ -304,11 +304,13 @@ class CompareResult:
 
         return {"compare": plot_compare(self)}
 
-    def report(self, out: Union[str, os.PathLike], *, command: Optional[str] = None, overwrite: bool = False):
-        """Write a Markdown + HTML report into directory ``out`` (:func:`evalkit.output.compare_report.write_compare_report`)."""
+    def report(self, out: Union[str, os.PathLike], *, command: Optional[str] = None, overwrite: bool = False,
+               group: Any = None):
+        """Write a Markdown + HTML report into directory ``out`` (:func:`evalkit.output.compare_report.write_compare_report`;
+        ``group``, an :class:`evalkit.atomic.OutputGroup`, commits it with a run's other outputs)."""
         from ..output.compare_report import write_compare_report
 
-        return write_compare_report(self, out, command=command, overwrite=overwrite)
+        return write_compare_report(self, out, command=command, overwrite=overwrite, group=group)
 
     def __str__(self) -> str:
         return self.to_table()

@@ -10,11 +10,12 @@ from __future__ import annotations
 import base64
 import html
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Dict, Optional, Union
 
 from ..analysis.tables import markdown_table
-from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text
+from ..atomic import OutputGroup, atomic_directory, atomic_write_bytes, atomic_write_text, output_group
 from .report import check_output_dir
 
 PathLike = Union[str, os.PathLike]
@@ -32,7 +33,7 @@ def compare_report_paths(out: PathLike) -> Dict[str, Path]:
 
 
 def write_compare_report(result, out: PathLike, *, command: Optional[str] = None,
-                         overwrite: bool = False) -> Dict[str, Path]:
+                         overwrite: bool = False, group: Optional[OutputGroup] = None) -> Dict[str, Path]:
     """Write the comparison's report into directory ``out`` (created if missing); return the paths.
 
     Parameters
@@ -44,6 +45,9 @@ def write_compare_report(result, out: PathLike, *, command: Optional[str] = None
         The command that made the result (the CLI passes its command line).
     overwrite : bool
         Replace existing files.
+    group : OutputGroup, optional
+        Commit the report with other outputs of the same run (:func:`evalkit.atomic.output_group`);
+        by default the report's own files are committed together.
     """
     from .plots import figure_png_bytes
 
@@ -52,16 +56,16 @@ def write_compare_report(result, out: PathLike, *, command: Optional[str] = None
     png = figure_png_bytes(result.figures()["compare"])
     command = command or "(not recorded: made from Python without command=)"
     title = "evalkit comparison: " + " vs ".join(result.names)
-    with atomic_directory(out) as stage:
+    with (nullcontext(group) if group is not None else output_group()) as group, \
+            atomic_directory(out, group=group) as stage:
         staged = compare_report_paths(stage)
         staged["compare_png"].parent.mkdir(exist_ok=True)
-        atomic_write_text(staged["json"], result.to_json(per_example=True) + "\n", overwrite=overwrite)
-        atomic_write_text(staged["per_example_csv"], result.to_csv("per_example"), overwrite=overwrite)
-        atomic_write_bytes(staged["compare_png"], png, overwrite=overwrite)
-        atomic_write_text(staged["report_md"], render_markdown(result, title=title, command=command),
-                          overwrite=overwrite)
-        atomic_write_text(staged["report_html"], render_html(result, png, title=title, command=command),
-                          overwrite=overwrite)
+        texts = {"json": result.to_json(per_example=True) + "\n", "per_example_csv": result.to_csv("per_example"),
+                 "report_md": render_markdown(result, title=title, command=command),
+                 "report_html": render_html(result, png, title=title, command=command)}
+        atomic_write_bytes(staged["compare_png"], png, overwrite=overwrite, group=group)
+        for name, text in texts.items():
+            atomic_write_text(staged[name], text, overwrite=overwrite, group=group)
     return paths
 
 
