@@ -102,11 +102,9 @@ def estimate_command(checkpoint, k, estimators, fmt, output, per_example, save_l
         click.echo(text, nl=not text.endswith("\n"))
     else:
         echo_err(f"wrote {output}", quiet=params["quiet"])
-    # The terminal table ends in its own warning line; on a terminal that is enough. Anywhere else
-    # (a file, a pipe, another format) stderr carries the warning, so it is never dropped.
-    in_view = fmt == "table" and output is None and sys.stdout.isatty()
+    # stdout holds the results only; the weight warning goes to stderr after them (--quiet hides it).
     for record in weight_warnings:
-        if issubclass(record.category, WeightWarning) and not in_view:
+        if issubclass(record.category, WeightWarning):
             echo_err(f"warning: {record.message}", quiet=params["quiet"])
 
 

@@ -95,7 +95,7 @@ def test_nan_raises_naming_the_rows(name):
     lw = _rows(shape=(4, 30))
     lw[1, 3] = math.nan
     lw[3, 0] = math.nan
-    with pytest.raises(InputError, match=r"NaN in rows \(1,\), \(3,\)"):
+    with pytest.raises(InputError, match=r"NaN in rows 1, 3\b"):
         ROW_FUNCTIONS[name](lw)
     with pytest.raises(ValueError):
         ROW_FUNCTIONS[name](torch.from_numpy(lw))
@@ -112,7 +112,7 @@ def test_nan_positions_in_a_3d_batch():
 def test_positive_infinity_raises(name):
     lw = _rows(shape=(2, 30))
     lw[0, 5] = math.inf
-    with pytest.raises(InputError, match=r"\+inf in rows \(0,\)"):
+    with pytest.raises(InputError, match=r"\+inf in rows 0\b"):
         ROW_FUNCTIONS[name](lw)
 
 

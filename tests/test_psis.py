@@ -79,7 +79,7 @@ def test_gpd_fit_is_scale_invariant_in_k():
 
 def test_small_k_and_degenerate_rows_are_nan_with_one_warning():
     rng = np.random.default_rng(6)
-    with pytest.warns(UserWarning, match=r"k-hat is nan in rows \(0,\), \(1,\)"):
+    with pytest.warns(UserWarning, match=r"k-hat is nan in rows 0, 1\b"):
         out = E.psis_khat(rng.normal(size=(2, 20)))  # tail of 4 < 5
     assert np.isnan(out).all()
     assert np.isfinite(E.psis_khat(rng.normal(size=(1, 21))))[0]  # tail of 5
@@ -87,7 +87,7 @@ def test_small_k_and_degenerate_rows_are_nan_with_one_warning():
     lw[0] = 0.0  # all equal: no tail
     lw[1, 4:] = -math.inf  # only 4 positive weights
     lw[2, 5:] = -math.inf  # 5 positive weights: a tail of 5, as in PSIS
-    with pytest.warns(UserWarning, match=r"rows \(0,\), \(1,\)"):
+    with pytest.warns(UserWarning, match=r"rows 0, 1\b"):
         out = E.psis_khat(lw)
     assert np.isnan(out[:2]).all() and np.isfinite(out[2])
     with pytest.warns(UserWarning, match="nan"):

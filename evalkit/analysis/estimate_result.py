@@ -186,10 +186,13 @@ class EstimateResult:
             head += f"\nweight prior P(w): {meta['prior']}"
         if self.units == "bpd":
             head += f"\nin bits per dimension: bpd = -{self.quantity} / (D ln 2), D = {meta['dims']}"
-        return f"{head}\n{text}\n{self.diagnostics_text()}\n"
+        # The datapoints above the k-hat threshold are the warning's (stderr; --quiet hides it), not the table's.
+        return f"{head}\n{text}\n{self.diagnostics_text(with_warning=False)}\n"
 
-    def diagnostics_text(self) -> str:
-        """One or two lines that say whether the importance weights can be trusted."""
+    def diagnostics_text(self, *, with_warning: bool = True) -> str:
+        """One or two lines that say whether the importance weights can be trusted (the second, naming
+        the datapoints above the threshold, only ``with_warning``: the terminal table leaves that
+        to the warning on stderr, which ``--quiet`` hides)."""
         d = self.diagnostics
         if not math.isfinite(d["max_psis_khat"]):
             return (
@@ -199,13 +202,15 @@ class EstimateResult:
         threshold = d.get("khat_threshold")
         flagged = d.get("indices_khat_above_threshold", d["indices_khat_above_0.7"])
         limit = f"{threshold:.3g}" if threshold is not None else "0.7"
+        above = d.get('fraction_khat_above_threshold', d['fraction_khat_above_0.7'])
+        judged = f"> {limit} (the threshold for K = {self.metadata.get('k')}) for {above:.1%}"
+        if threshold is None or threshold != 0.5:  # at the threshold 0.5 the two fractions are one
+            judged = f"> 0.5 for {d['fraction_khat_above_0.5']:.1%}, " + judged
         text = (
-            f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat > 0.5 for "
-            f"{d['fraction_khat_above_0.5']:.1%}, > {limit} (the threshold for K = {self.metadata.get('k')}) for "
-            f"{d.get('fraction_khat_above_threshold', d['fraction_khat_above_0.7']):.1%} of the datapoints with a k-hat"
+            f"weights: mean ESS/K = {d['mean_ess_fraction']:.3g}; PSIS k-hat {judged} of the datapoints with a k-hat"
             + (f" ({d['n_khat_undefined']} without one)" if d.get("n_khat_undefined") else "")
         )
-        if flagged:
+        if flagged and with_warning:
             shown = ", ".join(str(i) for i in flagged[:10])
             more = " ..." if len(flagged) > 10 else ""
             text += (

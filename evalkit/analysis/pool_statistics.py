@@ -159,7 +159,7 @@ def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: 
 
 
 # How evalkit's estimators name rows in a warning (arraykind.format_positions).
-_POSITIONS = re.compile(r" in (?:rows \([\d, ]*\)(?:, \([\d, ]*\))*(?: and \d+ more)?|the only row)")
+_POSITIONS = re.compile(r" in (?:rows (?:\([\d, ]*\)|\d+)(?:, (?:\([\d, ]*\)|\d+))*(?: and \d+ more)?|the only row)")
 
 
 def without_positions(records) -> List[tuple]:

@@ -53,7 +53,10 @@ def format_positions(bad: np.ndarray, batch_shape: Tuple[int, ...]) -> str:
     flat = np.flatnonzero(bad).tolist()
     if not batch_shape:
         return "the only row"
-    shown = [str(tuple(int(i) for i in np.unravel_index(f, batch_shape))) for f in flat[:_MAX_POSITIONS_SHOWN]]
+    if len(batch_shape) == 1:  # rows of a matrix: plain numbers ("rows 55, 81"), not Python tuples
+        shown = [str(int(f)) for f in flat[:_MAX_POSITIONS_SHOWN]]
+    else:
+        shown = [str(tuple(int(i) for i in np.unravel_index(f, batch_shape))) for f in flat[:_MAX_POSITIONS_SHOWN]]
     more = f" and {len(flat) - _MAX_POSITIONS_SHOWN} more" if len(flat) > _MAX_POSITIONS_SHOWN else ""
     return "rows " + ", ".join(shown) + more
 

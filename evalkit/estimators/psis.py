@@ -34,7 +34,7 @@ from typing import Any, Tuple
 import numpy as np
 
 from .arraykind import as_rows, format_positions
-from ..errors import InputError
+from ..errors import InputError, user_stacklevel
 
 __all__ = ["KHAT_GOOD", "KHAT_BAD", "khat_threshold", "psis_khat", "gpd_fit", "tail_length"]
 
@@ -209,6 +209,6 @@ def psis_khat(log_w: Any) -> Any:
                "the largest weights are tied: all equal (the best case, ESS = K; nothing to fit) or mostly zero "
                "(check those rows' ESS)"),
             KhatWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),  # the user's line, not evalkit's caller inside estimate/sweep
         )
     return kind.restore(out)

@@ -106,14 +106,14 @@ def engine_blocks(
 
 
 # How evalkit's estimators name rows in a warning (arraykind.format_positions on [rows, K] input).
-_ROWS_NAMED = re.compile(r"rows (\(\d+,\)(?:, \(\d+,\))*)(?: and (\d+) more)?")
+_ROWS_NAMED = re.compile(r"rows (\d+(?:, \d+)*)(?: and (\d+) more)?")
 
 
 def reissue_warnings(caught: Sequence[Tuple[int, warnings.WarningMessage]]) -> None:
     """Issue the warnings recorded block by block as one evaluation of the whole matrix would.
 
     ``caught`` holds ``(start, record)``: a warning raised on the block whose first row is
-    ``start``. Rows named in it ("rows (3,), (17,) and 2 more") are shifted by ``start``; the
+    ``start``. Rows named in it ("rows 3, 17 and 2 more") are shifted by ``start``; the
     same warning from several blocks (same category and place, same text apart from the rows)
     becomes one naming the first rows of all of them and counting the rest. Other warnings are
     issued once per distinct text.
@@ -126,7 +126,7 @@ def reissue_warnings(caught: Sequence[Tuple[int, warnings.WarningMessage]]) -> N
             key = (record.category, record.filename, record.lineno, text, "")
             groups.setdefault(key, [record, [], 0])
             continue
-        shown = [start + int(p) for p in re.findall(r"\((\d+),\)", match.group(1))]
+        shown = [start + int(p) for p in match.group(1).split(", ")]
         key = (record.category, record.filename, record.lineno, text[: match.start()], text[match.end():])
         group = groups.setdefault(key, [record, [], 0])
         group[1] += shown
@@ -135,7 +135,7 @@ def reissue_warnings(caught: Sequence[Tuple[int, warnings.WarningMessage]]) -> N
         if total:
             listed = shown[:_MAX_POSITIONS_SHOWN]
             more = f" and {total - len(listed)} more" if total > len(listed) else ""
-            text = head + "rows " + ", ".join(f"({p},)" for p in listed) + more + tail
+            text = head + "rows " + ", ".join(str(p) for p in listed) + more + tail
         else:
             text = head
         warnings.warn_explicit(text, category, filename, lineno)
