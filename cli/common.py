@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict
 
 import click
 
+from evalkit import _interrupts
 from evalkit.errors import EvalkitError
 
 FORMATS = ("table", "json", "csv", "markdown", "latex")
@@ -228,36 +229,11 @@ def errors_as_messages(debug: bool):
             f"{type(exc).__name__}: {exc} (raised inside the run, e.g. by the model's log_weights); "
             "re-run with --debug for the traceback"
         ) from None
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _Terminated)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (evalkit._interrupts.Terminated)
         if debug:
             raise
         click.echo(interrupted_message(), err=True)
-        sys.exit(143 if isinstance(exc, _Terminated) else 130)
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that the same cleanup runs
-    (temporary files and staged directories removed, finished cache shards kept)."""
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Turn SIGTERM into :class:`_Terminated` for the duration of a command (main thread only)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        sys.exit(_interrupts.exit_code(exc))
 
 
 def interrupted_message() -> str:
@@ -349,7 +325,7 @@ def command_errors(f: Callable) -> Callable:
 
         debug = kwargs.get("debug", False)
         progress.reset()
-        with errors_as_messages(debug), sigterm_as_interrupt(), messages_to_stderr(quiet=kwargs.get("quiet", False), debug=debug):
+        with errors_as_messages(debug), _interrupts.command(), messages_to_stderr(quiet=kwargs.get("quiet", False), debug=debug):
             return f(*args, **kwargs)
 
     return wrapper

@@ -4,9 +4,21 @@ from __future__ import annotations
 import click
 
 import evalkit
+from evalkit import _interrupts
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The ``evalkit`` group; run from the command line (no ``args``), a signal at any moment ends
+    it cleanly with 130 / 143 (:mod:`evalkit._interrupts`)."""
+
+    def main(self, args=None, *rest, **kwargs):
+        if args is not None:  # called from Python (click's CliRunner): no process-wide exits
+            return super().main(args, *rest, **kwargs)
+        with _interrupts.command_line():
+            return super().main(args, *rest, **kwargs)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(evalkit.__version__, prog_name="evalkit")
 def main() -> None:
     """Honest log p(x) for latent-variable models: estimates, error bars and diagnostics over K."""
@@ -25,3 +37,4 @@ def _register() -> None:
 
 
 _register()
+_interrupts.imports_done()
