@@ -76,8 +76,8 @@ def _handler(signum, frame) -> None:
 def _install(phase: str) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
-    if _state["phase"] is None:
-        for signum in EXIT_CODES:
+    for signum in EXIT_CODES:
+        if signal.getsignal(signum) is not _handler:  # first time, or reset since (see _handler)
             _state["previous"][signum] = signal.signal(signum, _handler)
     _state["phase"] = phase
 

@@ -9,7 +9,8 @@ print the table::
 
     python scripts/signal_table.py            # 20 moments per signal over the run, both entry points
 
-Columns: moment (s after start), signal, entry point (``-m`` for ``python -m evalkit``,
+Columns: moment (seconds after the start, or ``+t``: seconds after the model calls started, as
+the cache's manifest appeared), signal, entry point (``-m`` for ``python -m evalkit``,
 ``script`` for the console script's ``cli.main:main``), exit code, number of stderr lines and
 the first of them (shortened).
 """
@@ -24,7 +25,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = str(ROOT / "examples" / "digits_iwae.pt")
@@ -51,6 +52,7 @@ class Delivery:
     returncode: int
     stderr: str
     left: List[str] = field(default_factory=list)
+    after: Optional[str] = None
 
     @property
     def lines(self) -> List[str]:
@@ -58,8 +60,8 @@ class Delivery:
 
     @property
     def clean(self) -> bool:
-        """Exit 130/143, at most one line, no traceback or abort, nothing partial left."""
-        return (self.returncode == EXIT_CODES[self.signal] and len(self.lines) <= 1
+        """Exit 130/143 (0: the run had finished), at most one line, no traceback or abort, nothing partial left."""
+        return (self.returncode in (0, EXIT_CODES[self.signal]) and (len(self.lines) <= 1 or self.returncode == 0)
                 and "Traceback" not in self.stderr and "terminate called" not in self.stderr
                 and not self.left)
 
@@ -67,7 +69,8 @@ class Delivery:
         first = self.lines[0] if self.lines else ""
         first = first if len(first) <= 70 else first[:67] + "..."
         name = signal.Signals(self.signal).name
-        return f"{self.moment:6.2f}  {name:7s}  {self.entry:6s}  {self.returncode:4d}  {len(self.lines):5d}  {first}"
+        moment = f"+{self.moment:5.2f}" if self.after else f"{self.moment:6.2f}"
+        return f"{moment}  {name:7s}  {self.entry:6s}  {self.returncode:4d}  {len(self.lines):5d}  {first}"
 
 
 HEADER = "moment  signal   entry   exit  lines  first line"
@@ -78,9 +81,10 @@ def environment() -> dict:
 
 
 def deliver(args: Sequence[str], sig: int, moment: float, cwd: Path, *, entry: str = "-m",
-            second: float = None, outputs: Sequence[str] = ("out.json",)) -> Delivery:
-    """Run ``evalkit ARGS`` in ``cwd``, send ``sig`` after ``moment`` seconds (and again
-    ``second`` seconds later if given), wait for the exit and return what happened.
+            after: str = None, outputs: Sequence[str] = ("out.json",)) -> Delivery:
+    """Run ``evalkit ARGS`` in ``cwd``, send ``sig`` ``moment`` seconds after the start (or, with
+    ``after``, after the file ``cwd/after`` appears: the cache's manifest marks the start of the
+    model calls, whatever the imports took), wait for the exit and return what happened.
 
     ``left`` lists the named outputs that exist afterwards and every temporary file under ``cwd``
     (a run that finished before the signal is not an interrupted one: its outputs are expected).
@@ -89,54 +93,60 @@ def deliver(args: Sequence[str], sig: int, moment: float, cwd: Path, *, entry: s
     proc = subprocess.Popen([*ENTRY_POINTS[entry], *args], cwd=cwd, env=environment(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             start_new_session=False)
+    if after is not None:
+        while not (cwd / after).exists() and proc.poll() is None:
+            time.sleep(0.005)
     try:
         proc.wait(timeout=moment)
     except subprocess.TimeoutExpired:
         proc.send_signal(sig)
-        if second is not None:
-            try:
-                proc.wait(timeout=second)
-            except subprocess.TimeoutExpired:
-                proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
     left = [p.name for p in cwd.rglob("*") if p.name.endswith(".tmp")]
     if proc.returncode != 0:
         left += [name for name in outputs if (cwd / name).exists()]
-    return Delivery(moment, sig, entry, proc.returncode, err, sorted(left))
+    return Delivery(moment, sig, entry, proc.returncode, err, sorted(left), after)
 
 
 def table(deliveries: Sequence[Delivery]) -> str:
     return "\n".join([HEADER, *(d.row() for d in deliveries)])
 
 
-def sweep_moments(sig: int, moments: Sequence[float], base: Path, *, entry: str = "-m",
-                  parallel: int = 2, cache: bool = True) -> List[Delivery]:
-    """One delivery of ``sig`` at each moment, ``parallel`` at a time, each in its own directory."""
+STARTED = "cache/manifest.json"
+"""Written when the cached run starts its model calls."""
+
+IMPORTS = [0.1 + 0.5 * i for i in range(8)]
+"""Moments after the start: the imports, the model's loading (seconds; a loaded machine takes longer)."""
+WORK = [0.25 * i for i in range(12)]
+"""Moments after the model calls started: the calls on two workers, the statistics, the writing."""
+
+
+def sweep_moments(sig: int, base: Path, *, entry: str = "-m", parallel: int = 2) -> List[Delivery]:
+    """One delivery of ``sig`` at each of :data:`IMPORTS` and :data:`WORK` (20 in all), ``parallel``
+    at a time, each a cached estimate in its own directory ``base/SIGNAL-ENTRY-i``."""
     name = signal.Signals(sig).name
+    plan = [(m, None) for m in IMPORTS] + [(m, STARTED) for m in WORK]
 
     def one(item):
-        i, moment = item
+        i, (moment, after) = item
         cwd = base / f"{name}-{entry.strip('-')}-{i}"
-        extra = ["--cache", "cache"] if cache else []
-        return deliver([*ESTIMATE, *extra, "-o", "out.json"], sig, moment, cwd, entry=entry)
+        delivery = deliver([*ESTIMATE, "--cache", "cache", "-o", "out.json"], sig, moment, cwd, entry=entry,
+                           after=after)
+        return delivery
 
     with ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(one, enumerate(moments)))
+        return list(pool.map(one, enumerate(plan)))
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--moments", type=int, default=20, help="deliveries per signal and entry point")
-    parser.add_argument("--until", type=float, default=8.0, help="last moment, seconds after the start")
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--dir", default="signal-table-runs")
     options = parser.parse_args(argv)
     base = Path(options.dir).resolve()
-    moments = [options.until * (i + 0.5) / options.moments for i in range(options.moments)]
     deliveries = []
     for entry in ENTRY_POINTS:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            deliveries += sweep_moments(sig, moments, base, entry=entry, parallel=options.parallel)
+            deliveries += sweep_moments(sig, base, entry=entry, parallel=options.parallel)
     print(table(deliveries))
     bad = [d for d in deliveries if not d.clean]
     print(f"{len(deliveries) - len(bad)} of {len(deliveries)} deliveries clean")

@@ -25,16 +25,10 @@ st = importlib.util.module_from_spec(_spec)
 sys.modules["signal_table"] = st  # dataclasses look the module up
 _spec.loader.exec_module(st)
 
-MOMENTS = [0.2 + 0.45 * i for i in range(20)]  # 0.2 .. 8.75 s: imports, loading, model calls, statistics
-
-
 def _check(deliveries):
     print("\n" + st.table(deliveries))
     for d in deliveries:
-        assert d.returncode in (0, st.EXIT_CODES[d.signal]), d.row() + "\n" + d.stderr
-        assert "Traceback" not in d.stderr and "terminate called" not in d.stderr, d.stderr
-        assert len(d.lines) <= 1 or d.returncode == 0, d.stderr
-        assert d.left == [], (d.row(), d.left)
+        assert d.clean, d.row() + "\n" + d.stderr + f"\nleft: {d.left}"
 
 
 def _uncached(tmp_path) -> dict:
@@ -56,14 +50,16 @@ def _numbers(path: Path) -> dict:
 def test_sigint_and_sigterm_at_twenty_moments_end_cleanly_and_the_cache_resumes_bitwise(entry, tmp_path):
     deliveries = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        deliveries += st.sweep_moments(sig, MOMENTS, tmp_path, entry=entry, parallel=2)
+        deliveries += st.sweep_moments(sig, tmp_path, entry=entry, parallel=2)
     _check(deliveries)
     interrupted = [d for d in deliveries if d.returncode != 0]
     assert len(interrupted) >= 30, st.table(deliveries)  # the run outlasts most moments
+    assert sum("datapoints done" in d.stderr for d in interrupted) >= 10  # many landed in the model calls
     # A cache an interrupt left behind (mid-computation) resumes to the uncached numbers, bitwise.
     later = [d for d in interrupted if "datapoints done" in d.stderr]
     assert later, "no delivery reached the model calls"
-    cwd = tmp_path / f"{signal.Signals(later[-1].signal).name}-{entry.strip('-')}-{MOMENTS.index(later[-1].moment)}"
+    last = deliveries.index(later[-1]) % 20
+    cwd = tmp_path / f"{signal.Signals(later[-1].signal).name}-{entry.strip('-')}-{last}"
     subprocess.run([*st.ENTRY_POINTS[entry], *st.ESTIMATE, "--cache", "cache", "-o", "out.json", "-q"], cwd=cwd,
                    env=st.environment(), check=True, capture_output=True, timeout=300)
     assert _numbers(cwd / "out.json") == _uncached(tmp_path)
