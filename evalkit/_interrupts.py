@@ -33,14 +33,15 @@ with ``terminate called without an active exception`` (exit -6) about half the t
 is left for the shutdown to do (evalkit registers no ``atexit`` hooks), so skipping it loses
 nothing.
 """
-from __future__ import annotations
+from __future__ import annotations  # annotations stay strings: no typing import
 
-import contextlib
+# Only modules the interpreter has loaded before any user code (and _signal, the C half of
+# signal, without its enum import): this module is imported first thing by evalkit/__init__,
+# and an import that takes a while on a busy machine (signal's enum, typing, contextlib) is a
+# window where Ctrl-C still gives a traceback.
+import _signal as signal
 import os
-import signal
 import sys
-import threading
-from typing import Iterator, Optional
 
 __all__ = ["Terminated", "guard_imports", "imports_done", "command_line", "command", "exit_code", "exit_now"]
 
@@ -73,13 +74,16 @@ def _handler(signum, frame) -> None:
     signal.raise_signal(signum)
 
 
-def _install(phase: str) -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-    for signum in EXIT_CODES:
-        if signal.getsignal(signum) is not _handler:  # first time, or reset since (see _handler)
-            _state["previous"][signum] = signal.signal(signum, _handler)
+def _install(phase: str) -> bool:
+    """Handle both signals (main thread only: elsewhere signal.signal raises ValueError)."""
+    try:
+        for signum in EXIT_CODES:
+            if signal.getsignal(signum) is not _handler:  # first time, or reset since (see _handler)
+                _state["previous"][signum] = signal.signal(signum, _handler)
+    except ValueError:
+        return False
     _state["phase"] = phase
+    return True
 
 
 def guard_imports(*, command_line: Optional[bool] = None) -> None:
@@ -115,36 +119,32 @@ def imports_done() -> None:
         _state["phase"] = "idle"
 
 
-@contextlib.contextmanager
-def command_line() -> Iterator[None]:
-    """The whole of one command-line run (option parsing included), ended by :func:`exit_now` after an interrupt."""
-    _install("parsing")
-    try:
-        yield
-    except SystemExit as stop:
-        if _state["code"] is not None:
+class command_line:
+    """``with command_line():`` the whole of one command-line run (option parsing included); after
+    an interrupt the process ends here with :func:`exit_now` and 130 / 143."""
+
+    def __enter__(self) -> None:
+        _install("parsing")
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if _state["code"] is not None and (kind is None or issubclass(kind, SystemExit)):
             exit_now(_state["code"])
         _state["phase"] = "done"
-        raise stop
-    if _state["code"] is not None:
-        exit_now(_state["code"])
-    _state["phase"] = "done"
 
 
-@contextlib.contextmanager
-def command() -> Iterator[None]:
-    """The body of a command: a signal raises KeyboardInterrupt / :class:`Terminated` here."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = _state["phase"]
-    _state["code"] = None
-    _install("command")
-    try:
-        yield
-    finally:
-        if before != "parsing":  # not the command line (click's CliRunner, a program): as it was
-            _state.update(phase=before or "idle", code=None)
+class command:
+    """``with command():`` the body of a command: a signal raises KeyboardInterrupt / :class:`Terminated` here."""
+
+    def __enter__(self) -> None:
+        self.before = _state["phase"]
+        _state["code"] = None
+        self.installed = _install("command")
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if not self.installed:
+            return
+        if self.before != "parsing":  # not the command line (click's CliRunner, a program): as it was
+            _state.update(phase=self.before or "idle", code=None)
         elif _state["phase"] == "command":
             _state["phase"] = "done"
 
@@ -157,9 +157,13 @@ def exit_code(error: KeyboardInterrupt) -> int:
 def exit_now(code: int, line: Optional[str] = None) -> None:
     """Flush stdout and stderr, write ``line`` (if any) and end the process with ``code`` at once."""
     for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
+        try:
             stream.flush()
+        except Exception:  # a closed or broken stream: nothing more can reach it
+            pass
     if line is not None:
-        with contextlib.suppress(OSError):
+        try:
             os.write(2, (line + "\n").encode())
+        except OSError:
+            pass
     os._exit(code)

@@ -114,9 +114,9 @@ def table(deliveries: Sequence[Delivery]) -> str:
 STARTED = "cache/manifest.json"
 """Written when the cached run starts its model calls."""
 
-IMPORTS = [0.1 + 0.5 * i for i in range(8)]
+IMPORTS = [0.3 + 0.5 * i for i in range(8)]
 """Moments after the start: the imports, the model's loading (seconds; a loaded machine takes longer)."""
-WORK = [0.25 * i for i in range(12)]
+WORK = [0.5 * i for i in range(12)]
 """Moments after the model calls started: the calls on two workers, the statistics, the writing."""
 
 
