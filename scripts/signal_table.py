@@ -120,11 +120,12 @@ WORK = [0.5 * i for i in range(12)]
 """Moments after the model calls started: the calls on two workers, the statistics, the writing."""
 
 
-def sweep_moments(sig: int, base: Path, *, entry: str = "-m", parallel: int = 2) -> List[Delivery]:
-    """One delivery of ``sig`` at each of :data:`IMPORTS` and :data:`WORK` (20 in all), ``parallel``
-    at a time, each a cached estimate in its own directory ``base/SIGNAL-ENTRY-i``."""
+def sweep_moments(sig: int, base: Path, *, entry: str = "-m", parallel: int = 2, every: int = 1) -> List[Delivery]:
+    """One delivery of ``sig`` at each of :data:`IMPORTS` and :data:`WORK` (20 in all; with
+    ``every``, each every-th), ``parallel`` at a time, each a cached estimate in its own
+    directory ``base/SIGNAL-ENTRY-i``."""
     name = signal.Signals(sig).name
-    plan = [(m, None) for m in IMPORTS] + [(m, STARTED) for m in WORK]
+    plan = [(m, None) for m in IMPORTS[::every]] + [(m, STARTED) for m in WORK[::every]]
 
     def one(item):
         i, (moment, after) = item

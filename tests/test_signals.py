@@ -48,17 +48,18 @@ def _numbers(path: Path) -> dict:
 @pytest.mark.slow
 @pytest.mark.parametrize("entry", ["-m", "script"])
 def test_sigint_and_sigterm_at_twenty_moments_end_cleanly_and_the_cache_resumes_bitwise(entry, tmp_path):
+    every = 1 if entry == "-m" else 3  # 20 moments per signal through -m, 7 through the console script
     deliveries = []
     for sig in (signal.SIGINT, signal.SIGTERM):
-        deliveries += st.sweep_moments(sig, tmp_path, entry=entry, parallel=2)
+        deliveries += st.sweep_moments(sig, tmp_path, entry=entry, parallel=2, every=every)
     _check(deliveries)
     interrupted = [d for d in deliveries if d.returncode != 0]
-    assert len(interrupted) >= 30, st.table(deliveries)  # the run outlasts most moments
-    assert sum("datapoints done" in d.stderr for d in interrupted) >= 10  # many landed in the model calls
+    assert len(interrupted) >= 0.75 * len(deliveries), st.table(deliveries)  # the run outlasts most moments
+    assert sum("datapoints done" in d.stderr for d in interrupted) >= len(deliveries) / 4  # in the model calls
     # A cache an interrupt left behind (mid-computation) resumes to the uncached numbers, bitwise.
     later = [d for d in interrupted if "datapoints done" in d.stderr]
     assert later, "no delivery reached the model calls"
-    last = deliveries.index(later[-1]) % 20
+    last = deliveries.index(later[-1]) % (len(deliveries) // 2)
     cwd = tmp_path / f"{signal.Signals(later[-1].signal).name}-{entry.strip('-')}-{last}"
     subprocess.run([*st.ENTRY_POINTS[entry], *st.ESTIMATE, "--cache", "cache", "-o", "out.json", "-q"], cwd=cwd,
                    env=st.environment(), check=True, capture_output=True, timeout=300)
