@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, Optional
 
 import click
 
+from evalkit import _interrupts
 from evalkit.errors import EvalkitError
 
 FORMATS = ("table", "json", "csv", "markdown", "latex")
@@ -292,14 +293,14 @@ def errors_as_messages(debug: bool, device=None):
         if debug:
             raise
         raise click.ClickException(describe(exc)) from None
-    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (see _Terminated)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (evalkit._interrupts.Terminated)
         if debug:
             raise
         from evalkit.sampling import distributed
 
         if distributed.rank() == 0:  # under torchrun every process is signalled; rank 0 speaks for all
             click.echo(interrupted_message(), err=True)
-        sys.exit(143 if isinstance(exc, _Terminated) else 130)
+        sys.exit(_interrupts.exit_code(exc))
 
 
 def share_failure(message: str, exit_code: int, device=None) -> None:
@@ -330,31 +331,6 @@ def _message(exc: EvalkitError) -> click.ClickException:
     error = click.ClickException(f"torchrun rank {failed_rank}: {exc}" if failed_rank else str(exc))
     error.exit_code = getattr(exc, "exit_code", 1)
     return error
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so that the same cleanup runs
-    (temporary files and staged directories removed, finished cache shards kept)."""
-
-
-def _raise_terminated(signum, frame):
-    raise _Terminated()
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Turn SIGTERM into :class:`_Terminated` for the duration of a command (main thread only)."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def interrupted_message() -> str:
@@ -458,7 +434,7 @@ def command_errors(f: Callable) -> Callable:
         # Under torchrun rank 0 shows the warnings and messages, once; the other ranks are quiet.
         silent = distributed.rank() != 0
         progress.reset()
-        with errors_as_messages(debug, kwargs.get("device")), sigterm_as_interrupt(), \
+        with errors_as_messages(debug, kwargs.get("device")), _interrupts.command(), \
                 messages_to_stderr(quiet=kwargs.get("quiet", False) or silent, debug=debug, silent=silent):
             return f(*args, **kwargs)
 

@@ -7,13 +7,22 @@ import sys
 import click
 
 import evalkit
+from evalkit import _interrupts
 
 
 class _Group(click.Group):
-    """The command group. Under torchrun only rank 0 prints an error, and every process exits
-    with the same code as soon as the processes have agreed on it (see ``errors_as_messages``)."""
+    """The command group. Run from the command line (no ``args``), a signal at any moment ends it
+    cleanly with 130 / 143 (:mod:`evalkit._interrupts`). Under torchrun only rank 0 prints an
+    error, and every process exits with the same code as soon as the processes have agreed on it
+    (see ``errors_as_messages``)."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if args is not None:  # called from Python (click's CliRunner): no process-wide exits
+            return self._run(args, prog_name, complete_var, standalone_mode, **extra)
+        with _interrupts.command_line():
+            return self._run(args, prog_name, complete_var, standalone_mode, **extra)
+
+    def _run(self, args, prog_name, complete_var, standalone_mode, **extra):
         from evalkit.sampling import distributed
 
         if not standalone_mode or not distributed.launched_by_torchrun():
@@ -62,3 +71,4 @@ def _register() -> None:
 
 
 _register()
+_interrupts.imports_done()

@@ -16,7 +16,11 @@ Public API (see README):
 * :mod:`evalkit.models` -- the model protocol and built-in models; :mod:`evalkit.data` -- datasets;
   :mod:`evalkit.sources` -- where log-weights come from.
 """
-from ._version import __version__  # noqa: F401
+from . import _interrupts  # first: Ctrl-C / SIGTERM while torch imports end the command line cleanly
+
+_interrupts.guard_imports()
+
+from ._version import __version__  # noqa: F401,E402
 
 from . import data, estimators, models, sources  # noqa: E402
 from .analysis.annealing import ais, bdmc  # noqa: E402

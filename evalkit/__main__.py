@@ -1,11 +1,9 @@
-"""``python -m evalkit`` (and ``torchrun -m evalkit``) runs the CLI."""
-import sys
+"""``python -m evalkit`` (and ``torchrun -m evalkit``) runs the CLI.
 
-try:
-    from cli.main import main
-except KeyboardInterrupt:  # Ctrl-C while torch is still importing: nothing has run yet
-    print("interrupted", file=sys.stderr)
-    sys.exit(130)
+Importing the package has already installed the signal guard (:mod:`evalkit._interrupts`), so
+Ctrl-C or SIGTERM during the imports below ends the process with 130 / 143 and one line.
+"""
+from cli.main import main
 
 if __name__ == "__main__":
     main()

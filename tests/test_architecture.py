@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1] / "evalkit"
 
-FOUNDATION = {"_version", "errors", "atomic", "noise", "units"}
+FOUNDATION = {"_version", "_interrupts", "errors", "atomic", "noise", "units"}
 ALLOWED = {  # package -> the evalkit packages (besides the foundation) it may import
     "data": set(),
     "estimators": set(),

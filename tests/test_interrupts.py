@@ -108,7 +108,7 @@ def test_estimate_interrupted_then_resumed_is_bitwise_an_uninterrupted_run(sig, 
 
 
 def test_estimate_without_cache_says_how_to_make_the_next_run_resumable(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "evalkit", "estimate", MODEL, *COMMON, "-k", "20000",
+    proc = subprocess.Popen([sys.executable, "-m", "evalkit", "estimate", MODEL, *COMMON, "-k", "60000",
                              "-o", "out.txt"], cwd=tmp_path, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     time.sleep(12)  # past the imports (slow on a shared machine) into the model calls

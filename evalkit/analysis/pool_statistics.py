@@ -150,8 +150,11 @@ def _cell_moments(log_w: torch.Tensor, cells: list, max_elements: int, threads: 
     else:
         from concurrent.futures import ThreadPoolExecutor
 
-        with ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep") as pool:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="evalkit-sweep")
+        try:
             results = list(pool.map(run, order))
+        finally:  # after Ctrl-C, the cells not started are dropped; the running ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
     return {(est.name, k): result for (est, k), result in zip(order, results)}
 
 
