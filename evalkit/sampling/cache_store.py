@@ -307,9 +307,11 @@ def _write_in_cache(directory: Path, name: str, payload: bytes) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:  # an OSError, or Ctrl-C / SIGTERM while writing: no stray temporary
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if not isinstance(exc, OSError):
+            raise
         raise OutputError(
             f"cannot write {str(path)!r} in the cache ({exc.strerror or type(exc).__name__}); "
             "free some space or choose another --cache directory"
