@@ -30,21 +30,10 @@ def iwae_bound(model: IWAE, x: torch.Tensor, k: int) -> torch.Tensor:
     return (torch.logsumexp(log_w, dim=1) - math.log(k)).mean()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="examples/digits_iwae.pt")
-    parser.add_argument("--epochs", type=int, default=800)
-    parser.add_argument("--k", type=int, default=10, help="importance samples in the training bound")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
-    torch.manual_seed(args.seed)
-    # Small matrices: one thread is faster than several and makes the run repeatable.
-    torch.set_num_threads(1)
-    train = load_data("digits", split="train")  # grey levels in [0, 1]
-    model = IWAE(data_dim=train.shape[1], latent_dims=[8], encoder_hidden_dims=[[100, 100]])
+def train_and_save(model: IWAE, train: torch.Tensor, args: argparse.Namespace) -> None:
+    """The recipe: the IWAE-``args.k`` bound, dynamic binarisation (a new draw each epoch), Adam
+    with a cosine schedule over ``args.epochs``; then ``args.output``. The second bundled model
+    (scripts/train_digits_small.py) is trained by this same function."""
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     started = time.perf_counter()
@@ -66,6 +55,24 @@ def main() -> None:
     model.eval()
     evalkit.save_model(model, args.output, overwrite=True)
     print(f"saved {args.output}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default="examples/digits_iwae.pt")
+    parser.add_argument("--epochs", type=int, default=800)
+    parser.add_argument("--k", type=int, default=10, help="importance samples in the training bound")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    # Small matrices: one thread is faster than several and makes the run repeatable.
+    torch.set_num_threads(1)
+    train = load_data("digits", split="train")  # grey levels in [0, 1]
+    model = IWAE(data_dim=train.shape[1], latent_dims=[8], encoder_hidden_dims=[[100, 100]])
+    train_and_save(model, train, args)
 
 
 if __name__ == "__main__":

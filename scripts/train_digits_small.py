@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
@@ -23,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import evalkit  # noqa: E402
 from evalkit.data import load_data  # noqa: E402
 from evalkit.models import IWAE  # noqa: E402
-from train_digits_example import iwae_bound  # noqa: E402
+from train_digits_example import train_and_save  # noqa: E402
 
 
 def main() -> None:
@@ -41,27 +40,7 @@ def main() -> None:
     torch.set_num_threads(1)  # small matrices: one thread is faster and makes the run repeatable
     train = load_data("digits", split="train")
     model = IWAE(data_dim=train.shape[1], latent_dims=[8], encoder_hidden_dims=[[args.hidden, args.hidden]])
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
-    started = time.perf_counter()
-    for epoch in range(args.epochs):
-        binary = torch.bernoulli(train)  # dynamic binarisation: a new draw each epoch
-        order = torch.randperm(binary.shape[0])
-        total = 0.0
-        for start in range(0, binary.shape[0], args.batch_size):
-            batch = binary[order[start:start + args.batch_size]]
-            loss = -iwae_bound(model, batch, args.k)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += -loss.item() * batch.shape[0]
-        schedule.step()
-        if epoch % 50 == 0 or epoch == args.epochs - 1:
-            print(f"epoch {epoch:4d}  train IWAE-{args.k} {total / binary.shape[0]:.3f}  "
-                  f"({time.perf_counter() - started:.0f} s)", flush=True)
-    model.eval()
-    evalkit.save_model(model, args.output, overwrite=True)
-    print(f"saved {args.output}")
+    train_and_save(model, train, args)
 
 
 if __name__ == "__main__":
