@@ -109,7 +109,7 @@ def _write(result, fmt, output, per_example, report_dir, overwrite, quiet) -> No
             atomic_write_text(output, text if text.endswith("\n") else text + "\n", overwrite=overwrite, group=group)
         if per_example is not None:
             body = (result.per_example.to_json(orient="records", indent=1, double_precision=15)
-                    if per_example.endswith(".json") else result.to_csv("per_example"))
+                    if per_example.endswith(".json") else result.to_csv(which="per_example"))
             atomic_write_text(per_example, body, overwrite=overwrite, group=group)
         if report_dir is not None:
             result.report(report_dir, command=" ".join(shlex.quote(a) for a in ["evalkit"] + sys.argv[1:]),

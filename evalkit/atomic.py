@@ -156,29 +156,8 @@ def atomic_directory(out: PathLike, *, group: Optional["OutputGroup"] = None) ->
         with group.directory(out) as stage:
             yield stage
         return
-    out = Path(out)
-    if out.is_dir():
-        yield out
-        return
-    created = _missing_ancestors(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    except OSError as exc:
-        _remove_empty(created)
-        raise _write_error(out, exc) from None
-    try:
+    with output_group() as own, own.directory(out) as stage:  # a group of one: committed when the block ends
         yield stage
-        os.chmod(stage, 0o777 & ~_current_umask())
-        try:
-            os.rename(stage, out)
-        except OSError as exc:
-            raise _write_error(out, exc) from None
-        _fsync_directory(out.parent)
-    except BaseException:
-        shutil.rmtree(stage, ignore_errors=True)
-        _remove_empty(created)
-        raise
 
 
 class OutputGroup:

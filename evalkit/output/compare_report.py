@@ -60,7 +60,7 @@ def write_compare_report(result, out: PathLike, *, command: Optional[str] = None
             atomic_directory(out, group=group) as stage:
         staged = compare_report_paths(stage)
         staged["compare_png"].parent.mkdir(exist_ok=True)
-        texts = {"json": result.to_json(per_example=True) + "\n", "per_example_csv": result.to_csv("per_example"),
+        texts = {"json": result.to_json(per_example=True) + "\n", "per_example_csv": result.to_csv(which="per_example"),
                  "report_md": render_markdown(result, title=title, command=command),
                  "report_html": render_html(result, png, title=title, command=command)}
         atomic_write_bytes(staged["compare_png"], png, overwrite=overwrite, group=group)
