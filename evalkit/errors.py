@@ -71,3 +71,46 @@ def user_stacklevel() -> int:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
         level, frame = level + 1, frame.f_back
     return level
+
+
+def describe_exception(exc: BaseException) -> str:
+    """The one sentence that reports an exception: evalkit's own message as it is; any other
+    (the model's, a library's, a bug) as ``Type: message (where it was raised)``, so that the
+    user learns what failed: a line of their own code (the model, a ``--model`` factory), a
+    syntax error in a file, or which stage of evalkit (reading the data, loading the checkpoint,
+    computing the log-weights, writing the outputs)."""
+    if isinstance(exc, EvalkitError):
+        return str(exc)
+    text = exc.msg if isinstance(exc, SyntaxError) and exc.msg else exc
+    return f"{type(exc).__name__}: {text} ({_where_raised(exc)}); re-run with --debug for the traceback"
+
+
+_STAGES = (("data" + "/", "while reading the data"), ("models/checkpoint", "while loading the checkpoint"),
+           ("models/", "in one of evalkit's models"), ("sampling/", "while computing the log-weights"),
+           ("sources/", "while computing the log-weights"), ("output/", "while writing the outputs"),
+           ("atomic.py", "while writing the outputs"))
+
+
+def _where_raised(exc: BaseException) -> str:
+    import os
+    import sys
+    import sysconfig
+    import traceback
+
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f"a syntax error in {exc.filename}, line {exc.lineno}"
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    ours = (package, os.path.join(os.path.dirname(package.rstrip(os.sep)), "cli") + os.sep)
+    libraries = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib")} | {sys.base_prefix})
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [f for f in frames if not os.path.abspath(f.filename).startswith(ours + libraries)
+            and not f.filename.startswith("<")]
+    if user:
+        last = user[-1]
+        return f"raised in {os.path.basename(last.filename)}, line {last.lineno}, in {last.name}"
+    inside = [os.path.abspath(f.filename)[len(package):] for f in frames if os.path.abspath(f.filename).startswith(package)]
+    for where in reversed(inside):
+        for part, stage in _STAGES:
+            if where.startswith(part) or part in where:
+                return f"raised {stage}"
+    return "raised inside the run"

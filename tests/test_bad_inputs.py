@@ -385,7 +385,7 @@ CASES = [
          ["empty.csv holds no datapoints", "check the file"]),  # and no numpy "input contained no data" warning
     Case("model-raises",
          est("constant.pt", "--model", f"{FACTORY_MODULE}:raising_model", "--data", "binary.npy", "-k", "4"), 1,
-         ["ValueError: model exploded (raised inside the run, e.g. by the model's log_weights)",
+         ["ValueError: model exploded (raised in evalkit_bad_input_factories.py, line ", ", in log_weights)",
           "re-run with --debug for the traceback"]),
     # --- outputs that are not regular files, sizes that cannot fit (issue 16)
     Case("output-is-directory", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "a_directory"), 1,

@@ -234,3 +234,26 @@ def test_every_json_output_and_report_records_its_provenance(tmp_path):
     assert "device" not in result.metadata["provenance"]  # a matrix was given: nothing was computed
     md = report.render_markdown(result, title="t", command="c")
     assert f"| cpu capability | {torch.backends.cpu.get_cpu_capability()} |" in md and "| date | " in md
+
+
+def test_an_error_from_outside_evalkit_says_what_failed(tmp_path, monkeypatch):
+    """Not "(raised inside the run, e.g. by the model's log_weights)" for every failure: the
+    user's file and line, a syntax error's file, or the stage of evalkit."""
+    from evalkit.errors import describe_exception
+
+    (tmp_path / "glue_model.py").write_text("def build():\n    raise ValueError('no weights here')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import glue_model
+
+    with pytest.raises(ValueError) as caught:
+        glue_model.build()
+    assert describe_exception(caught.value).startswith(
+        "ValueError: no weights here (raised in glue_model.py, line 2, in build); re-run with --debug")
+    with pytest.raises(SyntaxError) as caught:
+        compile("def f(:\n", "broken_factory.py", "exec")
+    assert "(a syntax error in broken_factory.py, line 1)" in describe_exception(caught.value)
+    (tmp_path / "x.npz").write_bytes(b"PK\x03\x04 not a zip")
+    out = subprocess.run([sys.executable, "-m", "evalkit", "estimate", str(ROOT / "examples" / "digits_iwae.pt"),
+                          "--data", str(tmp_path / "x.npz"), "-k", "4", "-q"], capture_output=True, text=True,
+                         timeout=120, cwd=ROOT)
+    assert out.returncode == 1 and "e.g. by the model's log_weights" not in out.stderr

@@ -36,7 +36,7 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
-from ..errors import EvalkitError, InputError, ResourceError
+from ..errors import EvalkitError, InputError, ResourceError, describe_exception
 
 INIT_TIMEOUT = timedelta(minutes=10)
 """How long processes wait for each other at start-up and at the gather."""
@@ -204,11 +204,8 @@ def log_weights(model: torch.nn.Module, data: torch.Tensor, k: int, *, seed: int
 
 
 def describe(exc: BaseException) -> str:
-    """The one sentence that reports ``exc``: evalkit's own message, else the exception's type and message."""
-    if isinstance(exc, EvalkitError):
-        return str(exc)
-    return (f"{type(exc).__name__}: {exc} (raised inside the run, e.g. by the model's log_weights); "
-            "re-run with --debug for the traceback")
+    """The one sentence that reports ``exc`` (:func:`evalkit.errors.describe_exception`)."""
+    return describe_exception(exc)
 
 
 def agree(device: Optional[Any] = None) -> None:
