@@ -130,6 +130,14 @@ class command_line:
         if _state["code"] is not None and (kind is None or issubclass(kind, SystemExit)):
             exit_now(_state["code"])
         _state["phase"] = "done"
+        if kind is None or issubclass(kind, SystemExit):
+            # The command is over and its outputs are whole: end the process here. The interpreter's
+            # finalisation (torch's teardown included) takes a while and resets the signal handlers
+            # to the default, so a signal then killed a finished run with -2 / -15.
+            code = getattr(error, "code", 0)
+            if isinstance(code, str):  # SystemExit("message"): Python would print it and exit 1
+                exit_now(1, code)
+            exit_now(int(code or 0))
 
 
 class command:
