@@ -72,6 +72,7 @@ def test_conflicting_format_and_extension_is_a_usage_error(linear_checkpoint, tm
     json.loads((tmp_path / "a.out").read_text())
 
 
+@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")  # few samples: the k-hat warning is expected
 def test_python_save_uses_the_same_rule(tmp_path):
     log_w = torch.distributions.Normal(0.0, 0.3).sample((20, 64)).double()
     result = evalkit.estimate_from_log_weights(log_w, estimators=["iwae"])

@@ -215,6 +215,7 @@ def test_a_predictive_report_does_not_offer_bits_per_dimension():
     assert "dims=" in report.units_sentence(vae)
 
 
+@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")  # few samples: the k-hat warning is expected
 def test_every_json_output_and_report_records_its_provenance(tmp_path):
     out = subprocess.run([sys.executable, "-m", "evalkit", "estimate", str(ROOT / "examples" / "digits_iwae.pt"),
                           "--binarize", "bernoulli", "-k", "3", "--threads", "1", "-o", str(tmp_path / "e.json"), "-q"],

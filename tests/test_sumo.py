@@ -148,6 +148,7 @@ def test_sweep_bias_of_sumo_follows_iwae_and_is_zero_within_se_where_iwae_k_is()
     assert cell[("sumo", 20)].bias < -3 * cell[("sumo", 20)].bias_se  # k = 20: the cap bites (J_max = 3)
 
 
+@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")  # few samples: the k-hat warning is expected
 def test_estimate_reports_sumo_with_its_mc_se(lognormal):
     import evalkit
 
