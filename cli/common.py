@@ -367,7 +367,7 @@ def messages_to_stderr(*, quiet: bool = False, debug: bool = False, silent: bool
             if not debug:
                 warnings.showwarning = _show_warning
             if quiet or silent:  # --quiet, or a torchrun process other than rank 0
-                hide_advice_warnings()
+                hide_warnings()
             yield
     finally:
         if not quiet:
@@ -376,7 +376,7 @@ def messages_to_stderr(*, quiet: bool = False, debug: bool = False, silent: bool
             log.propagate = old_propagate
 
 
-def hide_advice_warnings() -> None:
+def hide_warnings() -> None:
     """``--quiet`` means quiet: no warning line at all, evalkit's (k-hat, data levels, an unconverged
     reference, torch.compile's notes) or a library's; errors and the results still print, and
     a report keeps its warnings in its notes."""

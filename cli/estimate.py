@@ -1,7 +1,6 @@
 """``evalkit estimate``: log p(x) estimates with standard errors for one checkpoint."""
 from __future__ import annotations
 
-import sys
 import warnings
 
 import click

@@ -19,7 +19,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import evalkit  # noqa: E402
 from evalkit.data import load_data  # noqa: E402
 from evalkit.models import IWAE  # noqa: E402
 from train_digits_example import train_and_save  # noqa: E402

@@ -17,7 +17,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 
-from evalkit.errors import InputError, ResourceError
+from evalkit.errors import ResourceError
 from evalkit.sampling import cache as cache_module
 from evalkit.sampling.cache import CacheWarning, cached_log_weights
 

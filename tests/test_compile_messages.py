@@ -3,7 +3,6 @@ out of --quiet's reach) become one evalkit warning that --quiet hides."""
 import logging
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

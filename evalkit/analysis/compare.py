@@ -61,7 +61,6 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
