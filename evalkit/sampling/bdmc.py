@@ -91,7 +91,7 @@ def bdmc(
     chains: int = 16,
     seed: int = 0,
     init: str = "proposal",
-    leapfrog: int = 5,
+    leapfrog: int = 2,
     schedule: str = "sigmoid",
     batch_size: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..noise import _PURPOSE_AIS_INITIAL, _STREAMS
+from ..noise import _PURPOSE_AIS_INITIAL, _PURPOSE_AIS_TUNE_ACCEPT, _PURPOSE_AIS_TUNE_MOMENTUM, _STREAMS
 
 STEP_BLOCK = 64
 """Transitions whose momenta and uniforms are drawn together from one stream position."""
@@ -33,6 +33,23 @@ class ChainNoise:
             if index is not None:
                 _STREAMS.noise(self.seed, index, purpose=_PURPOSE_AIS_INITIAL).standard_normal(out=out[slot])
         return torch.from_numpy(out).to(device=self.device, dtype=self.dtype)
+
+    def trials(self, n_trials: int, rows: slice) -> tuple[Tensor, Tensor]:
+        """Return momenta ``[n_trials, S, r, *event]`` and ``log u`` ``[n_trials, S, r]`` of the step-size trials of ``rows``.
+
+        Drawn for all ``self.rows`` rows of a slot (so a row's numbers do not depend on which
+        rows are asked for) from the datapoint's own tuning streams.
+        """
+        n_slots = len(self.slot_indices)
+        momenta = np.zeros((n_slots, n_trials, self.rows, *self.event))
+        uniforms = np.ones((n_slots, n_trials, self.rows))
+        for slot, index in enumerate(self.slot_indices):
+            if index is not None:
+                _STREAMS.noise(self.seed, index, purpose=_PURPOSE_AIS_TUNE_MOMENTUM).standard_normal(out=momenta[slot])
+                _STREAMS.noise(self.seed, index, purpose=_PURPOSE_AIS_TUNE_ACCEPT).random(out=uniforms[slot])
+        momenta = torch.from_numpy(momenta[:, :, rows]).movedim(1, 0).to(device=self.device, dtype=self.dtype)
+        log_u = torch.from_numpy(uniforms[:, :, rows]).movedim(1, 0).to(self.device).log_()
+        return momenta, log_u
 
     def transition(self, j: int) -> tuple[Tensor, Tensor]:
         """Return momenta ``[S, rows, *event]`` (compute dtype) and ``log u`` ``[S, rows]`` (float64) of transition ``j``."""

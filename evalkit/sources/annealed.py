@@ -29,7 +29,7 @@ class AISSampler:
     ----------
     steps, schedule, init, leapfrog, step_size, target_accept, pilot_chains, adapt_from
         As :func:`evalkit.sampling.ais.ais_run` (defaults: 1000 sigmoid steps from the proposal,
-        5 leapfrog steps, step size adapted from pilot chains towards acceptance 0.65).
+        2 leapfrog steps, step size tuned and adapted from pilot chains towards acceptance 0.65).
 
     Attributes
     ----------
@@ -40,7 +40,7 @@ class AISSampler:
     """
 
     def __init__(self, *, steps: int = 1000, schedule: Union[str, Sequence[float]] = "sigmoid",
-                 init: str = "proposal", leapfrog: int = 5, step_size: Optional[float] = None,
+                 init: str = "proposal", leapfrog: int = 2, step_size: Optional[float] = None,
                  target_accept: float = 0.65, pilot_chains: int = 2, adapt_from: str = "pilot") -> None:
         self.options = dict(steps=steps, schedule=schedule, init=init, leapfrog=leapfrog, step_size=step_size,
                             target_accept=target_accept, pilot_chains=pilot_chains, adapt_from=adapt_from)
