@@ -32,9 +32,11 @@ Error of a rung = mean over datapoints of (estimate - truth), the estimate being
 datapoint's chains (or samples); its SE combines the delta-method Monte Carlo SE of the mean
 estimate and the truth's. A rung *reaches* a tolerance e when ``|error| + 2 SE <= e`` (the
 error is below e with about 95 % confidence). Time to e = the wall time of the first rung
-that reaches it; when no rung of a ladder does, it is extrapolated (marked ``~``) from the
-last two rungs on a log-log line of that bound against time. A ladder stops early when its
-next rung would not fit the time left (``--budget-s``).
+that reaches it; when no rung of a ladder does and its last bound is within 10x of e, it is
+extrapolated (marked ``~``) from the last two rungs on a log-log line of that bound against
+time. A ladder stops early when its next rung would not fit the time left (``--budget-s``).
+Timings mean something only on an otherwise idle machine: the reference's two OpenMP threads
+meet at a barrier after every op and lose several-fold when another process takes a core.
 
 Last line: ``time-to-accuracy: evalkit X s, reference Y s, ratio R`` (digits, e = 0.01).
 

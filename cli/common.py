@@ -139,7 +139,7 @@ method_options = _compose(
     click.option("--schedule", type=click.Choice(["sigmoid", "linear", "geometric"]), default=None,
                  help="AIS schedule of the b_t (default sigmoid)."),
     click.option("--leapfrog", type=click.IntRange(min=1), default=None,
-                 help="Leapfrog steps per HMC transition (default 5)."),
+                 help="Leapfrog steps per HMC transition (default 2)."),
     click.option("--init", "ais_init", type=click.Choice(["proposal", "prior"]), default=None,
                  help="Where the AIS chains start: q(z|x) (default) or the prior p(z)."),
 )
