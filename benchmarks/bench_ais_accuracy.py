@@ -35,8 +35,10 @@ error is below e with about 95 % confidence). Time to e = the wall time of the f
 that reaches it; when no rung of a ladder does and its last bound is within 10x of e, it is
 extrapolated (marked ``~``) from the last two rungs on a log-log line of that bound against
 time. A ladder stops early when its next rung would not fit the time left (``--budget-s``).
-Timings mean something only on an otherwise idle machine: the reference's two OpenMP threads
-meet at a barrier after every op and lose several-fold when another process takes a core.
+Timings at 2 threads mean something only on an otherwise idle machine: the reference's two
+OpenMP threads meet at a barrier after every op and lose up to 10x when another process takes
+a core (measured: its 10-step rung 1.4 s idle, 20 s beside one other job). On a shared machine
+use ``--threads 1``.
 
 Last line: ``time-to-accuracy: evalkit X s, reference Y s, ratio R`` (digits, e = 0.01).
 
@@ -182,12 +184,12 @@ def time_to(rungs: list[Rung], tolerance: float) -> tuple[Optional[float], bool]
     return b.seconds * (tolerance / b.bound) ** (1 / slope), True
 
 
-def digits_problem(n: int, truth_k: int):
+def digits_problem(n: int, truth_k: int, threads: int):
     """The bundled model, ``n`` test digits and the IWAE-``truth_k`` truth per datapoint (with its checks)."""
     model = evalkit.load_model(REPO / "examples" / "digits_iwae.pt")
     x = evalkit.data.load_data("digits", split="test", binarize="bernoulli", seed=0)[:n]
     start = time.perf_counter()
-    log_w = evalkit.log_weights(model, x, truth_k, seed=12345, progress=False).numpy()
+    log_w = evalkit.log_weights(model, x, truth_k, seed=12345, progress=False, threads=threads).numpy()
     seconds = time.perf_counter() - start
     truth = bounds.iwae(log_w)
     se = math.sqrt(float(bounds.iwae_mc_variance(log_w).sum())) / n
@@ -213,13 +215,13 @@ def linear_gaussian_problem(n: int):
     return model, x, truth, 0.0
 
 
-def methods(model, x):
+def methods(model, x, threads: int):
     """The three draw functions ``(cost, seed) -> (log_w, note)`` on one problem."""
     reference_model = copy.deepcopy(model).float()  # a float32 copy of the networks, as the reference runs them
     x32 = x.float()
 
     def ours(steps, seed):
-        result = ais_run(model, x, steps=steps, seed=seed, progress=False)
+        result = ais_run(model, x, steps=steps, seed=seed, progress=False, threads=threads)
         return result.log_weights, f"acceptance {float(result.acceptance_rate.mean()):.2f}"
 
     def reference(steps, seed):
@@ -228,7 +230,7 @@ def methods(model, x):
             return reference_bdmc_ais(reference_model, x32, steps=steps), ""
 
     def iwae(k, seed):
-        return evalkit.log_weights(model, x, k, seed=seed, progress=False), ""
+        return evalkit.log_weights(model, x, k, seed=seed, progress=False, threads=threads), ""
 
     return {"IWAE-K": iwae, "evalkit AIS": ours, "reference AIS": reference}
 
@@ -244,13 +246,17 @@ def main() -> None:
     parser.add_argument("--budget-s", type=float, default=540.0,
                         help="seconds for the whole run; a ladder stops before a rung that would not fit (default 540)")
     parser.add_argument("--models", default="digits,linear-gaussian")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="cores for every method: torch's intra-op threads (the reference) and evalkit's "
+                             "worker threads (default torch's thread count; 1 is the fair choice on a shared machine)")
     parser.add_argument("--reserve-s", type=float, default=120.0,
                         help="seconds of --budget-s kept for the models after the first (default 120)")
     args = parser.parse_args()
     deadline = time.perf_counter() + args.budget_s
+    torch.set_num_threads(args.threads)
     print_run_header(__file__)
-    print(f"# torch threads {torch.get_num_threads()}; a rung reaches e when |error| + 2 SE <= e")
-    problems = {"digits": lambda: digits_problem(args.n, args.truth_k),
+    print(f"# threads {args.threads} for every method; a rung reaches e when |error| + 2 SE <= e")
+    problems = {"digits": lambda: digits_problem(args.n, args.truth_k, args.threads),
                 "linear-gaussian": lambda: linear_gaussian_problem(args.n)}
     ladders = {"evalkit AIS": args.ladder, "reference AIS": args.reference_ladder, "IWAE-K": args.ks}
     results = {}
@@ -261,7 +267,7 @@ def main() -> None:
         print("|---|---|---|---|---|---|---|---|")
         # the reference's long rungs take what is left, less a reserve for the models still to come
         model_deadline = deadline - args.reserve_s * (len(names) - 1 - position)
-        for method, draw in methods(model, x).items():
+        for method, draw in methods(model, x, args.threads).items():
             results[name, method] = run_ladder(method, ladders[method], draw, truth, truth_se, model_deadline, name)
     summarise(results)
     print(f"# {load_average()} (end)")
