@@ -29,7 +29,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import main
+from evalkit_cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "docs" / "errors.md"
