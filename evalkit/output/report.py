@@ -23,7 +23,6 @@ import pandas as pd
 from ..analysis.diagnostics import mean_se
 from ..analysis.tables import footnoted, markdown_table, pm  # noqa: F401 (footnoted re-exported)
 from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text, check_writable, output_group
-from ..errors import OutputError
 
 PathLike = Union[str, os.PathLike]
 
@@ -84,20 +83,12 @@ def report_paths(out: PathLike) -> Dict[str, Path]:
 def check_output_dir(paths: Dict[str, Path], *, overwrite: bool = False) -> None:
     """Raise :class:`OutputError` now if any of ``paths`` could not be written later.
 
-    Directories that do not exist yet are fine when their nearest existing ancestor is a
-    writable directory (they are created on writing).
+    The one rule of :func:`evalkit.atomic.check_writable`: directories that do not exist yet are
+    fine when their nearest existing ancestor is a writable directory (they are created on
+    writing, and removed again if the writing fails).
     """
     for path in paths.values():
-        if path.exists():
-            check_writable(path, overwrite=overwrite)
-            continue
-        ancestor = path.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise OutputError(f"{str(ancestor)!r} is a file, so {str(path)!r} cannot be created; choose another --out")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise OutputError(f"directory {str(ancestor)!r} is not writable; choose another --out")
+        check_writable(path, overwrite=overwrite)
 
 
 def write_sweep(result, out: PathLike, *, formats: Sequence[str] = ("png", "svg", "pdf"),
