@@ -203,7 +203,10 @@ def findings(result) -> List[str]:
     table, ref, k_max = result.table, result.reference, result.metadata["k_max"]
     lines: List[str] = []
     last = table[table["k"] == k_max].set_index("estimator")
-    theory_last = result.theory[result.theory["k"] == k_max]
+    # The theory table's numbers (over the datapoints with k-hat < 0.5, where the expansion holds),
+    # not the mean over every datapoint, which the heavy-tailed ones inflate.
+    valid = result.theory_in_range()
+    theory_last = valid[valid["k"] == k_max]
     if "iwae" in last.index:
         row = last.loc["iwae"]
         text = f"IWAE at K = {k_max}: {pm(row['estimate'], row['estimate_se'])} {u} (mean over {result.metadata['n']} datapoints, SE over datapoints){_in_other_unit(nats, k_max)}."
@@ -212,7 +215,8 @@ def findings(result) -> List[str]:
             text += f" Measured bias against the {kind} reference ({ref.label}): {pm(row['bias'], row['bias_se'])} {u}."
         if not theory_last.empty:
             text += (f" Leading-order theory from the pool's weight moments puts IWAE's remaining bias at "
-                     f"{theory_last['bias'].iloc[0]:.3g} {u} (valid only where k-hat < 0.5).")
+                     f"{theory_last['bias'].iloc[0]:.3g} {u} (the theory table: the mean over the "
+                     f"{int(theory_last['datapoints'].iloc[0])} datapoints with k-hat < 0.5).")
         lines.append(text)
     per = result.per_datapoint
     at_max = per[per["k"] == k_max].pivot(index="index", columns="estimator", values="mean")
@@ -355,7 +359,7 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
              # Numbers stay on one line; headers wrap, so that the widest table (the fits) fits 1024 px.
-             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 6px;text-align:right;white-space:nowrap}"
+             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 4px;text-align:right;white-space:nowrap}"
              "table.t th{white-space:normal;vertical-align:bottom}"
              "table.t td:last-child{white-space:normal}ol.notes{font-size:0.85rem;color:#444}"
              # The command wraps instead of scrolling out of sight (a screenshot or a printout keeps it whole);
