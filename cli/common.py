@@ -404,7 +404,7 @@ def warning_library(category: type, filename: str, text: str = "") -> str:
     if issubclass(category, RuntimeWarning) and " encountered in " in text:
         return "numpy"
     package = _package_of(filename)
-    if package in ("evalkit", "cli", None):
+    if package in ("evalkit", "evalkit_cli", "cli", None):  # cli: a checkout's folder
         return "numpy" if issubclass(category, RuntimeWarning) else "torch"
     return package
 

@@ -63,10 +63,11 @@ def _register() -> None:
     from . import estimate, estimators_list  # noqa: F401  (imports attach the commands)
 
     for name in ("sweep", "report", "bdmc", "compare", "train"):
+        module = f"{__package__}.{name}"  # evalkit_cli, the name this folder is installed under
         try:
-            __import__(f"cli.{name}")
+            __import__(module)
         except ModuleNotFoundError as exc:
-            if exc.name != f"cli.{name}":
+            if exc.name != module:
                 raise
 
 

@@ -13,7 +13,7 @@ signals; what it does depends on where the process is:
     :class:`Terminated` (SIGTERM, a subclass) in the main thread, so that every ``finally``
     runs as the exception unwinds: worker threads stop after their current call and are joined,
     temporary files and staged directories are removed, finished cache shards are kept. The CLI
-    prints the one line saying what was kept (:func:`cli.common.interrupted_message`).
+    prints the one line saying what was kept (:func:`evalkit_cli.common.interrupted_message`).
 ``unwinding``
     a second signal while the first one unwinds is recorded, not raised: raising again would
     cut a cleanup short (a temporary file left, a worker not joined). The process still ends
@@ -90,7 +90,7 @@ def guard_imports(*, command_line: Optional[bool] = None) -> None:
     """From here until :func:`imports_done`, SIGINT / SIGTERM end the process at once, cleanly.
 
     Called first thing by ``evalkit/__init__`` (where it acts only when this process is
-    ``python -m evalkit`` or the ``cli`` package is importing evalkit) and by ``cli/__init__``
+    ``python -m evalkit`` or the ``evalkit_cli`` package is importing evalkit) and by ``evalkit_cli``'s ``__init__``
     (the console script's first import).
     """
     if command_line is None:
@@ -101,8 +101,8 @@ def guard_imports(*, command_line: Optional[bool] = None) -> None:
 
 def _is_command_line() -> bool:
     # ``python -m evalkit`` (or ``torchrun -m evalkit``): while runpy imports the package,
-    # sys.argv[0] is "-m" (documented); the cli package sets COMMAND_LINE before importing evalkit.
-    return _is_entry_point() or bool(getattr(sys.modules.get("cli"), "COMMAND_LINE", False))
+    # sys.argv[0] is "-m" (documented); the evalkit_cli package sets COMMAND_LINE before importing evalkit.
+    return _is_entry_point() or bool(getattr(sys.modules.get("evalkit_cli"), "COMMAND_LINE", False))
 
 
 def _is_entry_point() -> bool:
@@ -114,7 +114,7 @@ def _is_entry_point() -> bool:
 
 def imports_done() -> None:
     """The command line's imports are over: in a process that is not an entry point (a test
-    importing :mod:`cli`), signals go back to the previous handlers until a command starts."""
+    importing :mod:`evalkit_cli`), signals go back to the previous handlers until a command starts."""
     if _state["phase"] == "importing" and not _is_entry_point():
         _state["phase"] = "idle"
 

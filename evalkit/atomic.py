@@ -14,6 +14,10 @@ What an output path names decides how it is written:
 * anything else (a directory, a socket, a block device, a symlink loop): refused with an
   :class:`~evalkit.errors.OutputError`; nothing but a regular file is ever replaced.
 
+Missing directories above an output (a file or a report directory, from Python or the command
+line) are created when it is written and removed again if that fails; :func:`check_writable`
+checks before any work that the nearest existing ancestor is a writable directory.
+
 A write error (a full disk, ``ENOSPC`` from ``/dev/full``, an I/O error) is an
 :class:`~evalkit.errors.OutputError` naming the path and the reason, and leaves no partial file.
 :func:`atomic_directory` stages a new output directory under a hidden name and renames it into
@@ -74,8 +78,9 @@ def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
     """Check before any work that ``path`` can be written; return it as a Path.
 
     Raises :class:`OutputError` when the file exists and ``overwrite`` is false, when it is not
-    a regular file (a directory, a socket...), when the directory does not exist, or when it is
-    not writable. A FIFO, a character device and ``-`` (stdout) are always writable.
+    a regular file (a directory, a socket...), or when the nearest existing ancestor of its
+    directory is not a writable directory: missing ones are made on writing (and removed if that
+    fails), the one rule for every output. A FIFO, a character device and ``-`` are always writable.
     """
     path = Path(path)
     if str(path) == STDOUT:
@@ -93,12 +98,15 @@ def check_writable(path: PathLike, *, overwrite: bool = False) -> Path:
         if not overwrite:
             raise OutputError(f"output file {str(path)!r} already exists; pass --overwrite (overwrite=True) to replace it")
     parent = real.parent if str(real.parent) else Path(".")
-    if not parent.exists():
-        raise OutputError(f"output directory {str(parent)!r} does not exist; create it first")
-    if not parent.is_dir():
-        raise OutputError(f"{str(parent)!r} is not a directory, so {str(path)!r} cannot be created; choose another location")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"output directory {str(parent)!r} is not writable; choose another location")
+    ancestor = parent
+    while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+        ancestor = ancestor.parent  # the directories in between are created on writing
+    if not ancestor.is_dir():
+        raise OutputError(f"{str(ancestor)!r} is not a directory, so {str(path)!r} cannot be created; choose another location")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        what = (f"output directory {str(parent)!r} is not writable" if ancestor == parent else
+                f"directory {str(ancestor)!r} is not writable, so {str(path)!r} cannot be created")
+        raise OutputError(f"{what}; choose another location")
     return path
 
 
@@ -178,6 +186,7 @@ class OutputGroup:
         self._files: List[Tuple[Path, Path, Path]] = []  # (temporary, destination, path as given)
         self._directories: List[Tuple[Path, Path, List[Path]]] = []  # (stage, destination, parents made)
         self._streams: List[Tuple[Path, Path, Path]] = []  # (path as given, temporary, private directory)
+        self._made: List[Path] = []  # directories made for staged files, in the order made
         self._targets: set = set()
 
     @contextlib.contextmanager
@@ -199,6 +208,7 @@ class OutputGroup:
             self._streams.append((path, tmp, directory))
             return
         real = _real_path(path)
+        self._make_parents(path, real)
         tmp = _temporary_sibling(path, real)
         try:
             try:
@@ -212,6 +222,16 @@ class OutputGroup:
                 tmp.unlink()
             raise
         self._files.append((tmp, real, path))
+
+    def _make_parents(self, path: Path, real: Path) -> None:
+        """Make the missing directories above ``real``; a discard or a failed commit removes them."""
+        missing = _missing_ancestors(real)
+        try:
+            for directory in reversed(missing):  # outermost first
+                directory.mkdir()
+                self._made.append(directory)
+        except OSError as exc:
+            raise _write_error(path, exc) from None
 
     @contextlib.contextmanager
     def directory(self, out: PathLike) -> Iterator[Path]:
@@ -267,6 +287,7 @@ class OutputGroup:
             if kind == "file" and old is not None:
                 with contextlib.suppress(OSError):
                     old.unlink()
+        self._made = []  # committed: the directories made for the files stay
         self.discard()
 
     def discard(self) -> None:
@@ -279,7 +300,8 @@ class OutputGroup:
             _remove_empty(created)
         for _, _, directory in self._streams:
             shutil.rmtree(directory, ignore_errors=True)
-        self._files, self._directories, self._streams = [], [], []
+        _remove_empty(self._made[::-1])
+        self._files, self._directories, self._streams, self._made = [], [], [], []
 
 
 @contextlib.contextmanager
@@ -384,7 +406,7 @@ def check_input_file(path: PathLike, what: str, error: type = OutputError, *, di
 def _mode(path: Path):
     try:
         return os.stat(path).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # not there (an ancestor may be a file: checked next)
         return None
     except OSError as exc:
         raise OutputError(f"cannot use output path {str(path)!r} ({exc.strerror or exc}); give another file name") from None

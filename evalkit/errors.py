@@ -100,7 +100,8 @@ def _where_raised(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError) and exc.filename:
         return f"a syntax error in {exc.filename}, line {exc.lineno}"
     package = os.path.dirname(os.path.abspath(__file__)) + os.sep
-    ours = (package, os.path.join(os.path.dirname(package.rstrip(os.sep)), "cli") + os.sep)
+    beside = os.path.dirname(package.rstrip(os.sep))  # the command line: evalkit_cli, or a checkout's cli/
+    ours = (package, *(os.path.join(beside, name) + os.sep for name in ("evalkit_cli", "cli")))
     libraries = tuple({sysconfig.get_paths()[key] for key in ("stdlib", "purelib", "platlib")} | {sys.base_prefix})
     frames = traceback.extract_tb(exc.__traceback__)
     user = [f for f in frames if not os.path.abspath(f.filename).startswith(ours + libraries)

@@ -11,7 +11,7 @@ print the table::
 
 Columns: moment (seconds after the start, or ``+t``: seconds after the model calls started, as
 the cache's manifest appeared), signal, entry point (``-m`` for ``python -m evalkit``,
-``script`` for the console script's ``cli.main:main``), exit code, number of stderr lines and
+``script`` for the console script's ``evalkit_cli.main:main``), exit code, number of stderr lines and
 the first of them (shortened).
 """
 from __future__ import annotations
@@ -34,10 +34,16 @@ ESTIMATE = ["estimate", MODEL, "--data", "digits", "--binarize", "bernoulli", "-
 """A multi-second estimate with the default thread count (2 workers) and small model calls; ``-q``
 keeps the run's own warnings off stderr, leaving only what a signal prints."""
 
+IMPORT_CLI_PACKAGE = (
+    "import importlib.util; "
+    f"spec = importlib.util.spec_from_file_location('evalkit_cli', {str(ROOT / 'cli' / '__init__.py')!r}, "
+    f"submodule_search_locations=[{str(ROOT / 'cli')!r}]); "
+    "sys.modules['evalkit_cli'] = importlib.util.module_from_spec(spec); spec.loader.exec_module(sys.modules['evalkit_cli'])")
 ENTRY_POINTS = {
     "-m": [sys.executable, "-m", "evalkit"],
-    # What the ``evalkit`` console script runs (pip's generated wrapper does exactly this).
-    "script": [sys.executable, "-c", "import sys; from cli.main import main; sys.exit(main())"],
+    # What the ``evalkit`` console script runs (pip's generated wrapper imports evalkit_cli.main, the
+    # package first): here the checkout's cli/ folder is imported as that package, as installed.
+    "script": [sys.executable, "-c", f"import sys; {IMPORT_CLI_PACKAGE}; from evalkit_cli.main import main; sys.exit(main())"],
 }
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import InputError
 from evalkit.estimators import iwae, jvi
 from evalkit.models import LinearGaussianModel

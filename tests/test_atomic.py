@@ -105,9 +105,13 @@ def test_temporary_is_a_hidden_sibling_so_the_rename_stays_on_one_file_system(tm
 
 def test_check_writable_messages(tmp_path, monkeypatch):
     missing = tmp_path / "no" / "such" / "out.txt"
+    assert check_writable(missing) == missing  # missing directories are created on writing
+    assert not (tmp_path / "no").exists()  # ... not by the check
+    (tmp_path / "file").write_text("")
     with pytest.raises(OutputError) as info:
-        check_writable(missing)
-    assert str(info.value) == f"output directory {str(missing.parent)!r} does not exist; create it first"
+        check_writable(tmp_path / "file" / "such" / "out.txt")
+    assert str(info.value) == (f"{str(tmp_path / 'file')!r} is not a directory, so "
+                               f"{str(tmp_path / 'file' / 'such' / 'out.txt')!r} cannot be created; choose another location")
     (tmp_path / "adir").mkdir()
     with pytest.raises(OutputError, match=r"is a directory; give a file name$"):
         check_writable(tmp_path / "adir", overwrite=True)

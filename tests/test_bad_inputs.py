@@ -29,7 +29,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import main
+from evalkit_cli.main import main
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "docs" / "errors.md"
@@ -205,6 +205,10 @@ def _read_only(d: Path, monkeypatch) -> None:
     (d / "read_only").mkdir(exist_ok=True)
 
 
+def _a_file(d: Path, monkeypatch) -> None:
+    (d / "a_file").write_text("not a directory\n")
+
+
 def _existing(d: Path, monkeypatch) -> None:
     (d / "exists.txt").write_text("keep me\n")
 
@@ -340,8 +344,9 @@ CASES = [
     Case("output-directory-not-writable",
          est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "read_only/out.txt"), 1,
          ["output directory 'read_only' is not writable", "choose another location"], setup=_read_only, outputs=False),
-    Case("output-directory-missing", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "no_dir/out.txt"), 1,
-         ["output directory 'no_dir' does not exist", "create it first"], outputs=False),
+    Case("output-directory-is-a-file", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "a_file/out.txt"), 1,
+         ["'a_file' is not a directory, so 'a_file/out.txt' cannot be created", "choose another location"],
+         setup=_a_file, outputs=False),
     Case("output-file-exists", est("good.pt", "--data", "binary.npy", "-k", "4", "-o", "exists.txt"), 1,
          ["output file 'exists.txt' already exists", "pass --overwrite (overwrite=True) to replace it"],
          setup=_existing, outputs=False),

@@ -35,7 +35,7 @@ from torch.distributions import Normal
 
 import evalkit
 from bnn_oracle_helpers import make_problem
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import CheckpointError
 from evalkit.models.bnn import BayesianMLP, GaussianPrior, ScaleMixturePrior
 from evalkit.models.checkpoints import detect_checkpoint_kind, load_model

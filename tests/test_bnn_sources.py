@@ -7,7 +7,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.data import load_labelled_data
 from evalkit.errors import InputError
 from evalkit.estimators import elbo, iwae, jvi

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import CheckpointError
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

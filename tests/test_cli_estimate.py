@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.models import LinearGaussianModel
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.data import DIGITS_LEVELS, load_images, rescale_levels
 from evalkit.errors import DataError, DataWarning, InputError
 from evalkit.models import ConvVAE

@@ -48,7 +48,7 @@ def assert_failed_together(result, seconds, sentence, *, nproc=2, code=1):
     assert seconds < WALL_LIMIT_S, f"{seconds:.1f} s\n{output}"
     assert result.returncode != 0, output
     assert output.count(sentence) == 1, output
-    assert not re.search(r'File "[^"]*/(evalkit|cli)/', output), output  # no traceback through evalkit
+    assert not re.search(r'File "[^"]*/(evalkit|evalkit_cli|cli)/', output), output  # no traceback through evalkit
     assert "Connection closed by peer" not in output and "Aborted!" not in output, output
     codes = worker_exit_codes(output)
     assert codes == [code] * nproc, output  # every process, with the same code

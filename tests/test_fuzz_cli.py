@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import EvalkitError
 
 FUZZ = settings(max_examples=25, deadline=None, derandomize=True, database=None,

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.data import load_data, load_images
 from evalkit.errors import DataError
 from evalkit.sources import resolve_data

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import ResourceError
 from evalkit.sampling import sizes
 from evalkit.sampling.memory import format_bytes

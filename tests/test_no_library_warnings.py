@@ -22,7 +22,7 @@ import pytest
 import torch
 
 import evalkit
-from cli.common import _show_warning
+from evalkit_cli.common import _show_warning
 
 ROOT = Path(__file__).resolve().parent.parent
 

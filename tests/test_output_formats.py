@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import InputError, WeightWarning
 from evalkit.models import LinearGaussianModel
 from evalkit.output.formats import format_for_path

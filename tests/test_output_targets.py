@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.atomic import atomic_directory, atomic_path, atomic_write_text, check_writable
 from evalkit.errors import OutputError
 

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit import atomic
 from evalkit.atomic import atomic_write_text, output_group
 from evalkit.errors import OutputError

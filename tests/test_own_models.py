@@ -290,7 +290,12 @@ class LitVAE(nn.Module):                # what a LightningModule looks like to e
 def console_script(args, cwd):
     """Run the CLI the way the installed `evalkit` script does: the current directory not on sys.path."""
     code = ("import os, sys; sys.path[:] = [p for p in sys.path if p not in ('', os.getcwd())]; "
-            "from cli.main import main; sys.argv = ['evalkit'] + sys.argv[1:]; main()")
+            "import importlib.util; "  # the checkout's cli/ folder, imported as the installed package is
+            f"spec = importlib.util.spec_from_file_location('evalkit_cli', {str(ROOT / 'cli' / '__init__.py')!r}, "
+            f"submodule_search_locations=[{str(ROOT / 'cli')!r}]); "
+            "sys.modules['evalkit_cli'] = importlib.util.module_from_spec(spec); "
+            "spec.loader.exec_module(sys.modules['evalkit_cli']); "
+            "from evalkit_cli.main import main; sys.argv = ['evalkit'] + sys.argv[1:]; main()")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)

@@ -258,3 +258,25 @@ def test_an_error_from_outside_evalkit_says_what_failed(tmp_path, monkeypatch):
                           "--data", str(tmp_path / "x.npz"), "-k", "4", "-q"], capture_output=True, text=True,
                          timeout=120, cwd=ROOT)
     assert out.returncode == 1 and "e.g. by the model's log_weights" not in out.stderr
+
+
+@pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")
+def test_findings_quote_the_theory_tables_numbers_not_the_mean_over_heavy_tails():
+    """The findings said "remaining bias at -0.00089" over every datapoint while the theory table
+    beside them (over the datapoints with k-hat < 0.5) said -0.00049 at the same K."""
+    rng = np.random.default_rng(3)
+    log_w = np.concatenate([rng.normal(0.0, 0.3, size=(30, 400)), rng.normal(0.0, 3.0, size=(10, 400))])
+    result = evalkit.sweep(log_w, ks=[1, 10, 100, 400], estimators=("iwae", "jvi1"))
+    table = result.theory_in_range()
+    valid, everyone = (t[t["k"] == 400]["bias"].iloc[0] for t in (table, result.theory))
+    assert abs(everyone) > 2 * abs(valid)  # the heavy-tailed datapoints inflate the mean over all
+    text = "\n".join(report.findings(result))
+    assert f"remaining bias at {valid:.3g} nats (the theory table: the mean over the 30 datapoints" in text
+    assert f"expects jvi1 - IWAE = {-valid:+.3g} nats" in text
+    assert f"{everyone:.3g}" not in text
+
+
+def test_a_zero_with_a_zero_se_prints_without_a_minus_sign():
+    from evalkit.analysis.tables import pm
+
+    assert pm(-0.0, 0.0) == "0 ± 0" and pm(-0.0, 0.01) == "0.000 ± 0.010" and pm(-1.5, 0.0) == "-1.5 ± 0"

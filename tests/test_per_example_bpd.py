@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.models import LinearGaussianModel
 from evalkit.output.files import write_estimate_outputs
 

@@ -54,7 +54,7 @@ def test_existing_files_are_refused_before_anything_is_written(result, tmp_path)
 def test_output_under_a_file_is_refused(result, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(OutputError, match="is a file"):
+    with pytest.raises(OutputError, match="is not a directory, so .* cannot be created; choose another location$"):
         result.save(blocker / "run")
 
 

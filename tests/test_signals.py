@@ -3,7 +3,7 @@ line, no traceback, no C++ abort, no partial output, no temporary file; the cach
 
 Each delivery is a fresh process started from :mod:`subprocess` in the caller's session (as a
 terminal's Ctrl-C or a scheduler's SIGTERM reaches it), with the default two worker threads,
-through ``python -m evalkit`` and through the console script's ``cli.main:main``; the moments
+through ``python -m evalkit`` and through the console script's ``evalkit_cli.main:main``; the moments
 are spread from the imports to the end of the computation. ``scripts/signal_table.py`` runs the
 deliveries; ``pytest -s`` prints the table.
 """

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli.main import main
+from evalkit_cli.main import main
 
 
 @pytest.fixture(scope="module")

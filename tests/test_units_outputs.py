@@ -13,7 +13,7 @@ from click.testing import CliRunner
 import evalkit
 
 pytestmark = pytest.mark.filterwarnings("ignore::evalkit.errors.WeightWarning")
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import InputError
 
 CONV = "examples/digits_conv_vae.pt"

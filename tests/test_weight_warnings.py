@@ -10,7 +10,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import WeightWarning
 from evalkit.models import LinearGaussianModel
 

@@ -14,7 +14,7 @@ import torch
 from click.testing import CliRunner
 
 import evalkit
-from cli.main import main
+from evalkit_cli.main import main
 from evalkit.errors import InputError
 from evalkit.models.base import LatentVariableModel
 

@@ -288,12 +288,13 @@ class CompareResult:
                             "markdown": self.to_markdown, "latex": self.to_latex})
 
     def save(self, path: Union[str, os.PathLike], *, format: Optional[str] = None, overwrite: bool = False) -> Path:
-        """Write to ``path`` atomically, in the format its extension names (``.json .csv .md .tex .txt``)."""
-        from ..atomic import atomic_write_text
+        """Write to ``path`` atomically, in the format its extension names (``.json .csv .md .tex .txt``);
+        missing parent directories are created (:func:`evalkit.atomic.check_writable`)."""
+        from ..atomic import atomic_write_text, check_writable
         from ..output.formats import format_for_path
 
         fmt = format_for_path(path, format, what="output file")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        check_writable(path, overwrite=overwrite)
         text = self.format(fmt)
         atomic_write_text(os.fspath(path), text if text.endswith("\n") else text + "\n", overwrite=overwrite)
         return Path(path)

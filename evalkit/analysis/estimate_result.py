@@ -244,18 +244,20 @@ class EstimateResult:
             One of ``table``, ``json``, ``csv``, ``markdown``, ``latex``; must agree with a
             recognised extension (:func:`evalkit.output.formats.format_for_path`).
         overwrite : bool
-            Replace an existing file. Missing parent directories are created.
+            Replace an existing file. Missing parent directories are created (and removed
+            again if the file cannot be written), as for every output of the command line
+            (:func:`evalkit.atomic.check_writable`).
 
         Returns
         -------
         Path
             The file written.
         """
-        from ..atomic import atomic_write_text
+        from ..atomic import atomic_write_text, check_writable
         from ..output.formats import format_for_path
 
         fmt = format_for_path(path, format, what="output file")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)  # like SweepResult.save's directory
+        check_writable(path, overwrite=overwrite)  # before the work; missing directories are made on writing
         text = self.format(fmt)
         atomic_write_text(os.fspath(path), text if text.endswith("\n") else text + "\n", overwrite=overwrite)
         return Path(path)

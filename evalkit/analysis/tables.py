@@ -71,6 +71,7 @@ def pm(value: float, se: float) -> str:
     """``value ± se`` with the value rounded to two significant digits of the SE."""
     if value is None or not math.isfinite(value):
         return "n/a"
+    value = value + 0.0  # -0.0 (a reference minus itself) prints as 0
     if se is None or not math.isfinite(se):
         return f"{value:.6g}"
     if se == 0:

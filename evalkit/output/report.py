@@ -23,7 +23,6 @@ import pandas as pd
 from ..analysis.diagnostics import mean_se
 from ..analysis.tables import footnoted, markdown_table, pm  # noqa: F401 (footnoted re-exported)
 from ..atomic import atomic_directory, atomic_write_bytes, atomic_write_text, check_writable, output_group
-from ..errors import OutputError
 
 PathLike = Union[str, os.PathLike]
 
@@ -84,20 +83,12 @@ def report_paths(out: PathLike) -> Dict[str, Path]:
 def check_output_dir(paths: Dict[str, Path], *, overwrite: bool = False) -> None:
     """Raise :class:`OutputError` now if any of ``paths`` could not be written later.
 
-    Directories that do not exist yet are fine when their nearest existing ancestor is a
-    writable directory (they are created on writing).
+    The one rule of :func:`evalkit.atomic.check_writable`: directories that do not exist yet are
+    fine when their nearest existing ancestor is a writable directory (they are created on
+    writing, and removed again if the writing fails).
     """
     for path in paths.values():
-        if path.exists():
-            check_writable(path, overwrite=overwrite)
-            continue
-        ancestor = path.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            raise OutputError(f"{str(ancestor)!r} is a file, so {str(path)!r} cannot be created; choose another --out")
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise OutputError(f"directory {str(ancestor)!r} is not writable; choose another --out")
+        check_writable(path, overwrite=overwrite)
 
 
 def write_sweep(result, out: PathLike, *, formats: Sequence[str] = ("png", "svg", "pdf"),
@@ -212,7 +203,10 @@ def findings(result) -> List[str]:
     table, ref, k_max = result.table, result.reference, result.metadata["k_max"]
     lines: List[str] = []
     last = table[table["k"] == k_max].set_index("estimator")
-    theory_last = result.theory[result.theory["k"] == k_max]
+    # The theory table's numbers (over the datapoints with k-hat < 0.5, where the expansion holds),
+    # not the mean over every datapoint, which the heavy-tailed ones inflate.
+    valid = result.theory_in_range()
+    theory_last = valid[valid["k"] == k_max]
     if "iwae" in last.index:
         row = last.loc["iwae"]
         text = f"IWAE at K = {k_max}: {pm(row['estimate'], row['estimate_se'])} {u} (mean over {result.metadata['n']} datapoints, SE over datapoints){_in_other_unit(nats, k_max)}."
@@ -221,7 +215,8 @@ def findings(result) -> List[str]:
             text += f" Measured bias against the {kind} reference ({ref.label}): {pm(row['bias'], row['bias_se'])} {u}."
         if not theory_last.empty:
             text += (f" Leading-order theory from the pool's weight moments puts IWAE's remaining bias at "
-                     f"{theory_last['bias'].iloc[0]:.3g} {u} (valid only where k-hat < 0.5).")
+                     f"{theory_last['bias'].iloc[0]:.3g} {u} (the theory table: the mean over the "
+                     f"{int(theory_last['datapoints'].iloc[0])} datapoints with k-hat < 0.5).")
         lines.append(text)
     per = result.per_datapoint
     at_max = per[per["k"] == k_max].pivot(index="index", columns="estimator", values="mean")
@@ -364,7 +359,7 @@ def render_html(result, pngs: Dict[str, bytes], *, title: str, command: str) -> 
     style = ("body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;line-height:1.4}"
              "table.t{border-collapse:collapse;font-size:0.85rem;margin:0.5rem 0}"
              # Numbers stay on one line; headers wrap, so that the widest table (the fits) fits 1024 px.
-             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 6px;text-align:right;white-space:nowrap}"
+             "table.t td,table.t th{border-bottom:1px solid #ddd;padding:2px 4px;text-align:right;white-space:nowrap}"
              "table.t th{white-space:normal;vertical-align:bottom}"
              "table.t td:last-child{white-space:normal}ol.notes{font-size:0.85rem;color:#444}"
              # The command wraps instead of scrolling out of sight (a screenshot or a printout keeps it whole);
