@@ -11,7 +11,8 @@ import torch
 from evalkit.models import LinearGaussianModel
 from evalkit.models.joint import initial_distribution, initial_sample, latent_shape
 from evalkit.noise import _PURPOSE_AIS_ACCEPT, _PURPOSE_AIS_MOMENTUM
-from evalkit.sampling.ais import TUNE_TRIALS, _Path, _tuned_step_size, ais_run
+from evalkit.sampling.ais import _Path, ais_run
+from evalkit.sampling.ais_step_size import TUNE_TRIALS, tuned_step_size
 from evalkit.sampling.chain_noise import ChainNoise
 
 F64 = torch.float64
@@ -50,7 +51,7 @@ def test_tuned_step_size_depends_on_the_pilot_chains_only():
     path = _Path(model, x, initial)
     moved = z0.clone()
     moved[:, :chains] += 100.0  # the weighted chains somewhere else entirely
-    sizes = [_tuned_step_size(path, path.state(z, None, 0.0), 0.0, noise, slice(chains, None), 0.65, 2)
+    sizes = [tuned_step_size(path, path.state(z, None, 0.0), 0.0, noise, slice(chains, None), 0.65, 2)
              for z in (z0, moved)]
     assert torch.equal(sizes[0], sizes[1])
     assert TUNE_TRIALS > 0 and (sizes[0] != 0.01).all()

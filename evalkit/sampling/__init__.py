@@ -7,7 +7,8 @@
 * :mod:`.blocks` -- the engine's matrix one block of datapoints at a time;
 * :mod:`.cache` -- resumable on-disk shards (files in :mod:`.cache_store`, digests in
   :mod:`.fingerprint`); :mod:`.distributed` -- torchrun split and gather;
-* :mod:`.hmc`, :mod:`.ais` (calls sized and laid out by :mod:`.ais_plan`), :mod:`.bdmc` --
+* :mod:`.hmc`, :mod:`.ais` (calls sized and laid out by :mod:`.ais_plan`, step sizes from
+  :mod:`.ais_step_size`), :mod:`.bdmc` --
   annealed importance sampling with HMC transitions and bidirectional Monte Carlo;
   :mod:`.bnn_weights` -- a Bayesian network's weight samples.
 

@@ -27,7 +27,6 @@ has a multiple of 32 rows and datapoint n's rows start at a position congruent t
 """
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import NamedTuple, Optional, Sequence, Union
@@ -56,26 +55,11 @@ from ..noise import (
     check_seed,
 )
 from . import hmc
+from .ais_step_size import INITIAL_STEP_SIZE, TUNE_TRIALS, adapted_step_size, row_mean, tuned_step_size
 from .chain_noise import ChainNoise
 from .schedules import make_schedule
 
-INITIAL_STEP_SIZE = 0.01
-"""Leapfrog step size of the first transition when adapting (that of the reference code)."""
-
-STEP_SIZE_RANGE = (1e-4, 0.5)
-"""Adapted step sizes are clipped to this range (that of the reference code)."""
-
-ADAPT_GAIN = 1.0
-"""g of the adaptation ``eps *= exp(g (a - target))`` after each transition (a: the pilot's mean acceptance)."""
-
 ADAPT_FROM = ("pilot", "chains")
-
-TUNE_TRIALS = 8
-"""Trial transitions of the pilot chains at b_0 that choose the first step size (0: start at ``INITIAL_STEP_SIZE``)."""
-
-TUNE_FACTOR = 4.0
-"""The trials multiply or divide the step size by this until the target acceptance is bracketed, then bisect."""
-
 
 class Endpoints(NamedTuple):
     """The path's two ends at the chains' positions: log f_0, log p(x, z) ([B, C] float64) and their gradients."""
@@ -144,50 +128,6 @@ class _Path:
         return hmc.HMCState(z, *self.tempered(ends, beta), ends)
 
 
-def _row_mean(values: Tensor) -> Tensor:
-    """Mean over the last dimension as a left-to-right sum of columns (the same bits in any layout)."""
-    total = values[..., 0]
-    for column in range(1, values.shape[-1]):
-        total = total + values[..., column]
-    return total / values.shape[-1]
-
-
-def _tuned_step_size(path: _Path, state: hmc.HMCState, beta: float, noise: ChainNoise, pilot: slice,
-                     target_accept: float, leapfrog: int) -> Tensor:
-    """Return a step size ``[S]`` (float64) for f_b from trial transitions of the pilot chains only.
-
-    Each trial starts at the pilot chains' current positions with fresh momenta from the
-    datapoint's tuning streams; per datapoint the step size is multiplied (acceptance above
-    target) or divided by ``TUNE_FACTOR`` until the target is bracketed, then bisected in log
-    space. Only pilot chains take part, so the weighted chains' kernels stay independent of them.
-    """
-    ends = state.aux
-    pilot_ends = Endpoints(*(part[:, pilot] for part in ends))
-    pilot_state = path.state(state.position[:, pilot], pilot_ends, beta)
-    density = path.density_fn(beta)
-    momenta, log_u = noise.trials(TUNE_TRIALS, pilot)
-    n_slots = state.position.shape[0]
-    low_end, high_end = (torch.tensor(math.log(v), dtype=torch.float64) for v in STEP_SIZE_RANGE)
-    log_eps = torch.full((n_slots,), math.log(INITIAL_STEP_SIZE), dtype=torch.float64, device=state.position.device)
-    low = torch.full_like(log_eps, -math.inf)
-    high = torch.full_like(log_eps, math.inf)
-    for trial in range(TUNE_TRIALS):
-        _, info = hmc.step(pilot_state, density, momenta[trial], log_u[trial],
-                           log_eps.exp().to(state.position.dtype).unsqueeze(1), leapfrog)
-        up = _row_mean(info.acceptance_prob) > target_accept
-        low, high = torch.where(up, log_eps, low), torch.where(up, high, log_eps)
-        bracketed = torch.isfinite(low) & torch.isfinite(high)
-        step = math.log(TUNE_FACTOR)
-        log_eps = torch.where(bracketed, (low + high) / 2, torch.where(up, log_eps + step, log_eps - step))
-        log_eps = log_eps.clamp(low_end, high_end)
-    return log_eps.exp()
-
-
-def _adapted(eps: Tensor, acceptance: Tensor, target_accept: float) -> Tensor:
-    """The next transition's step size ``[S]`` from the pilot's mean acceptance probability ``[S]``."""
-    return (eps * torch.exp(ADAPT_GAIN * (acceptance - target_accept))).clamp(*STEP_SIZE_RANGE)
-
-
 def _anneal_call(path: _Path, z0: Tensor, betas: Tensor, noise: ChainNoise, *, chains: int, adapt_rows: slice,
                  step_size: Union[float, Tensor, None], target_accept: float, leapfrog: int,
                  progress, n_real: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -198,7 +138,7 @@ def _anneal_call(path: _Path, z0: Tensor, betas: Tensor, noise: ChainNoise, *, c
     log_w = torch.zeros(z0.shape[:2], dtype=torch.float64, device=z0.device)
     eps = torch.full((n_slots,), INITIAL_STEP_SIZE, dtype=torch.float64, device=z0.device)
     if step_size is None and TUNE_TRIALS and adapt_rows.start > 0:
-        eps = _tuned_step_size(path, state, betas[0], noise, adapt_rows, target_accept, leapfrog)
+        eps = tuned_step_size(path, state, betas[0], noise, adapt_rows, target_accept, leapfrog)
     step_sizes = torch.empty((n_slots, max(n_transitions, 0)), dtype=torch.float64, device=z0.device)
     acceptance = torch.zeros(n_slots, dtype=torch.float64, device=z0.device)
     for t in range(1, len(betas)):
@@ -216,9 +156,9 @@ def _anneal_call(path: _Path, z0: Tensor, betas: Tensor, noise: ChainNoise, *, c
         momentum, log_u = noise.transition(j)
         state, info = hmc.step(state, path.density_fn(betas[t]), momentum, log_u,
                                eps.to(z0.dtype).unsqueeze(1), leapfrog)
-        acceptance = acceptance + _row_mean(info.acceptance_prob[:, :chains])
+        acceptance = acceptance + row_mean(info.acceptance_prob[:, :chains])
         if step_size is None:
-            eps = _adapted(eps, _row_mean(info.acceptance_prob[:, adapt_rows]), target_accept)
+            eps = adapted_step_size(eps, row_mean(info.acceptance_prob[:, adapt_rows]), target_accept)
         progress.update(n_real)
     return log_w, step_sizes, acceptance / max(n_transitions, 1)
 
@@ -383,17 +323,15 @@ def ais_run(
     a chain's own past acceptances breaks the second condition: the kernel at step t then
     depends on z_0..z_{t-1}, and the extended-space argument (and the unbiasedness) no longer
     holds exactly. evalkit therefore adapts from ``pilot_chains`` extra chains of the same
-    datapoint, with their own random numbers: after each transition the step size of the
-    datapoint is multiplied by 1.02 if the pilot chains' mean acceptance probability exceeded
-    ``target_accept`` and by 0.98 otherwise (clipped to ``STEP_SIZE_RANGE``). The step sizes
-    are then a random sequence independent of the weighted chains, each of which sees, at every
+    datapoint, with their own random numbers (the rule below). The step sizes are then a random sequence independent of the weighted chains, each of which sees, at every
     step, a fixed HMC kernel that leaves f_t invariant; conditionally on the pilot E[w] = p(x)
     exactly, hence unconditionally too. The adaptation uses only that datapoint's past, so it
     does not depend on batching. Cost: ``(chains + pilot_chains) / chains`` of the chains alone.
 
-    The rule. Before the first transition the pilot chains make ``TUNE_TRIALS`` (8) trial
-    transitions at f_0 from their starting points, with their own random numbers: the step
-    size (from 0.01) is multiplied or divided by 4 until the target acceptance is bracketed,
+    The rule (:mod:`evalkit.sampling.ais_step_size`). Before the first transition the pilot
+    chains make ``TUNE_TRIALS`` (8) trial
+    transitions at f_0 from their starting points, with their own random numbers: the
+    step size (from 0.01) is multiplied or divided by 4 until the target acceptance is bracketed,
     then bisected in log space. After each transition it is multiplied by
     ``exp(ADAPT_GAIN (a - target_accept))``, ``a`` the pilot chains' mean acceptance
     probability, ``ADAPT_GAIN = 1``; step sizes stay in ``STEP_SIZE_RANGE``. The common
