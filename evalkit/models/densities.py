@@ -16,7 +16,6 @@ formula is used.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -96,8 +95,7 @@ def _log_sigmoid_sum_split(signed: Tensor) -> Tensor:
     return log_lik + _fold_products(signed.abs().sigmoid_()).log_().sum(-1)
 
 
-def bernoulli_log_likelihood(logits: Tensor, x: Tensor, *, overwrite: bool = False,
-                             recompute: Optional[Callable[[], Tensor]] = None) -> Tensor:
+def bernoulli_log_likelihood(logits: Tensor, x: Tensor, *, overwrite: bool = False) -> Tensor:
     """Return ``sum_j log Bernoulli(x_j; sigmoid(logits_j))`` over the last dimension.
 
     Parameters
@@ -108,12 +106,6 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor, *, overwrite: bool = Fal
         Allow the function to work in ``logits`` (pass a temporary): one buffer of
         ``logits``' size fewer, which on the CPU is a fresh, page-faulted allocation per call.
         Ignored when autograd records ``logits``.
-    recompute : callable, optional
-        With ``overwrite``: returns the same logits again, bit for bit (the same network on
-        the same input). The ``sigmoid`` then runs in place on ``logits`` instead of into a
-        new buffer, and the rare rows that need the split form (notes) are computed from the
-        recomputed logits: on the CPU one ``[B, k, D]`` buffer fewer to write per call, the
-        same bits.
 
     Returns
     -------
@@ -137,15 +129,11 @@ def bernoulli_log_likelihood(logits: Tensor, x: Tensor, *, overwrite: bool = Fal
     if logits.device.type != "cpu" or (torch.is_grad_enabled() and logits.requires_grad):
         return F.logsigmoid(logits * sign).sum(-1)
     signed = logits.mul_(sign) if overwrite else logits * sign
-    in_place = overwrite and recompute is not None
-    # A fresh sigmoid output is a [B, k, D] buffer written cold; in place it stays in cache.
-    products = _fold_products(signed.sigmoid_() if in_place else torch.sigmoid(signed))
+    products = _fold_products(torch.sigmoid(signed))
     # Every partial product of a group is at least the whole product, so checking it suffices.
     unsafe = products.amin(-1) < torch.finfo(products.dtype).tiny * 2**24
     log_lik = products.log_().sum(-1)
     if unsafe.any():
-        if in_place:  # signed was overwritten by its sigmoid: the same values again
-            signed = recompute().mul_(sign)
         log_lik[unsafe] = _log_sigmoid_sum_split(signed[unsafe])
     return log_lik
 

@@ -239,8 +239,7 @@ class IWAE(LatentVariableModel):
     def _log_likelihood(self, h1: Tensor, x: Tensor) -> Tensor:
         """Return ``log p(x | h1)``, shape ``h1.shape[:2]``; on the CPU in cache-sized pieces (:mod:`evalkit.models.row_pieces`)."""
         def log_likelihood(h1_piece: Tensor, x_piece: Tensor) -> Tensor:
-            return bernoulli_log_likelihood(self.logits(h1_piece), x_piece, overwrite=True,
-                                            recompute=lambda: self.logits(h1_piece))
+            return bernoulli_log_likelihood(self.logits(h1_piece), x_piece, overwrite=True)
 
         if sigmoid_form_applies(h1, self):
             return map_row_pieces(log_likelihood, h1, x, self.data_dim)

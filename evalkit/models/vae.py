@@ -123,8 +123,7 @@ class MLPVAE(EncoderDecoderModel):
         def log_likelihood(z_piece: Tensor, x_piece: Tensor) -> Tensor:
             heads = self._decoder_heads(z_piece)
             if self.decoder_log_scale is None:
-                return bernoulli_log_likelihood(heads[0], x_piece, overwrite=True,
-                                                recompute=lambda: self._decoder_heads(z_piece)[0])
+                return bernoulli_log_likelihood(heads[0], x_piece, overwrite=True)
             return normal_log_density(x_piece.unsqueeze(1), *heads)
 
         if sigmoid_form_applies(z, self):
