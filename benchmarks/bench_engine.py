@@ -11,9 +11,25 @@ For each model the script times, interleaved in one process and best of ``--repe
   several call sizes (rows = datapoints x samples per call) and the fastest counts;
 * **bare, torch.tanh** -- the same with ``torch.tanh`` (``nn.Tanh``), as a plain PyTorch
   module would compute its activations; evalkit's built-in models compute tanh as
-  ``2 sigmoid(2x) - 1`` on the CPU (see :mod:`evalkit.models.densities`).
+  ``2 sigmoid(2x) - 1`` on the CPU (see :mod:`evalkit.models.densities`); here every network of
+  the pass runs through its modules as written (before session 7 the Gaussian blocks of this
+  column still took evalkit's sigmoid form, only the decoder ran ``torch.tanh``);
+* **expert** -- the loop a competent user writes by hand for the same networks, the issue's
+  bar (``expert_pass``): encoder once per datapoint, ``torch.randn`` from the global
+  generator, reparameterised samples, calls of 8 datapoints x 500 samples in float32,
+  closed-form Gaussian log-densities of the samples, ``binary_cross_entropy_with_logits`` for
+  the Bernoulli likelihood, log-weights cast to float64 into an ``[N, K]`` tensor. Its networks
+  are the modules with ``nn.Tanh`` (``torch.tanh``), as plain PyTorch would run them; with two
+  threads the faster of the engine's scheme (two Python threads, one intra-op thread each) and
+  one loop on torch's two intra-op threads counts. The targets are judged on this column;
+* **expert, own modules** -- the same loop through the model's own networks (evalkit's
+  sigmoid-form tanh, as the engine runs them), so that the comparison is fair both ways.
 
-and prints log-weight samples per second and the ratios engine / bare. Both sides run with
+Each row also checks that the expert's log-weights have the engine's distribution: the mean
+IWAE-K over the data of both, and their paired difference in standard errors (|z| of a few
+at most is agreement; the noise differs, so the bits do not).
+
+and prints log-weight samples per second and the ratios engine / bare and engine / expert. Both sides run with
 the same threads: ``--threads 1`` pins everything to one core (the cleanest measure of the
 engine's own overhead); with more threads the engine uses its worker threads and the bare
 pass the same scheme (one intra-op thread per worker).
@@ -35,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import math
 import os
 import platform
 import sys
@@ -44,6 +61,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,22 +124,27 @@ def with_torch_tanh(model: nn.Module) -> nn.Module:
     return clone
 
 
-def bare_call(model: IWAE, x: torch.Tensor, n_samples: int, generator: torch.Generator) -> None:
-    """The bare forward pass of one call: encoder once per datapoint, noise, per-sample networks."""
-    mu, log_sigma = model.encoder_h1.params(x)
+def bare_call(model: IWAE, x: torch.Tensor, n_samples: int, generator: torch.Generator, plain: bool = False) -> None:
+    """The bare forward pass of one call: encoder once per datapoint, noise, per-sample networks.
+
+    ``plain``: the Gaussian blocks through their modules as written (``plain_params``), for a
+    ``with_torch_tanh`` copy; otherwise ``params`` (on the CPU evalkit's sigmoid form).
+    """
+    params = plain_params if plain else (lambda block, h: block.params(h))
+    mu, log_sigma = params(model.encoder_h1, x)
     eps = torch.randn(x.shape[0], n_samples, mu.shape[-1], generator=generator, device=x.device)
     h = mu.unsqueeze(1) + log_sigma.exp().unsqueeze(1) * eps
     top = h
     for layer in range(1, len(model.latent_dims)):
-        mu, log_sigma = getattr(model, f"encoder_h{layer + 1}").params(top)
+        mu, log_sigma = params(getattr(model, f"encoder_h{layer + 1}"), top)
         eps = torch.randn(mu.shape, generator=generator, device=x.device)
         top = mu + log_sigma.exp() * eps
     for layer in reversed(range(len(model.latent_dims) - 1)):
-        getattr(model, f"decoder_h{layer + 1}").params(top)  # p(h_l | h_{l+1})'s network
+        params(getattr(model, f"decoder_h{layer + 1}"), top)  # p(h_l | h_{l+1})'s network
     model.decoder_x(h)
 
 
-def bare_pass(model: IWAE, x: torch.Tensor, k: int, rows: int, threads: int) -> None:
+def bare_pass(model: IWAE, x: torch.Tensor, k: int, rows: int, threads: int, plain: bool = False) -> None:
     """Run the bare pass over all datapoints and samples in calls of about ``rows`` rows."""
     n_samples = min(k, rows)
     batch = max(1, rows // n_samples)
@@ -131,7 +154,7 @@ def bare_pass(model: IWAE, x: torch.Tensor, k: int, rows: int, threads: int) -> 
         generator = torch.Generator(device=x.device).manual_seed(seed)
         with torch.inference_mode():
             for start, k0 in my_calls:
-                bare_call(model, x[start:start + batch], min(n_samples, k - k0), generator)
+                bare_call(model, x[start:start + batch], min(n_samples, k - k0), generator, plain)
 
     if threads == 1 or x.device.type == "cuda":
         run(calls, 0)
@@ -149,6 +172,96 @@ def bare_pass(model: IWAE, x: torch.Tensor, k: int, rows: int, threads: int) -> 
     for thread in pool:
         thread.join()
     torch.set_num_threads(threads)
+
+
+EXPERT_CHUNK = 500
+"""Samples per datapoint per decoder call of the expert pass (the issue's hand-written loop)."""
+
+EXPERT_BATCH = 8
+"""Datapoints per call of the expert pass: 8 x 500 = 4000 rows, in the bare pass's best range."""
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def plain_params(block, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mu, log_sigma)`` of a Gaussian block through its modules as written (nn.Tanh: torch.tanh)."""
+    hidden = block.transform(h)
+    return block.fc_mu(hidden), block.fc_logsigma(hidden)
+
+
+def gaussian_log_prob(z: torch.Tensor, mu: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    """``Normal(mu, exp(log_sigma)).log_prob(z).sum(-1)`` in closed form, as torch.distributions computes it."""
+    return (-((z - mu) ** 2) / (2 * torch.exp(2 * log_sigma)) - log_sigma - 0.5 * LOG_2PI).sum(-1)
+
+
+def expert_call(model: IWAE, x: torch.Tensor, n_samples: int, own: bool) -> torch.Tensor:
+    """Log-weights ``[B, n_samples]`` (float32) of one hand-written call: what a competent user writes.
+
+    Encoder once per datapoint, ``torch.randn`` (global generator), reparameterised samples,
+    closed-form Gaussian densities from the samples, ``binary_cross_entropy_with_logits`` for the
+    Bernoulli likelihood. ``own``: the model's own (sigmoid-form) networks, as the engine runs
+    them; otherwise the modules with ``nn.Tanh`` (pass a ``with_torch_tanh`` copy).
+    """
+    params = (lambda block, h: block.params(h)) if own else plain_params
+    mu, log_sigma = params(model.encoder_h1, x)
+    mu, log_sigma = mu.unsqueeze(1), log_sigma.unsqueeze(1)
+    h = [mu + log_sigma.exp() * torch.randn(x.shape[0], n_samples, mu.shape[-1], device=x.device)]
+    log_q = gaussian_log_prob(h[0], mu, log_sigma)
+    for layer in range(1, len(model.latent_dims)):
+        mu, log_sigma = params(getattr(model, f"encoder_h{layer + 1}"), h[-1])
+        h.append(mu + log_sigma.exp() * torch.randn(mu.shape, device=x.device))
+        log_q = log_q + gaussian_log_prob(h[-1], mu, log_sigma)
+    log_p = (-0.5 * h[-1] ** 2 - 0.5 * LOG_2PI).sum(-1)
+    for layer in range(len(model.latent_dims) - 1):
+        mu, log_sigma = params(getattr(model, f"decoder_h{layer + 1}"), h[layer + 1])
+        log_p = log_p + gaussian_log_prob(h[layer], mu, log_sigma)
+    logits = model.logits(h[0]) if own else model.decoder_x(h[0])
+    target = x.unsqueeze(1).expand_as(logits)
+    log_p = log_p - F.binary_cross_entropy_with_logits(logits, target, reduction="none").sum(-1)
+    return log_p - log_q
+
+
+def expert_pass(model: IWAE, x: torch.Tensor, k: int, threads: int, *, own: bool,
+                workers: bool = True) -> torch.Tensor:
+    """The expert's ``[N, K]`` float64 log-weights, in calls of EXPERT_BATCH datapoints x EXPERT_CHUNK samples.
+
+    With ``threads > 1``: ``workers`` splits the calls over that many Python threads with one
+    intra-op thread each (the engine's scheme); otherwise one loop with torch's intra-op threads.
+    """
+    out = torch.empty(len(x), k, dtype=torch.float64, device=x.device)
+    calls = [(start, k0) for start in range(0, len(x), EXPERT_BATCH) for k0 in range(0, k, EXPERT_CHUNK)]
+
+    def run(my_calls):
+        with torch.inference_mode():
+            for start, k0 in my_calls:
+                k1 = min(k0 + EXPERT_CHUNK, k)
+                out[start:start + EXPERT_BATCH, k0:k1] = expert_call(model, x[start:start + EXPERT_BATCH], k1 - k0, own)
+
+    if threads == 1 or not workers:
+        run(calls)
+        return out
+
+    def worker(i):
+        torch.set_num_threads(1)
+        run(calls[i::threads])
+
+    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join()
+    torch.set_num_threads(threads)
+    return out
+
+
+def paired_iwae_check(engine: torch.Tensor, expert: torch.Tensor) -> tuple[float, float, float]:
+    """Mean IWAE-K over the data of both, and the paired difference in units of its standard error."""
+    k = engine.shape[1]
+    a = torch.logsumexp(engine, 1) - math.log(k)
+    b = torch.logsumexp(expert, 1) - math.log(k)
+    diff = a - b
+    se = float(diff.std() / math.sqrt(len(diff)))
+    return float(a.mean()), float(b.mean()), float(diff.mean()) / se if se > 0 else 0.0
 
 
 def noise_costs(model, n_rows: int, k: int, repeats: int) -> tuple[float, float]:
@@ -175,6 +288,59 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def row_variants(model, plain, x, args, threads: int, device: torch.device) -> dict:
+    """The timed variants of one row: name -> callable (engine and expert variants return their log-weights)."""
+    variants = {"engine": lambda: evalkit.log_weights(model, x, args.k, seed=0, threads=threads,
+                                                      device=device, progress=False)}
+    if args.compile:
+        variants["engine compile"] = lambda: evalkit.log_weights(
+            model, x, args.k, seed=0, threads=threads, device=device, compile=True, progress=False)
+    if args.tf32 and device.type == "cuda":
+        variants["engine tf32"] = lambda: evalkit.log_weights(
+            model, x, args.k, seed=0, threads=threads, device=device, tf32=True, progress=False)
+    for r in BARE_ROWS if device.type == "cpu" else (2**17,):
+        variants[f"bare {r}"] = lambda r=r: bare_pass(model, x, args.k, r, threads)
+        variants[f"plain {r}"] = lambda r=r: bare_pass(plain, x, args.k, r, threads, plain=True)
+    variants["expert workers"] = lambda: expert_pass(plain, x, args.k, threads, own=False)
+    if threads > 1:
+        variants["expert intra-op"] = lambda: expert_pass(plain, x, args.k, threads, own=False, workers=False)
+    variants["own workers"] = lambda: expert_pass(model, x, args.k, threads, own=True)
+    return variants
+
+
+def time_variants(variants: dict, repeats: int) -> tuple[dict, dict]:
+    """Best seconds per variant over ``repeats`` interleaved runs (after a warm-up), and each one's last result."""
+    results = {key: fn() for key, fn in variants.items()}  # warm-up (and compilation)
+    best = {key: float("inf") for key in variants}
+    for _ in range(repeats):
+        for key, fn in variants.items():
+            start = time.perf_counter()
+            results[key] = fn()
+            best[key] = min(best[key], time.perf_counter() - start)
+    return best, results
+
+
+def print_row(name, x, args, threads, best, results) -> float:
+    """Print one table row (and the sanity check of the expert's log-weights); return the engine's samples/s."""
+    rate = {key: len(x) * args.k / seconds for key, seconds in best.items()}
+    fastest = {kind: max((key for key in rate if key.startswith(kind)), key=rate.get)
+               for kind in ("bare", "plain", "expert", "own")}
+    bare, plain, expert, own = (rate[fastest[kind]] for kind in ("bare", "plain", "expert", "own"))
+    engine = rate["engine"]
+    print(f"| {name} | {len(x)} x {args.k} | {threads} | {engine:,.0f} | {bare:,.0f} ({fastest['bare'].split()[1]}) "
+          f"| **{engine / bare:.2f}** | {plain:,.0f} | {engine / plain:.2f} | {expert:,.0f} "
+          f"({fastest['expert'].split(maxsplit=1)[1]}) | **{engine / expert:.2f}** | {own:,.0f} | {engine / own:.2f} |")
+    for key in rate:
+        if key.startswith("engine "):
+            print(f"|   {key} | | {threads} | {rate[key]:,.0f} | | {rate[key] / bare:.2f} | | | | | | |")
+    checks = []
+    for label, key in (("expert", fastest["expert"]), ("expert own modules", "own workers")):
+        ours, theirs, z = paired_iwae_check(results["engine"].cpu(), results[key].cpu())
+        checks.append(f"{label} {theirs:.3f} (paired z {z:+.1f})")
+    print(f"|   check: mean IWAE-{args.k} engine {ours:.3f}, " + ", ".join(checks) + " |" + " |" * 11)
+    return engine
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, default=1000, help="samples per datapoint (default 1000)")
@@ -188,52 +354,27 @@ def main() -> None:
     device = torch.device(args.device)
 
     print_run_header(__file__)
-    header = (f"| model | N x K | threads | engine samples/s | bare samples/s (best rows) | engine / bare "
-              f"| bare torch.tanh samples/s | engine / bare torch.tanh |")
-    print(header)
-    print("|" + "---|" * 8)
+    print("| model | N x K | threads | engine samples/s | bare samples/s (best rows) | engine / bare "
+          "| bare torch.tanh samples/s | engine / bare torch.tanh | expert samples/s (scheme) | engine / expert "
+          "| expert own modules samples/s | engine / expert own |")
+    print("|" + "---|" * 12)
     for threads in args.threads:
         torch.set_num_threads(threads)
         for name, model, x in models(args.n):
             model = model.eval().to(device)
             x = x.to(device)
-            plain = with_torch_tanh(model)
-            n_samples = len(x) * args.k
-            rows = BARE_ROWS if device.type == "cpu" else (2**17,)
-            variants = {"engine": lambda: evalkit.log_weights(model, x, args.k, seed=0, threads=threads,
-                                                              device=device, progress=False)}
-            if args.compile:
-                variants["engine compile"] = lambda: evalkit.log_weights(
-                    model, x, args.k, seed=0, threads=threads, device=device, compile=True, progress=False)
-            if args.tf32 and device.type == "cuda":
-                variants["engine tf32"] = lambda: evalkit.log_weights(
-                    model, x, args.k, seed=0, threads=threads, device=device, tf32=True, progress=False)
-            for r in rows:
-                variants[f"bare {r}"] = lambda r=r: bare_pass(model, x, args.k, r, threads)
-                variants[f"plain {r}"] = lambda r=r: bare_pass(plain, x, args.k, r, threads)
-            for fn in variants.values():  # warm-up (and compilation)
-                fn()
-            best = {key: float("inf") for key in variants}
-            for _ in range(args.repeats):
-                for key, fn in variants.items():
-                    best[key] = min(best[key], timed(fn))
-            rate = {key: n_samples / seconds for key, seconds in best.items()}
-            bare_key = max((key for key in rate if key.startswith("bare")), key=rate.get)
-            plain_key = max((key for key in rate if key.startswith("plain")), key=rate.get)
-            engine = rate["engine"]
-            print(f"| {name} | {len(x)} x {args.k} | {threads} | {engine:,.0f} | {rate[bare_key]:,.0f} "
-                  f"({bare_key.split()[1]}) | **{engine / rate[bare_key]:.2f}** | {rate[plain_key]:,.0f} "
-                  f"| {engine / rate[plain_key]:.2f} |")
-            for key in variants:
-                if key.startswith("engine "):
-                    print(f"|   {key} | | {threads} | {rate[key]:,.0f} | | {rate[key] / rate[bare_key]:.2f} | | |")
+            torch.manual_seed(0)
+            best, results = time_variants(row_variants(model, with_torch_tanh(model), x, args, threads, device),
+                                          args.repeats)
+            engine = print_row(name, x, args, threads, best, results)
             if device.type == "cuda":
                 print(f"# {name}: engine {best['engine']:.2f} s for {len(x)} x {args.k} on {device}")
             elif threads == 1:
+                bare = len(x) * args.k / min(v for key, v in best.items() if key.startswith("bare"))
                 streams, randn = noise_costs(model, len(x), args.k, args.repeats)
                 print(f"|   noise alone: evalkit (per-datapoint streams, float64 -> float32) {streams * 1e6:.2f} us/sample, "
                       f"torch.randn {randn * 1e6:.2f} us/sample; engine {1e6 / engine:.2f}, bare "
-                      f"{1e6 / rate[bare_key]:.2f} us/sample | | | | | | | |")
+                      f"{1e6 / bare:.2f} us/sample |" + " |" * 11)
             sys.stdout.flush()
     print(f"# {load_average()} (end)")
 
