@@ -79,7 +79,7 @@ def test_an_existing_sweep_directory_ends_every_process_at_once(tmp_path):
 def test_an_unusable_output_directory_ends_every_process_at_once(tmp_path):
     (tmp_path / "a_file").write_text("")
     result, seconds = torchrun(estimate("-o", "a_file/out.json"), tmp_path)
-    assert_failed_together(result, seconds, "cannot use output path 'a_file/out.json' (Not a directory)")
+    assert_failed_together(result, seconds, "'a_file' is not a directory, so 'a_file/out.json' cannot be created")
 
 
 def test_bad_data_ends_every_process_at_once(tmp_path):
