@@ -63,7 +63,7 @@ _PURPOSE_AIS_ACCEPT = 5
 _PURPOSE_AIS_REVERSE_MOMENTUM = 6
 _PURPOSE_AIS_REVERSE_ACCEPT = 7
 _PURPOSE_BDMC_SIMULATION = 8
-# The pilot chains' trial transitions that choose AIS's first step size (:func:`evalkit.sampling.ais`).
+# The pilot chains' trial transitions that choose AIS's first step size (:mod:`evalkit.sampling.ais_step_size`).
 _PURPOSE_AIS_TUNE_MOMENTUM = 9
 _PURPOSE_AIS_TUNE_ACCEPT = 10
 

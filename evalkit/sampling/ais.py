@@ -61,6 +61,7 @@ from .schedules import make_schedule
 
 ADAPT_FROM = ("pilot", "chains")
 
+
 class Endpoints(NamedTuple):
     """The path's two ends at the chains' positions: log f_0, log p(x, z) ([B, C] float64) and their gradients."""
 
@@ -323,18 +324,18 @@ def ais_run(
     a chain's own past acceptances breaks the second condition: the kernel at step t then
     depends on z_0..z_{t-1}, and the extended-space argument (and the unbiasedness) no longer
     holds exactly. evalkit therefore adapts from ``pilot_chains`` extra chains of the same
-    datapoint, with their own random numbers (the rule below). The step sizes are then a random sequence independent of the weighted chains, each of which sees, at every
-    step, a fixed HMC kernel that leaves f_t invariant; conditionally on the pilot E[w] = p(x)
+    datapoint, with their own random numbers (the rule below). The step sizes are then a
+    random sequence independent of the weighted chains, each of which sees, at every step, a
+    fixed HMC kernel that leaves f_t invariant; conditionally on the pilot E[w] = p(x)
     exactly, hence unconditionally too. The adaptation uses only that datapoint's past, so it
     does not depend on batching. Cost: ``(chains + pilot_chains) / chains`` of the chains alone.
 
     The rule (:mod:`evalkit.sampling.ais_step_size`). Before the first transition the pilot
-    chains make ``TUNE_TRIALS`` (8) trial
-    transitions at f_0 from their starting points, with their own random numbers: the
-    step size (from 0.01) is multiplied or divided by 4 until the target acceptance is bracketed,
-    then bisected in log space. After each transition it is multiplied by
-    ``exp(ADAPT_GAIN (a - target_accept))``, ``a`` the pilot chains' mean acceptance
-    probability, ``ADAPT_GAIN = 1``; step sizes stay in ``STEP_SIZE_RANGE``. The common
+    chains make ``TUNE_TRIALS`` (8) trial transitions at f_0 from their starting points, with
+    their own random numbers: the step size (from 0.01) is multiplied or divided by 4 until
+    the target acceptance is bracketed, then bisected in log space. After each transition it
+    is multiplied by ``exp(ADAPT_GAIN (a - target_accept))``, ``a`` the pilot chains' mean
+    acceptance probability, ``ADAPT_GAIN = 1``; step sizes stay in ``STEP_SIZE_RANGE``. The common
     reference code instead starts every chain at 0.01 and moves it by 2 % per transition, so a
     run of T transitions spends its first ~100 with step sizes far too small (acceptance near
     1, chains that hardly move): short runs then give little more than IWAE over the chains'
@@ -342,7 +343,8 @@ def ais_run(
     argument above holds unchanged.
 
     Cost: ``N * (chains + pilot_chains) * (T - 1) * leapfrog`` evaluations of ``log_joint`` and
-    its gradient (about three forward passes each with autograd), plus one at the start.
+    its gradient (about three forward passes each with autograd), plus one at the start and
+    ``TUNE_TRIALS * leapfrog`` for the pilot chains' trials.
 
     References
     ----------
