@@ -162,6 +162,11 @@ def bare_pass(model: IWAE, x: torch.Tensor, k: int, rows: int, threads: int, pla
             torch.cuda.synchronize()
         return
 
+    run_on_threads(calls, run, threads)
+
+
+def run_on_threads(calls: list, run, threads: int) -> None:
+    """Call ``run(calls[i::threads], i)`` on ``threads`` Python threads with one intra-op thread each."""
     def worker(i):
         torch.set_num_threads(1)
         run(calls[i::threads], i)
@@ -240,17 +245,7 @@ def expert_pass(model: IWAE, x: torch.Tensor, k: int, threads: int, *, own: bool
     if threads == 1 or not workers:
         run(calls)
         return out
-
-    def worker(i):
-        torch.set_num_threads(1)
-        run(calls[i::threads])
-
-    pool = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    torch.set_num_threads(threads)
+    run_on_threads(calls, lambda my_calls, _: run(my_calls), threads)
     return out
 
 
