@@ -24,7 +24,11 @@ Methods, each on a ladder of its cost parameter, every rung one run from a fresh
   linear schedule, 10 leapfrog steps, a step size per chain from 0.01, x1.02 when that chain's
   acceptance so far exceeds 0.65 and x0.98 otherwise (clamped to [1e-4, 0.5]), gradients by
   autograd clamped as there, its defaults of 100 chains and 100 datapoints per batch, float32,
-  torch's intra-op threads (its one kindness here: the last, wasted transition is skipped);
+  torch's intra-op threads (its one kindness here: the last, wasted transition is skipped).
+  ``bench_ais.reference_ais`` is the same loop as session 5 wrote it, with the Hamiltonians of
+  the accept/reject test evaluated under autograd recording; lxuechen/BDMC runs
+  ``ais_trajectory`` under ``@torch.no_grad()``, as :func:`reference_bdmc_ais` does, so this one
+  is the faithful (and faster) copy; ``bench_ais.py`` keeps its own so its history stays comparable;
 * **IWAE-K** -- ``evalkit.log_weights(model, x, K)`` and IWAE over the K samples: the cheap
   alternative.
 

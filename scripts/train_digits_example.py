@@ -57,14 +57,20 @@ def train_and_save(model: IWAE, train: torch.Tensor, args: argparse.Namespace) -
     print(f"saved {args.output}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="examples/digits_iwae.pt")
-    parser.add_argument("--epochs", type=int, default=800)
+def training_arguments(description: str, *, output: str, epochs: int) -> argparse.ArgumentParser:
+    """The command line of a digits IWAE training script: output file, epochs, k, batch size, lr, seed."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--output", default=output)
+    parser.add_argument("--epochs", type=int, default=epochs)
     parser.add_argument("--k", type=int, default=10, help="importance samples in the training bound")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main() -> None:
+    parser = training_arguments(__doc__.splitlines()[0], output="examples/digits_iwae.pt", epochs=800)
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)

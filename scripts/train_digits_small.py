@@ -11,7 +11,6 @@ models"). It runs in about 40 s on one core and the checkpoint is about 60 kB.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -21,18 +20,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from evalkit.data import load_data  # noqa: E402
 from evalkit.models import IWAE  # noqa: E402
-from train_digits_example import train_and_save  # noqa: E402
+from train_digits_example import train_and_save, training_arguments  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", default="examples/digits_iwae_small.pt")
+    parser = training_arguments(__doc__.splitlines()[0], output="examples/digits_iwae_small.pt", epochs=500)
     parser.add_argument("--hidden", type=int, default=50, help="units in each hidden layer")
-    parser.add_argument("--epochs", type=int, default=500)
-    parser.add_argument("--k", type=int, default=10, help="importance samples in the training bound")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     torch.manual_seed(args.seed)
