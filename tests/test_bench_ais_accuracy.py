@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from evalkit.estimators import bounds
 from evalkit.models import LinearGaussianModel
 
 _PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ais_accuracy.py"
@@ -23,6 +24,7 @@ def _bench():
 def test_reference_ais_reaches_the_exact_marginal_with_enough_steps():
     bench = _bench()
     model = LinearGaussianModel.random(3, 1, seed=2)
+    torch.manual_seed(1)  # the data, then the reference's own draws below: the same numbers every run
     x = model.marginal().sample((4,)).float()
     torch.manual_seed(0)
     with torch.no_grad():
@@ -30,7 +32,10 @@ def test_reference_ais_reaches_the_exact_marginal_with_enough_steps():
     assert log_w.shape == (4, 50) and log_w.dtype == torch.float64
     estimate = torch.logsumexp(log_w, 1) - math.log(50)
     exact = model.log_marginal(x.double())
-    assert float((estimate - exact).abs().max()) < 0.05, (estimate, exact)
+    # within 5 Monte Carlo SEs (delta method over the chains) per datapoint; over 12 data seeds the
+    # largest of 48 such ratios was 3.6 (a fixed 0.05 nats failed on some seeds)
+    se = torch.from_numpy(bounds.iwae_mc_variance(log_w.numpy())).sqrt()
+    assert bool(((estimate - exact).abs() < 5 * se).all()), (estimate, exact, se)
     torch.manual_seed(0)
     with torch.no_grad():
         few = bench.reference_bdmc_ais(copy.deepcopy(model).float(), x, steps=2, chains=50)
