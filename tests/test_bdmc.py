@@ -49,3 +49,34 @@ def test_simulation_is_seeded_per_datapoint_and_follows_the_model():
 def test_bad_steps_is_an_input_error():
     with pytest.raises(InputError, match="`steps` to be an int >= 2"):
         bdmc(LinearGaussianModel.random(3, 1), n=2, steps=[1], progress=False)
+
+
+def test_the_importance_sampling_k_hat_warning_comes_once_naming_every_k():
+    # A proposal narrower than the posterior: heavy-tailed weights, k-hat above the threshold at every K.
+    import warnings
+
+    import numpy as np
+
+    import evalkit
+    from evalkit.errors import WeightWarning
+    from evalkit.estimators import khat_threshold, psis_khat
+
+    model = LinearGaussianModel.random(6, 2, seed=3)
+    weight, bias, scale_tril = model.exact_posterior_params()
+    model = model.with_proposal(weight, bias + 2 * scale_tril.sum(1), 0.5 * scale_tril)
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always")
+        report = evalkit.bdmc(model, n=8, steps=[2], chains=2, ks=(1, 100, 1000), seed=4, progress=False)
+    khat_warnings = [str(r.message) for r in records if issubclass(r.category, WeightWarning)]
+    assert len(khat_warnings) == 1, khat_warnings
+    message = khat_warnings[0]
+    # the datapoints it names are those whose k-hat, computed here from the same weights, exceeds each level
+    for k in (100, 1000):
+        khat = psis_khat(evalkit.log_weights(model, report.bounds.x, k, seed=4, progress=False).numpy())
+        above_half = np.flatnonzero(khat > 0.5)
+        assert above_half.size > 0
+        part = f"K = {k}: > 0.5 at {above_half.size} ("
+        assert part in message, message
+        if khat_threshold(k) != 0.5:
+            assert f"> {khat_threshold(k):.3g} at {int((khat > khat_threshold(k)).sum())}" in message
+    assert "K = 1:" not in message  # no k-hat at K = 1

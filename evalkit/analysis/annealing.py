@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence, Union
 
@@ -17,11 +18,13 @@ import pandas as pd
 import torch
 
 from .. import estimators as estimator_registry
-from ..errors import InputError
+from ..errors import InputError, WeightWarning, user_stacklevel
 from ..sampling.bdmc import BDMCResult
 from ..sampling.bdmc import bdmc as bdmc_bounds
 from ..sources import open_source, resolve_model
 from .estimate import estimate_source
+from .groups import _name_indices
+from .weights import WeightDiagnostics, summarize_weights
 from .reference import Reference
 
 DEFAULT_CHAINS = 16
@@ -118,17 +121,48 @@ def bdmc(model: Any, *, n: int = 100, steps: Union[int, Sequence[int]] = (100, 1
     """
     model_obj = resolve_model(model)
     bounds = bdmc_bounds(model_obj, n=n, steps=steps, chains=chains, seed=seed, **options)
-    rows = []
-    for k in ks:
-        usable = [name for name in estimators if estimator_registry.get(name).min_k <= k]
-        if not usable:
-            continue
-        source = open_source(model_obj, data=bounds.x, k=k, seed=seed,
-                             engine_options={"progress": options.get("progress"), "threads": options.get("threads")})
-        result = estimate_source(source, usable)
-        rows.append(result.summary.drop(columns=["n"]))
+    rows, diagnostics = [], {}
+    # Each K's estimate warns about its own k-hats; one warning over all K says it once.
+    with warnings.catch_warnings(record=True) as records:
+        warnings.simplefilter("always", WeightWarning)
+        for k in ks:
+            usable = [name for name in estimators if estimator_registry.get(name).min_k <= k]
+            if not usable:
+                continue
+            source = open_source(model_obj, data=bounds.x, k=k, seed=seed,
+                                 engine_options={"progress": options.get("progress"), "threads": options.get("threads")})
+            result = estimate_source(source, usable)
+            rows.append(result.summary.drop(columns=["n"]))
+            per_example = result.per_example
+            diagnostics[k] = summarize_weights(per_example["ess"].to_numpy() / k, per_example["psis_khat"].to_numpy(), k,
+                                               index=per_example["index"].to_numpy())
+    for record in records:
+        if not issubclass(record.category, WeightWarning):
+            warnings.warn(record.message, record.category, stacklevel=user_stacklevel())
+    combined = _khat_warning(diagnostics, len(bounds.x))
+    if combined:
+        warnings.warn(combined, WeightWarning, stacklevel=user_stacklevel())
     importance = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
     return BDMCReport(bounds, importance)
+
+
+def _khat_warning(diagnostics: Dict[int, WeightDiagnostics], n: int) -> Optional[str]:
+    """One sentence over every K whose weights have datapoints with PSIS k-hat above 0.5 or the K's threshold."""
+    parts = []
+    for k, d in diagnostics.items():
+        if not (d.above_good.size or d.above_threshold.size):
+            continue
+        part = f"K = {k}: > 0.5 at {d.above_good.size} ({_name_indices(d.above_good)})"
+        if d.threshold != 0.5:
+            part += f", > {d.threshold:.3g} at {d.above_threshold.size}"
+            part += f" ({_name_indices(d.above_threshold)})" if d.above_threshold.size else ""
+        parts.append(part)
+    if not parts:
+        return None
+    return (f"PSIS k-hat of the importance weights from q(z | x) on the {n} simulated datapoints, per K (datapoints "
+            "above 0.5, and above the reliability threshold min(1 - 1/log10(K), 0.7)): " + "; ".join(parts)
+            + ". Above the threshold those datapoints' IWAE/JVI are unreliable and more samples will not fix it; "
+            "the BDMC bounds do not use these weights.")
 
 
 def _split_options(options: Dict[str, Any]) -> tuple:
