@@ -43,6 +43,7 @@ weights on 784-dimensional Bernoulli(0.13) data (``IWAE.burda_one_layer()``,
 Run from the repository root::
 
     python benchmarks/bench_engine.py                  # K = 1000, threads 1 and 2
+    python benchmarks/bench_engine.py --paired 9       # also the medians of 9 back-to-back ratios per row
     python benchmarks/bench_engine.py --device cuda --n 10000 --k 5000 --threads 16
 
 With ``--device cuda`` (when a GPU is present) the bare pass runs on the GPU too and the
@@ -55,6 +56,7 @@ import copy
 import math
 import os
 import platform
+import statistics
 import sys
 import threading
 import time
@@ -416,12 +418,35 @@ def print_row(name, x, args, threads, best, results) -> float:
     return engine
 
 
+def print_paired(variants: dict, best: dict, rounds: int, threads: int) -> None:
+    """Alternate the engine with the fastest bare and expert variants ``rounds`` times; print the per-round ratios' medians.
+
+    Best-of-N figures of separate variants move by 10-20 % on a shared machine; the ratio of two
+    runs made back to back sees nearly the same load, so its median over rounds is the steadier
+    figure for a target near the line.
+    """
+    others = {kind: min((key for key in best if key.startswith(kind)), key=best.get) for kind in ("bare", "expert")}
+    ratios = {kind: [] for kind in others}
+    for _ in range(rounds):
+        engine_s = timed(variants["engine"])
+        for kind, key in others.items():
+            ratios[kind].append(timed(variants[key]) / engine_s)
+    cells = []
+    for kind, values in ratios.items():
+        low, _, high = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0],) * 3
+        cells.append(f"engine / {kind} median {statistics.median(values):.2f} (quartiles {low:.2f}-{high:.2f})")
+    print(f"|   paired, {rounds} rounds, {threads} thread(s): " + "; ".join(cells) + " |" + " |" * 11)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, default=1000, help="samples per datapoint (default 1000)")
     parser.add_argument("--n", type=int, default=128, help="datapoints of the MNIST-size models (default 128)")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="thread counts (default 1 2)")
     parser.add_argument("--repeats", type=int, default=5, help="best of this many interleaved runs (default 5)")
+    parser.add_argument("--paired", type=int, default=0, metavar="ROUNDS",
+                        help="also alternate the engine with the bare and expert passes ROUNDS times and print the "
+                             "medians of the per-round ratios (steadier on a shared machine; default off)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--compile", action="store_true", help="also time the engine with compile=True")
     parser.add_argument("--tf32", action="store_true", help="CUDA: also time the engine with tf32=True")
@@ -442,6 +467,8 @@ def main() -> None:
             variants = keep_fastest_call_sizes(row_variants(model, with_torch_tanh(model), x, args, threads, device))
             best, results = time_variants(variants, args.repeats)
             engine = print_row(name, x, args, threads, best, results)
+            if args.paired:
+                print_paired(variants, best, args.paired, threads)
             if device.type == "cuda":
                 print(f"# {name}: engine {best['engine']:.2f} s for {len(x)} x {args.k} on {device}")
             elif threads == 1:
