@@ -117,7 +117,9 @@ def bdmc(model: Any, *, n: int = 100, steps: Union[int, Sequence[int]] = (100, 1
     Runs :func:`evalkit.sampling.bdmc.bdmc` (forward AIS: a stochastic lower bound; reverse AIS
     from the exact posterior sample: a stochastic upper bound; for each step count) and evaluates
     ``estimators`` at each k of ``ks`` by importance sampling from q(z | x) on the same data.
-    Where IWAE-K falls below the lower bound, it is that far (at least) from log p(x).
+    Where IWAE-K falls below the lower bound, it is that far (at least) from log p(x). Datapoints
+    whose importance weights have PSIS k-hat above 0.5 or the K's threshold are named in one
+    :class:`~evalkit.errors.WeightWarning` over all K (not one per K).
     """
     model_obj = resolve_model(model)
     bounds = bdmc_bounds(model_obj, n=n, steps=steps, chains=chains, seed=seed, **options)
