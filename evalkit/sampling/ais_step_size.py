@@ -57,7 +57,8 @@ def tuned_step_size(path, state: hmc.HMCState, beta: float, noise: ChainNoise, p
     density = path.density_fn(beta)
     momenta, log_u = noise.trials(TUNE_TRIALS, pilot)
     n_slots = state.position.shape[0]
-    low_end, high_end = (torch.tensor(math.log(v), dtype=torch.float64) for v in STEP_SIZE_RANGE)
+    low_end, high_end = (math.log(v) for v in STEP_SIZE_RANGE)
+    step = math.log(TUNE_FACTOR)
     log_eps = torch.full((n_slots,), math.log(INITIAL_STEP_SIZE), dtype=torch.float64, device=state.position.device)
     low = torch.full_like(log_eps, -math.inf)
     high = torch.full_like(log_eps, math.inf)
@@ -67,7 +68,6 @@ def tuned_step_size(path, state: hmc.HMCState, beta: float, noise: ChainNoise, p
         up = row_mean(info.acceptance_prob) > target_accept
         low, high = torch.where(up, log_eps, low), torch.where(up, high, log_eps)
         bracketed = torch.isfinite(low) & torch.isfinite(high)
-        step = math.log(TUNE_FACTOR)
         log_eps = torch.where(bracketed, (low + high) / 2, torch.where(up, log_eps + step, log_eps - step))
         log_eps = log_eps.clamp(low_end, high_end)
     return log_eps.exp()
